@@ -1,0 +1,73 @@
+"""Users and API tokens: create, authenticate. Tokens are stored only as sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import Conflict, Unauthorized, WeighbridgeError
+from core.models import ApiToken, User, utcnow
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def create_user(
+    session: AsyncSession, name: str, *, email: str, is_admin: bool = False
+) -> tuple[User, str]:
+    """Create a user and their first token; the token is returned once and never stored."""
+    if not NAME.match(name):
+        raise WeighbridgeError(
+            "user name must be 1-64 letters, digits, '.', '_' or '-'", field="name"
+        )
+    if not EMAIL.match(email):
+        raise WeighbridgeError(f"{email!r} is not an email address", field="email")
+    existing = await session.scalar(sa.select(User).where(User.name == name))
+    if existing is not None:
+        raise Conflict(f"user {name!r} already exists", field="name")
+    user = User(name=name, email=email, is_admin=is_admin)
+    session.add(user)
+    await session.flush()
+    token = await issue_token(session, user)
+    return user, token
+
+
+async def issue_token(session: AsyncSession, user: User, *, label: str = "default") -> str:
+    token = "wb_" + secrets.token_urlsafe(32)
+    assert user.id is not None
+    session.add(ApiToken(user_id=user.id, token_sha256=hash_token(token), label=label))
+    await session.flush()
+    return token
+
+
+async def authenticate(session: AsyncSession, token: str | None) -> User:
+    """The user a bearer token belongs to, or Unauthorized saying what is wrong."""
+    if not token:
+        raise Unauthorized(
+            "missing API token: send 'Authorization: Bearer <token>' "
+            "(get one with `weighbridge admin create-user`)"
+        )
+    row = (
+        await session.execute(
+            sa.select(User, ApiToken)
+            .join(ApiToken, ApiToken.user_id == User.id)
+            .where(ApiToken.token_sha256 == hash_token(token))
+        )
+    ).first()
+    if row is None:
+        raise Unauthorized("invalid API token: check the token or ask an admin for a new one")
+    user, api_token = row
+    api_token.last_used_at = utcnow()
+    return user
+
+
+async def get_user(session: AsyncSession, name: str) -> User | None:
+    return await session.scalar(sa.select(User).where(User.name == name))

@@ -1,0 +1,64 @@
+"""The services a process holds (settings, database, storage, queue, tasks), built in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.db import Database
+from core.migrate import upgrade_database
+from core.queue import Queue, queue_from_url
+from core.settings import Settings
+from core.storage import Storage, storage_from_url
+from core.taskconfig import TaskConfig, load_task_configs
+from core.tasks import sync_tasks
+
+
+@dataclass
+class Services:
+    """Built by `start_services` at process start and passed down; nothing is global."""
+
+    settings: Settings
+    db: Database
+    storage: Storage
+    queue: Queue
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        await self.queue.close()
+        await self.db.dispose()
+
+
+async def start_services(
+    settings: Settings, *, migrate: bool = True, sync: bool = True
+) -> Services:
+    """Connect to every backend the settings name; apply migrations and load task configs."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database_url)
+    try:
+        if migrate:
+            await upgrade_database(db)
+        tasks = load_task_configs(settings.task_configs) if sync else {}
+        if sync:
+            async with db.session() as session:
+                await sync_tasks(session, tasks)
+        storage = storage_from_url(settings.storage_url)
+        queue = queue_from_url(
+            settings.queue_url,
+            database=db,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+            backoff_seconds=settings.retry_backoff_seconds,
+            poll_seconds=settings.poll_seconds,
+        )
+    except BaseException:
+        await db.dispose()
+        raise
+    return Services(settings=settings, db=db, storage=storage, queue=queue, tasks=tasks)
+
+
+def fleets_to_serve(settings: Settings, tasks: dict[str, TaskConfig]) -> list[str]:
+    """WEIGHBRIDGE_FLEETS when set, else `default` plus every task's eval_server_id."""
+    explicit = settings.fleet_ids()
+    if explicit:
+        return explicit
+    return sorted({"default", *(t.eval.eval_server_id for t in tasks.values())})

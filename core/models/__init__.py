@@ -1,0 +1,24 @@
+"""Every table, imported in one place so metadata and migrations see them all."""
+
+from core.models.base import SQLModel, new_id, utcnow
+from core.models.notifications import Notification
+from core.models.queue import QueueMessage
+from core.models.submissions import Event, Run, Score, Submission
+from core.models.tasks import Dataset, Task
+from core.models.users import ApiToken, User
+
+__all__ = [
+    "ApiToken",
+    "Dataset",
+    "Event",
+    "Notification",
+    "QueueMessage",
+    "Run",
+    "SQLModel",
+    "Score",
+    "Submission",
+    "Task",
+    "User",
+    "new_id",
+    "utcnow",
+]

@@ -1,0 +1,58 @@
+"""The settings every Weighbridge process reads once: the WEIGHBRIDGE_* contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GIB = 1024**3
+
+
+class Settings(BaseSettings):
+    """Environment variables prefixed WEIGHBRIDGE_ (also read from a `.env` file)."""
+
+    model_config = SettingsConfigDict(env_prefix="WEIGHBRIDGE_", env_file=".env", extra="ignore")
+
+    home: Path = Path(".weighbridge")
+    database_url: str = ""
+    storage_url: str = ""
+    queue_url: str = "db://"
+    aws_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+    runner: str = "local"
+    builder: str = "local"
+    email_url: str = ""
+    task_configs: Path = Path("task_configs")
+    # Comma-separated fleet ids; empty means "default plus every eval_server_id in the tasks".
+    fleets: str = ""
+    max_upload_bytes: int = 10 * GIB
+
+    # Queue behaviour (not part of the public contract, but tunable).
+    lease_seconds: float = 60.0
+    max_attempts: int = 3
+    retry_backoff_seconds: float = 2.0
+    poll_seconds: float = 0.2
+
+    # The address the API answers on, used for links in emails.
+    public_url: str = "http://127.0.0.1:8000"
+    email_from: str = "Weighbridge <noreply@weighbridge.local>"
+
+    upload_chunk_bytes: int = Field(default=1024 * 1024, ge=4096)
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        home = self.home.expanduser().absolute()
+        self.home = home
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{home / 'weighbridge.db'}"
+        if not self.storage_url:
+            self.storage_url = f"file://{home / 'storage'}"
+        if not self.email_url:
+            self.email_url = f"file://{home / 'outbox'}"
+        return self
+
+    def fleet_ids(self) -> list[str]:
+        """The fleets named explicitly in WEIGHBRIDGE_FLEETS (empty list: not set)."""
+        return [f.strip() for f in self.fleets.split(",") if f.strip()]

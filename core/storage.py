@@ -1,0 +1,187 @@
+"""Storage behind one Protocol; the local-folder backend and the factory that picks by URL."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+from urllib.parse import urlparse
+
+from core.errors import TooLarge, WeighbridgeError
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    sha256: str
+
+
+class Storage(Protocol):
+    """Keys are POSIX paths (`submissions/<id>/upload/model.tar.gz`), the same on every backend."""
+
+    url: str
+
+    async def write_stream(
+        self, key: str, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None
+    ) -> StoredObject: ...
+    async def write_bytes(self, key: str, data: bytes) -> StoredObject: ...
+    async def write_file(self, key: str, path: Path) -> StoredObject: ...
+    def read_stream(
+        self, key: str, *, chunk_size: int = 1 << 20, offset: int = 0
+    ) -> AsyncIterator[bytes]: ...
+    async def read_bytes(self, key: str) -> bytes: ...
+    async def download(self, key: str, path: Path) -> Path: ...
+    async def exists(self, key: str) -> bool: ...
+    async def size(self, key: str) -> int: ...
+    async def list(self, prefix: str) -> list[str]: ...
+    async def delete_prefix(self, prefix: str) -> int: ...
+    def local_path(self, key: str) -> Path | None: ...
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could leave the store (absolute, `..`, empty parts)."""
+    path = PurePosixPath(key)
+    if not key or path.is_absolute() or any(p in ("", ".", "..") for p in key.split("/")):
+        raise WeighbridgeError(f"invalid storage key {key!r}", field="key")
+    return key
+
+
+class LocalStorage:
+    """A folder on disk; writes go to a temporary file renamed into place (atomic)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.absolute()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.url = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    async def write_stream(
+        self, key: str, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None
+    ) -> StoredObject:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{id(chunks)}.part")
+        digest = hashlib.sha256()
+        size = 0
+        fh = await asyncio.to_thread(open, tmp, "wb")
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise TooLarge(
+                        f"file is larger than the limit of {max_bytes} bytes", field="file"
+                    )
+                digest.update(chunk)
+                await asyncio.to_thread(fh.write, chunk)
+            await asyncio.to_thread(fh.close)
+            await asyncio.to_thread(os.replace, tmp, target)
+        except BaseException:
+            fh.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        return StoredObject(key=key, size=size, sha256=digest.hexdigest())
+
+    async def write_bytes(self, key: str, data: bytes) -> StoredObject:
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        return await self.write_stream(key, one())
+
+    async def write_file(self, key: str, path: Path) -> StoredObject:
+        return await self.write_stream(key, _file_chunks(path))
+
+    async def read_stream(
+        self, key: str, *, chunk_size: int = 1 << 20, offset: int = 0
+    ) -> AsyncIterator[bytes]:
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(key)
+        fh = await asyncio.to_thread(open, path, "rb")
+        try:
+            if offset:
+                fh.seek(offset)
+            while chunk := await asyncio.to_thread(fh.read, chunk_size):
+                yield chunk
+        finally:
+            fh.close()
+
+    async def read_bytes(self, key: str) -> bytes:
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(key)
+        return await asyncio.to_thread(path.read_bytes)
+
+    async def download(self, key: str, path: Path) -> Path:
+        source = self._path(key)
+        if not source.is_file():
+            raise FileNotFoundError(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(shutil.copyfile, source, path)
+        return path
+
+    async def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    async def size(self, key: str) -> int:
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(key)
+        return path.stat().st_size
+
+    async def list(self, prefix: str) -> list[str]:
+        base = self.root / prefix.rstrip("/") if prefix else self.root
+        if not base.exists():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.endswith(".part")
+        )
+
+    async def delete_prefix(self, prefix: str) -> int:
+        check_key(prefix.rstrip("/"))
+        base = self.root / prefix.rstrip("/")
+        if not base.exists():
+            return 0
+        if base.is_file():
+            base.unlink()
+            return 1
+        count = sum(1 for p in base.rglob("*") if p.is_file())
+        await asyncio.to_thread(shutil.rmtree, base, True)
+        return count
+
+
+async def _file_chunks(path: Path, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+    fh = await asyncio.to_thread(open, path, "rb")
+    try:
+        while chunk := await asyncio.to_thread(fh.read, chunk_size):
+            yield chunk
+    finally:
+        fh.close()
+
+
+def storage_from_url(url: str, **options: object) -> Storage:
+    """The backend for a URL: `file:///path` (a folder) or `s3://bucket/prefix`."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return LocalStorage(Path(parsed.netloc + parsed.path))
+    if parsed.scheme == "s3":
+        raise WeighbridgeError(
+            "the S3 storage backend is not part of this build yet; use file://",
+            field="WEIGHBRIDGE_STORAGE_URL",
+        )
+    raise WeighbridgeError(
+        f"unknown storage URL scheme {parsed.scheme!r}; use file:///path or s3://bucket/prefix",
+        field="WEIGHBRIDGE_STORAGE_URL",
+    )

@@ -1,0 +1,232 @@
+"""Submissions: create (row + first event + build message in one transaction), read, cancel."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.envelope import Envelope, Visit
+from core.errors import Forbidden, NotFound, RateLimited, WeighbridgeError
+from core.models import Event, Run, Score, Submission, Task, User, utcnow
+from core.queue import BUILD_QUEUE, Queue
+from core.states import TERMINAL, Status, record_event, transition
+from core.storage import StoredObject
+from core.tasks import task_config
+
+ID = re.compile(r"^[0-9a-f]{32}$")
+KINDS = ("model", "benchmark", "inspection")
+NOT_COUNTED = (Status.FAILED.value, Status.CANCELLED.value)
+
+
+def check_id(submission_id: str) -> str:
+    if not ID.match(submission_id):
+        raise WeighbridgeError(
+            f"{submission_id!r} is not a submission id (32 hexadecimal characters)",
+            status=422,
+            code="invalid_id",
+            field="id",
+        )
+    return submission_id
+
+
+async def check_submission_limit(session: AsyncSession, user: User, task: Task) -> None:
+    """Refuse with 429 when the user has used the task's submissions for the window.
+
+    Failed and cancelled submissions do not count (users rightly complain when they do).
+    """
+    limits = task_config(task).limits
+    since = utcnow() - timedelta(hours=limits.window_hours)
+    counted = list(
+        await session.scalars(
+            sa.select(Submission.created_at)
+            .where(
+                Submission.user_id == user.id,
+                Submission.task_id == task.id,
+                Submission.created_at >= since,
+                Submission.status.not_in(NOT_COUNTED),
+            )
+            .order_by(Submission.created_at)
+        )
+    )
+    if len(counted) >= limits.submissions_per_window:
+        opens = counted[0] + timedelta(hours=limits.window_hours)
+        retry_after = max(1, int((opens - utcnow()).total_seconds()) + 1)
+        raise RateLimited(
+            f"you have used {len(counted)} of {limits.submissions_per_window} submissions "
+            f"to {task.slug!r} in {limits.window_hours:g} hours; the next slot opens at "
+            f"{opens.isoformat(timespec='seconds')} (failed and cancelled ones do not count)",
+            field="task",
+            headers={"Retry-After": str(retry_after)},
+            extra={
+                "limit": limits.submissions_per_window,
+                "window_hours": limits.window_hours,
+                "next_slot_at": opens.isoformat(),
+                "retry_after_seconds": retry_after,
+            },
+        )
+
+
+def build_message(submission: Submission, task: Task | None, owner: User) -> Envelope:
+    """The fat `build` message: everything the builder needs, no lookups required."""
+    return Envelope(
+        action_id=submission.id,
+        parent_action_id=submission.parent_id,
+        client_id=submission.client_id,
+        type="build",
+        visited=[Visit(service="api")],
+        payload={
+            "submission": {
+                "id": submission.id,
+                "kind": submission.kind,
+                "name": submission.name,
+                "upload_key": submission.upload_key,
+                "upload_filename": submission.upload_filename,
+                "upload_sha256": submission.upload_sha256,
+                "upload_bytes": submission.upload_bytes,
+                "meta": submission.meta,
+            },
+            "task": {"slug": task.slug, "config": task.config} if task else None,
+            "owner": {"id": owner.id, "name": owner.name, "email": owner.email},
+        },
+    )
+
+
+async def create_submission(
+    session: AsyncSession,
+    queue: Queue,
+    *,
+    submission_id: str,
+    user: User,
+    task: Task | None,
+    kind: str,
+    name: str,
+    private: bool,
+    upload: StoredObject,
+    filename: str,
+    client_id: str | None = None,
+    parent_id: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Submission:
+    """Row, first event and the build message, all in the caller's transaction (outbox)."""
+    if kind not in KINDS:
+        raise WeighbridgeError(f"kind must be one of {', '.join(KINDS)}", field="kind")
+    if task is not None:
+        await check_submission_limit(session, user, task)
+    submission = Submission(
+        id=submission_id,
+        kind=kind,
+        task_id=task.id if task else None,
+        user_id=user.id,  # type: ignore[arg-type]
+        name=name,
+        private=private,
+        status=Status.UPLOADED.value,
+        upload_key=upload.key,
+        upload_filename=filename,
+        upload_bytes=upload.size,
+        upload_sha256=upload.sha256,
+        client_id=client_id,
+        parent_id=parent_id,
+        meta=meta or {},
+    )
+    session.add(submission)
+    await session.flush()
+    record_event(
+        session,
+        submission,
+        "status.uploaded",
+        service="api",
+        status=Status.UPLOADED.value,
+        message=f"received {filename} ({upload.size} bytes, sha256 {upload.sha256[:12]}…)",
+        payload={"upload_key": upload.key, "bytes": upload.size, "sha256": upload.sha256},
+    )
+    await queue.stage(session, BUILD_QUEUE, build_message(submission, task, user))
+    return submission
+
+
+def can_view(submission: Submission, viewer: User | None) -> bool:
+    if not submission.private:
+        return True
+    return viewer is not None and (viewer.is_admin or viewer.id == submission.user_id)
+
+
+async def get_submission(
+    session: AsyncSession, submission_id: str, *, viewer: User | None
+) -> Submission:
+    """The submission, or 404 when it does not exist or is private to someone else."""
+    check_id(submission_id)
+    submission = await session.get(Submission, submission_id)
+    if submission is None or not can_view(submission, viewer):
+        raise NotFound(f"no submission {submission_id}", field="id")
+    return submission
+
+
+async def list_submissions(
+    session: AsyncSession,
+    *,
+    viewer: User,
+    task: Task | None = None,
+    mine: bool = True,
+    status: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[Submission]:
+    query = sa.select(Submission).order_by(Submission.created_at.desc(), Submission.id)
+    if mine:
+        query = query.where(Submission.user_id == viewer.id)
+    elif not viewer.is_admin:
+        query = query.where(
+            sa.or_(Submission.private == sa.false(), Submission.user_id == viewer.id)
+        )
+    if task is not None:
+        query = query.where(Submission.task_id == task.id)
+    if status:
+        query = query.where(Submission.status == status)
+    return list(await session.scalars(query.limit(limit).offset(offset)))
+
+
+async def list_events(session: AsyncSession, submission_id: str) -> list[Event]:
+    return list(
+        await session.scalars(
+            sa.select(Event).where(Event.submission_id == submission_id).order_by(Event.id)
+        )
+    )
+
+
+async def list_runs(session: AsyncSession, submission_id: str) -> list[Run]:
+    return list(
+        await session.scalars(
+            sa.select(Run).where(Run.submission_id == submission_id).order_by(Run.id)
+        )
+    )
+
+
+async def list_scores(session: AsyncSession, submission_id: str) -> list[Score]:
+    return list(
+        await session.scalars(
+            sa.select(Score)
+            .where(Score.submission_id == submission_id)
+            .order_by(Score.dataset, Score.id)
+        )
+    )
+
+
+async def cancel_submission(session: AsyncSession, submission_id: str, *, user: User) -> Submission:
+    """Cancel the user's own unfinished submission; workers see the state and stop."""
+    submission = await get_submission(session, submission_id, viewer=user)
+    if submission.user_id != user.id and not user.is_admin:
+        raise Forbidden("you can cancel only your own submissions", field="id")
+    if Status(submission.status) in TERMINAL:
+        raise WeighbridgeError(
+            f"submission {submission.id} is already {submission.status}; nothing to cancel",
+            status=409,
+            code="conflict",
+            field="id",
+        )
+    transition(
+        session, submission, Status.CANCELLED, service="api", message=f"cancelled by {user.name}"
+    )
+    return submission

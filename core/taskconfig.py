@@ -1,0 +1,217 @@
+"""Task configs (task_configs/<slug>.toml): the schema and a loader naming file, field, reason."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.errors import InvalidConfig
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+FIELD_TYPES = ("int", "float", "str", "bool", "list", "dict", "any")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(_Strict):
+    """One dataset: a generator or a stored file, with its checksum once prepared."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    access: Literal["public", "hidden"] = "hidden"
+    split: str = "test"
+    # `generator:<name>` (made by a project command) or a storage key / file:// / s3:// URI.
+    source: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
+    weight: float = Field(default=1.0, ge=0)
+    # Name of the dataset this one perturbs (robustness/fairness deltas are taken against it).
+    perturbation_of: str | None = None
+
+
+class MetricConfig(_Strict):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    weight: float | None = Field(default=None, ge=0)
+    offset: float = 0.0
+
+
+class LimitsConfig(_Strict):
+    submissions_per_window: int = Field(default=3, ge=1)
+    window_hours: float = Field(default=24, gt=0)
+    max_upload_bytes: int | None = Field(default=None, gt=0)
+
+
+class BuildConfig(_Strict):
+    gpu: bool = False
+    base_image_cpu: str = "pytorch/torchserve:0.12.0-cpu"
+    base_image_gpu: str = "pytorch/torchserve:0.12.0-gpu"
+    python_version: str = "3.11"
+    torchserve: dict[str, Any] = Field(default_factory=dict)
+    timeout_seconds: float = Field(default=1800, gt=0)
+
+
+class EvalConfig(_Strict):
+    eval_server_id: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    instance_type: str = "ml.m5.xlarge"
+    instance_count: int = Field(default=1, ge=1)
+    aws_region: str = "us-east-1"
+    batch_size: int = Field(default=32, ge=1, le=100_000)
+    max_concurrent_transforms: int = Field(default=1, ge=1)
+    timeout_seconds: float = Field(default=600, gt=0)
+    memory_mb: int = Field(default=2048, ge=64)
+    create_endpoint: bool = False
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    bootstrap_resamples: int = Field(default=1000, ge=0)
+
+
+class TaskConfig(_Strict):
+    """A validated task: what a handler receives, what it must answer, how it is scored."""
+
+    slug: str
+    name: str
+    description: str = ""
+    input_fields: list[str] = Field(min_length=1)
+    output_fields: dict[str, str] = Field(min_length=1)
+    label_field: str = "label"
+    datasets: list[DatasetConfig] = Field(min_length=1)
+    metrics: list[MetricConfig] = Field(min_length=1)
+    leaderboard_weights: dict[str, float] = Field(default_factory=dict)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    build: BuildConfig = Field(default_factory=BuildConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("slug")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not SLUG.match(v):
+            raise ValueError("must be lower-case letters, digits, '-' or '_' (at most 64)")
+        return v
+
+    @field_validator("output_fields")
+    @classmethod
+    def _types(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, kind in v.items():
+            if kind not in FIELD_TYPES:
+                raise ValueError(
+                    f"type of {key!r} is {kind!r}; use one of {', '.join(FIELD_TYPES)}"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> TaskConfig:
+        names = [d.name for d in self.datasets]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"datasets: names must be unique, repeated: {sorted(dupes)}")
+        for d in self.datasets:
+            if d.perturbation_of and d.perturbation_of not in names:
+                raise ValueError(
+                    f"datasets: {d.name}.perturbation_of names {d.perturbation_of!r}, "
+                    "which is not a dataset of this task"
+                )
+        if not any(d.access == "hidden" for d in self.datasets):
+            raise ValueError("datasets: at least one dataset must be hidden (the scoring set)")
+        metric_names = [m.name for m in self.metrics]
+        for key in self.leaderboard_weights:
+            if key not in metric_names:
+                raise ValueError(
+                    f"leaderboard_weights: {key!r} is not one of the task's metrics {metric_names}"
+                )
+        if self.label_field in self.input_fields:
+            raise ValueError(
+                f"input_fields: the label field {self.label_field!r} must not be an input"
+            )
+        return self
+
+    @property
+    def primary_metric(self) -> MetricConfig:
+        return self.metrics[0]
+
+    def dataset(self, name: str) -> DatasetConfig:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def metric_weights(self) -> dict[str, float]:
+        """Dynabench's defaults (primary 4, others 1), overridden by the config."""
+        weights = {m.name: (4.0 if i == 0 else 1.0) for i, m in enumerate(self.metrics)}
+        for m in self.metrics:
+            if m.weight is not None:
+                weights[m.name] = m.weight
+        weights.update(self.leaderboard_weights)
+        return weights
+
+    def sha256(self) -> str:
+        return hashlib.sha256(
+            json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest()
+
+
+def _unknown_metrics(config: TaskConfig) -> list[str]:
+    import metrics  # the registry; imported here so core has no import-time dependency
+
+    is_registered = getattr(metrics, "is_registered", None)
+    if is_registered is None:
+        return []
+    return [m.name for m in config.metrics if not is_registered(m.name)]
+
+
+def parse_task_config(data: dict[str, Any], *, path: str) -> TaskConfig:
+    """Validate a dict read from `path`; InvalidConfig names the first bad field and why."""
+    data = dict(data)
+    data.setdefault("slug", Path(path).stem)
+    try:
+        config = TaskConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; check the spelling against the task config reference"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        raise InvalidConfig(path, field, msg) from None
+    unknown = _unknown_metrics(config)
+    if unknown:
+        import metrics
+
+        raise InvalidConfig(
+            path,
+            "metrics",
+            f"unknown metric(s) {unknown}; registered: {', '.join(sorted(metrics.names()))}",
+        )
+    return config
+
+
+def load_task_config(path: Path) -> TaskConfig:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidConfig(str(path), "(syntax)", f"not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise InvalidConfig(str(path), "(file)", f"cannot be read: {exc.strerror}") from None
+    return parse_task_config(data, path=str(path))
+
+
+def load_task_configs(folder: Path) -> dict[str, TaskConfig]:
+    """Every task in the folder by slug; the first invalid file stops the load with its reason."""
+    if not folder.is_dir():
+        raise InvalidConfig(str(folder), "(folder)", "task config folder does not exist")
+    configs: dict[str, TaskConfig] = {}
+    for path in sorted(folder.glob("*.toml")):
+        config = load_task_config(path)
+        if config.slug in configs:
+            raise InvalidConfig(
+                str(path), "slug", f"{config.slug!r} is already used by another file"
+            )
+        configs[config.slug] = config
+    return configs

@@ -1,0 +1,106 @@
+"""The consumer loop every worker role shares: receive, keep the lease alive, ack or retry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+
+from core.errors import RetryableError
+from core.queue import Delivery, Queue
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Delivery], Awaitable[None]]
+DeadHandler = Callable[[Delivery, str], Awaitable[None]]
+
+
+class Consumer:
+    """Runs `handle` for each message of `queues`; one bad message never stops the loop.
+
+    - handler returns: ack.
+    - RetryableError: retried with backoff (dead-lettered after max attempts).
+    - any other exception: retried too (it may be a passing fault we did not foresee);
+      when the message is dead-lettered, `on_dead` records the failure on the submission.
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        queues: Sequence[str],
+        handle: Handler,
+        *,
+        name: str,
+        on_dead: DeadHandler | None = None,
+        concurrency: int = 1,
+        lease_seconds: float = 60.0,
+        wait_seconds: float = 1.0,
+    ) -> None:
+        self.queue = queue
+        self.queues = list(queues)
+        self.handle = handle
+        self.name = name
+        self.on_dead = on_dead
+        self.concurrency = max(1, concurrency)
+        self.lease_seconds = lease_seconds
+        self.wait_seconds = wait_seconds
+        self.processed = 0
+
+    async def _heartbeat(self, delivery: Delivery) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            await self.queue.extend(delivery, self.lease_seconds)
+
+    async def process(self, delivery: Delivery) -> None:
+        beat = asyncio.create_task(self._heartbeat(delivery))
+        try:
+            await self.handle(delivery)
+        except asyncio.CancelledError:
+            raise
+        except RetryableError as exc:
+            log.warning("%s: retrying %s: %s", self.name, delivery.envelope.message_id, exc)
+            await self._retry(delivery, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            log.exception("%s: message %s failed", self.name, delivery.envelope.message_id)
+            tail = "".join(traceback.format_exception(exc)[-3:])
+            await self._retry(delivery, f"{type(exc).__name__}: {exc}\n{tail}")
+        else:
+            await self.queue.ack(delivery)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await beat
+            self.processed += 1
+
+    async def _retry(self, delivery: Delivery, error: str) -> None:
+        dead = await self.queue.retry(delivery, error=error)
+        if dead and self.on_dead is not None:
+            try:
+                await self.on_dead(delivery, error)
+            except Exception:
+                log.exception("%s: could not record the dead letter", self.name)
+
+    async def run_once(self, *, wait_seconds: float = 0.0) -> int:
+        """Receive one batch and process it; returns how many messages were handled."""
+        deliveries = await self.queue.receive(
+            self.queues,
+            max_messages=self.concurrency,
+            lease_seconds=self.lease_seconds,
+            wait_seconds=wait_seconds,
+        )
+        await asyncio.gather(*(self.process(d) for d in deliveries))
+        return len(deliveries)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Loop until `stop` is set; errors talking to the queue are logged and retried."""
+        while not stop.is_set():
+            try:
+                await self.run_once(wait_seconds=self.wait_seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: queue unavailable; retrying in 2 s", self.name)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 2.0)
