@@ -222,9 +222,12 @@ class DbQueue:
                 .values(
                     dead=True,
                     lease_token=None,
-                    last_error=sa.func.coalesce(
-                        qm.c.last_error,
-                        "the lease expired on the last attempt (the worker stopped without an ack)",
+                    # Say why it died now; keep an earlier attempt's error after it, if any.
+                    last_error=sa.literal(
+                        "the lease expired on the last attempt (the worker stopped without an ack)"
+                    )
+                    + sa.func.coalesce(
+                        sa.literal("; the attempt before failed with: ") + qm.c.last_error, ""
                     ),
                 )
             )

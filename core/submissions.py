@@ -14,7 +14,7 @@ from core.errors import Forbidden, NotFound, RateLimited, WeighbridgeError
 from core.models import Event, Run, Score, Submission, Task, User, utcnow
 from core.queue import BUILD_QUEUE, Queue
 from core.states import TERMINAL, Status, record_event, transition
-from core.storage import StoredObject
+from core.storage import Storage, StoredObject
 from core.tasks import task_config
 
 ID = re.compile(r"^[0-9a-f]{32}$")
@@ -230,3 +230,16 @@ async def cancel_submission(session: AsyncSession, submission_id: str, *, user: 
         session, submission, Status.CANCELLED, service="api", message=f"cancelled by {user.name}"
     )
     return submission
+
+
+async def read_logs(storage: Storage, submission_id: str) -> str:
+    """The build log then each run's log, each under a heading, as one text."""
+    prefix = f"submissions/{submission_id}"
+    keys = [k for k in await storage.list(prefix) if k.endswith("/log")]
+    keys.sort(key=lambda k: (not k.startswith(f"{prefix}/build/"), k))
+    parts = []
+    for key in keys:
+        section = key[len(prefix) + 1 : -len("/log")]
+        body = (await storage.read_bytes(key)).decode("utf-8", errors="replace")
+        parts.append(f"== {section} ==\n{body}" + ("" if body.endswith("\n") else "\n"))
+    return "".join(parts)

@@ -1,0 +1,181 @@
+"""Submissions: streamed upload, list, detail with timeline, events, cancel, results, logs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+
+from api.deps import optional_user, require_user, services_of
+from api.serializers import event_json, run_json, score_json, submission_json, submission_summary
+from api.uploads import check_declared_length, receive_upload
+from core import submissions as subs
+from core.errors import WeighbridgeError
+from core.models import Task, User, new_id
+from core.tasks import get_task, task_config
+
+router = APIRouter(prefix="/api/v1/submissions", tags=["submissions"])
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("", "0", "false", "no", "off")
+
+
+def _flag(fields: dict[str, str], name: str) -> bool:
+    value = fields.get(name, "").strip().lower()
+    if value not in TRUE + FALSE:
+        raise WeighbridgeError(f"{name} must be true or false, not {value!r}", field=name)
+    return value in TRUE
+
+
+@router.post("", status_code=201)
+async def create_submission(request: Request) -> dict:
+    services = services_of(request)
+    limit = services.settings.max_upload_bytes
+    check_declared_length(request, limit)
+    submission_id = new_id()
+    async with services.db.session() as session:
+        user = await require_user(session, request)
+
+    async def key_for(fields: dict[str, str], filename: str) -> tuple[str, int]:
+        slug = fields.get("task", "").strip()
+        if not slug:
+            raise WeighbridgeError(
+                "the form field 'task' is missing (send it before the file)",
+                status=422,
+                field="task",
+            )
+        async with services.db.session() as session:
+            task = await get_task(session, slug)
+            await subs.check_submission_limit(session, user, task)
+        task_limit = task_config(task).limits.max_upload_bytes
+        return f"submissions/{submission_id}/upload/{filename}", min(limit, task_limit or limit)
+
+    upload = await receive_upload(request, services.storage, key_for=key_for)
+    try:
+        if upload.stored.size == 0:
+            raise WeighbridgeError(
+                f"the file {upload.filename!r} is empty",
+                status=422,
+                code="empty_file",
+                field="file",
+            )
+        fields = upload.fields
+        kind = fields.get("kind", "model").strip() or "model"
+        name = (fields.get("name") or upload.filename).strip()[:255]
+        async with services.db.session() as session:
+            task = await get_task(session, fields.get("task", "").strip())
+            submission = await subs.create_submission(
+                session,
+                services.queue,
+                submission_id=submission_id,
+                user=user,
+                task=task,
+                kind=kind,
+                name=name,
+                private=_flag(fields, "private"),
+                upload=upload.stored,
+                filename=upload.filename,
+                client_id=request.headers.get("x-client-id"),
+            )
+            return submission_summary(submission, task=task.slug, owner=user.name)
+    except BaseException:
+        # Nothing half-written: the stored bundle goes when the submission does not exist.
+        await services.storage.delete_prefix(f"submissions/{submission_id}")
+        raise
+
+
+@router.get("")
+async def read_submissions(
+    request: Request,
+    task: str | None = None,
+    status: str | None = None,
+    limit: int = Query(50, ge=1, le=200),
+    offset: int = Query(0, ge=0),
+    all: bool = False,
+) -> dict:
+    async with services_of(request).db.session() as session:
+        user = await require_user(session, request)
+        task_row = await get_task(session, task) if task else None
+        rows = await subs.list_submissions(
+            session,
+            viewer=user,
+            task=task_row,
+            mine=not all,
+            status=status,
+            limit=limit,
+            offset=offset,
+        )
+        out = []
+        for s in rows:
+            out.append(await _summary(session, s))
+        return {"submissions": out}
+
+
+async def _summary(session, s) -> dict:
+    task = await session.get(Task, s.task_id) if s.task_id else None
+    owner = await session.get(User, s.user_id)
+    return submission_summary(
+        s, task=task.slug if task else None, owner=owner.name if owner else None
+    )
+
+
+@router.get("/{submission_id}")
+async def read_submission(submission_id: str, request: Request) -> dict:
+    async with services_of(request).db.session() as session:
+        viewer = await optional_user(session, request)
+        s = await subs.get_submission(session, submission_id, viewer=viewer)
+        return await _detail(session, s)
+
+
+async def _detail(session, s) -> dict:
+    task = await session.get(Task, s.task_id) if s.task_id else None
+    return submission_json(
+        s,
+        task=task.slug if task else None,
+        owner=await session.get(User, s.user_id),
+        events=await subs.list_events(session, s.id),
+        runs=await subs.list_runs(session, s.id),
+    )
+
+
+@router.get("/{submission_id}/events")
+async def read_events(submission_id: str, request: Request, after: int = Query(0, ge=0)) -> dict:
+    async with services_of(request).db.session() as session:
+        viewer = await optional_user(session, request)
+        s = await subs.get_submission(session, submission_id, viewer=viewer)
+        events = [e for e in await subs.list_events(session, s.id) if (e.id or 0) > after]
+        return {"status": s.status, "events": [event_json(e) for e in events]}
+
+
+@router.post("/{submission_id}/cancel")
+async def cancel(submission_id: str, request: Request) -> dict:
+    async with services_of(request).db.session() as session:
+        user = await require_user(session, request)
+        s = await subs.cancel_submission(session, submission_id, user=user)
+        await session.flush()
+        return await _detail(session, s)
+
+
+@router.get("/{submission_id}/results")
+async def read_results(submission_id: str, request: Request) -> dict:
+    async with services_of(request).db.session() as session:
+        viewer = await optional_user(session, request)
+        s = await subs.get_submission(session, submission_id, viewer=viewer)
+        return {
+            "id": s.id,
+            "status": s.status,
+            "scores": [score_json(x) for x in await subs.list_scores(session, s.id)],
+            "runs": [run_json(r) for r in await subs.list_runs(session, s.id)],
+        }
+
+
+@router.get("/{submission_id}/logs")
+async def read_logs(submission_id: str, request: Request, offset: int = Query(0, ge=0)) -> dict:
+    services = services_of(request)
+    async with services.db.session() as session:
+        viewer = await optional_user(session, request)
+        s = await subs.get_submission(session, submission_id, viewer=viewer)
+    text = await subs.read_logs(services.storage, s.id)
+    data = text.encode()
+    return {
+        "text": data[offset:].decode("utf-8", errors="replace"),
+        "next_offset": len(data),
+        "complete": s.status in ("done", "failed", "cancelled"),
+    }

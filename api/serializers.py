@@ -1,0 +1,105 @@
+"""Rows to the JSON shapes of docs/api.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.models import Dataset, Event, Run, Score, Submission, Task, User
+from core.tasks import task_config
+
+
+def task_json(task: Task, datasets: list[Dataset]) -> dict[str, Any]:
+    config = task_config(task)
+    weights = config.metric_weights()
+    return {
+        "slug": task.slug,
+        "name": task.name,
+        "description": task.description,
+        "input_fields": config.input_fields,
+        "output_fields": config.output_fields,
+        "metrics": [{"name": m.name, "weight": weights.get(m.name)} for m in config.metrics],
+        "datasets": [
+            {
+                "name": d.name,
+                "access": d.access,
+                "split": d.split,
+                "n_examples": d.n_examples,
+                "sha256": d.sha256 or None,
+            }
+            for d in datasets
+        ],
+        "eval_server_id": task.eval_server_id,
+        "limits": {
+            "submissions_per_window": config.limits.submissions_per_window,
+            "window_hours": config.limits.window_hours,
+        },
+    }
+
+
+def submission_summary(s: Submission, *, task: str | None, owner: str | None) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "kind": s.kind,
+        "task": task,
+        "name": s.name,
+        "status": s.status,
+        "private": s.private,
+        "owner": owner,
+        "bytes": s.upload_bytes,
+        "sha256": s.upload_sha256,
+        "created_at": s.created_at.isoformat(),
+        "updated_at": s.updated_at.isoformat(),
+    }
+
+
+def event_json(e: Event) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "type": e.type,
+        "status": e.status,
+        "message": e.message,
+        "created_at": e.created_at.isoformat(),
+        "payload": (e.envelope or {}).get("payload", {}),
+    }
+
+
+def run_json(r: Run) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "status": r.status,
+        "started_at": r.started_at.isoformat() if r.started_at else None,
+        "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+        "summary": r.summary,
+        "error": r.error,
+    }
+
+
+def score_json(s: Score) -> dict[str, Any]:
+    return {
+        "dataset": s.dataset,
+        "metric": s.metric,
+        "value": s.value,
+        "ci_low": s.ci_low,
+        "ci_high": s.ci_high,
+        "n_examples": s.n_examples,
+        **({"extra": s.extra} if s.extra else {}),
+    }
+
+
+def submission_json(
+    s: Submission,
+    *,
+    task: str | None,
+    owner: User | None,
+    events: list[Event],
+    runs: list[Run],
+) -> dict[str, Any]:
+    body = submission_summary(s, task=task, owner=owner.name if owner else None)
+    body["error"] = (
+        {"stage": s.failed_stage, "reason": s.error, "log_key": s.error_log_key}
+        if s.status == "failed"
+        else None
+    )
+    body["events"] = [event_json(e) for e in events]
+    body["runs"] = [run_json(r) for r in runs]
+    return body
