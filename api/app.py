@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from api.errors import install_error_handlers
-from api.routes import health, submissions, tasks
+from api.routes import health, prometheus, submissions, tasks
+from api.routes.prometheus import ApiMetrics
 from core.context import Services
 from core.version import __version__
 
@@ -18,8 +19,19 @@ def create_app(services: Services) -> FastAPI:
         description="Upload models, benchmarks and inspections; get them weighed and ranked.",
     )
     app.state.services = services
+    app.state.metrics = ApiMetrics()
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        app.state.metrics.requests.labels(template, f"{response.status_code // 100}xx").inc()
+        return response
+
     app.include_router(health.router)
     app.include_router(tasks.router)
     app.include_router(submissions.router)
+    app.include_router(prometheus.router)
     return app

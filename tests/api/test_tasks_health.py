@@ -34,3 +34,15 @@ async def test_openapi_lists_the_routes(client):
     spec = (await client.get("/openapi.json")).json()
     assert "/api/v1/submissions" in spec["paths"]
     assert "/api/v1/submissions/{submission_id}/cancel" in spec["paths"]
+
+
+async def test_prometheus_metrics_count_submissions_and_queue(client, token):
+    files = {"file": ("m.tar.gz", b"not empty")}
+    created = await client.post(
+        "/api/v1/submissions", data={"task": "toy"}, files=files, headers=auth(token)
+    )
+    assert created.status_code == 201
+    text = (await client.get("/metrics")).text
+    assert 'weighbridge_submissions{kind="model",status="uploaded"} 1.0' in text
+    assert 'weighbridge_queue_messages{dead="false",queue="build"} 1.0' in text
+    assert 'route="/api/v1/submissions",status="2xx"' in text

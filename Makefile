@@ -1,0 +1,53 @@
+# The handful of verbs: install, up, test, lint, bench, migrate.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# A CPU build of torch (on this project's machines the wheel is on local disk);
+# on a GPU machine set TORCH to the build you want, e.g. TORCH="torch>=2.3".
+TORCH ?= torch==2.13.0
+PORT ?= 8000
+SHELL := /bin/bash
+
+.PHONY: install up test lint bench migrate services clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check "$(TORCH)"
+	$(PIP) install -q --disable-pip-version-check -e '.[torch,dev]'
+	touch $@
+
+up: install
+	$(VENV)/bin/weighbridge up --demo --port $(PORT)
+
+# Start Postgres and MariaDB where this machine has them; tests skip a backend that is absent.
+services:
+	@if [ -d /etc/postgresql ] && command -v pg_ctlcluster >/dev/null; then \
+	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -n 1) main start 2>/dev/null || true; fi
+	@if [ -x /usr/sbin/mariadbd ]; then \
+	  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd >/dev/null 2>&1 || true; fi
+	@for i in $$(seq 40); do \
+	  (echo > /dev/tcp/127.0.0.1/5432) 2>/dev/null && (echo > /dev/tcp/127.0.0.1/3306) 2>/dev/null && break; \
+	  sleep 0.5; done; \
+	for p in 5432 3306; do (echo > /dev/tcp/127.0.0.1/$$p) 2>/dev/null \
+	  && echo "port $$p: up" || echo "port $$p: absent (its tests are skipped)"; done
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install services lint
+	$(VENV)/bin/pytest -q
+
+bench: install
+	$(PY) bench/upload.py
+	$(PY) bench/queue.py
+	$(PY) bench/metrics.py
+	$(PY) bench/runner.py
+
+migrate: install
+	$(VENV)/bin/weighbridge db upgrade
+
+clean:
+	rm -rf .weighbridge .pytest_cache .ruff_cache

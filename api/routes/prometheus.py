@@ -1,0 +1,66 @@
+"""Prometheus exposition at /metrics: submissions by state, queue depths, dead letters, requests."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+
+from api.deps import services_of
+from core.models import QueueMessage, Submission
+
+router = APIRouter(tags=["health"])
+
+
+class ApiMetrics:
+    """One registry per app, so tests and several apps in a process never collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "weighbridge_http_requests",
+            "HTTP requests answered, by route template and status class",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.submissions = Gauge(
+            "weighbridge_submissions",
+            "Submissions by kind and status",
+            ["kind", "status"],
+            registry=self.registry,
+        )
+        self.queue_messages = Gauge(
+            "weighbridge_queue_messages",
+            "Messages waiting or leased (dead=false) and dead letters (dead=true), by queue",
+            ["queue", "dead"],
+            registry=self.registry,
+        )
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    state: ApiMetrics = request.app.state.metrics
+    async with services_of(request).db.session() as session:
+        by_status = await session.execute(
+            sa.select(Submission.kind, Submission.status, sa.func.count()).group_by(
+                Submission.kind, Submission.status
+            )
+        )
+        state.submissions.clear()
+        for kind, status, count in by_status:
+            state.submissions.labels(kind, status).set(count)
+        depths = await session.execute(
+            sa.select(QueueMessage.queue, QueueMessage.dead, sa.func.count()).group_by(
+                QueueMessage.queue, QueueMessage.dead
+            )
+        )
+        state.queue_messages.clear()
+        for queue, dead, count in depths:
+            state.queue_messages.labels(queue, str(bool(dead)).lower()).set(count)
+    return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
