@@ -1,0 +1,56 @@
+"""Weighbridge's metric library: pure functions, no dependency on the rest of the project.
+
+    import metrics
+    metrics.compute("macro_f1", predictions, references)                # -> float
+    metrics.compute_detailed("bleu", hyps, refs).extras["signature"]      # sacrebleu signature
+    metrics.confidence_interval("accuracy", predictions, references)      # -> (low, high)
+    metrics.get("ter").direction                                          # "lower"
+
+Fraction metrics (accuracy, F1, exact match, ...) are in [0, 1]; sacrebleu metrics on its
+0-100 scale. Every input problem raises MetricError (a ValueError) naming the metric.
+"""
+
+from metrics.bootstrap import bootstrap_distribution, confidence_interval, paired_bootstrap_pvalue
+from metrics.errors import MetricError
+from metrics.leaderboard import (
+    Leaderboard,
+    LeaderboardMetric,
+    LeaderboardRow,
+    attach_confidence_intervals,
+    default_weights,
+    mark_ties,
+    normalise_weights,
+    parse_weights,
+    rank_models,
+)
+from metrics.performance import PERFORMANCE_METRICS, summarize_performance
+from metrics.registry import compute, compute_detailed, get, is_registered, names, register
+from metrics.robustness import delta_metric
+from metrics.spec import MetricResult, MetricSpec
+
+__all__ = [
+    "PERFORMANCE_METRICS",
+    "Leaderboard",
+    "LeaderboardMetric",
+    "LeaderboardRow",
+    "MetricError",
+    "MetricResult",
+    "MetricSpec",
+    "attach_confidence_intervals",
+    "bootstrap_distribution",
+    "compute",
+    "compute_detailed",
+    "confidence_interval",
+    "default_weights",
+    "delta_metric",
+    "get",
+    "is_registered",
+    "mark_ties",
+    "names",
+    "normalise_weights",
+    "paired_bootstrap_pvalue",
+    "parse_weights",
+    "rank_models",
+    "register",
+    "summarize_performance",
+]
