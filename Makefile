@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 PORT ?= 8000
 SHELL := /bin/bash
 
-.PHONY: install up test lint bench migrate services clean
+.PHONY: install up test lint bench migrate services browser clean
 
 install: $(VENV)/.installed
 
@@ -33,11 +33,17 @@ services:
 	for p in 5432 3306; do (echo > /dev/tcp/127.0.0.1/$$p) 2>/dev/null \
 	  && echo "port $$p: up" || echo "port $$p: absent (its tests are skipped)"; done
 
+# Debian's chromium for the browser tests (never `playwright install`); skipped where apt is not ours.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium absent: the browser tests are skipped"; }
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install services lint
+test: install services browser lint
 	$(VENV)/bin/pytest -q
 
 bench: install

@@ -9,6 +9,7 @@ from api.routes import health, prometheus, submissions, tasks
 from api.routes.prometheus import ApiMetrics
 from core.context import Services
 from core.version import __version__
+from web import pages
 
 
 def create_app(services: Services) -> FastAPI:
@@ -34,4 +35,6 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(submissions.router)
     app.include_router(prometheus.router)
+    app.include_router(pages.router)
+    app.mount("/static", pages.static, name="static")
     return app

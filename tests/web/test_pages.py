@@ -1,0 +1,150 @@
+"""The website in headless Chromium: tasks, a ranked leaderboard, a live submission timeline."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core.accounts import create_user
+from core.db import Database
+from core.models import Score, Submission, Task
+from tests.conftest import FIXTURES, free_port
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason="Debian's chromium is not installed (apt-get install chromium)",
+)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory):
+    """`weighbridge serve api` on SQLite, with a user and two finished, scored submissions."""
+    home = tmp_path_factory.mktemp("web")
+    port = free_port()
+    env = {
+        **os.environ,
+        "WEIGHBRIDGE_HOME": str(home),
+        "WEIGHBRIDGE_TASK_CONFIGS": str(FIXTURES / "task_configs"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "serve", "api", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the API did not start")
+        token = asyncio.run(_seed(f"sqlite+aiosqlite:///{home / 'weighbridge.db'}"))
+        yield url, token
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def _seed(url: str) -> str:
+    db = Database(url)
+    async with db.session() as session:
+        user, token = await create_user(session, "ada", email="ada@example.org")
+        task = (await session.execute(Task.__table__.select())).first()
+        for name, acc in (("weak", 0.61), ("strong", 0.93)):
+            s = Submission(task_id=task.id, user_id=user.id, name=name, status="done")
+            session.add(s)
+            await session.flush()
+            for metric, value in (("accuracy", acc), ("macro_f1", acc - 0.02)):
+                session.add(
+                    Score(
+                        submission_id=s.id,
+                        dataset="test",
+                        metric=metric,
+                        value=value,
+                        ci_low=value - 0.03,
+                        ci_high=value + 0.03,
+                    )
+                )
+    await db.dispose()
+    return token
+
+
+@pytest.fixture
+def page():
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser.new_page()
+        browser.close()
+
+
+def test_index_lists_tasks_and_leaderboard_ranks_the_better_model_first(site, page):
+    url, _ = site
+    page.goto(url + "/")
+    page.click("a[data-task=toy]")
+    page.wait_for_selector("#leaderboard")
+    rows = page.locator("#leaderboard tbody tr")
+    assert rows.count() == 2
+    assert rows.nth(0).locator("td").nth(1).inner_text() == "strong"
+    assert rows.nth(1).locator("td").nth(1).inner_text() == "weak"
+    assert "0.9000 \u2013 0.9600" in rows.nth(0).inner_text()
+
+
+def test_bad_weights_show_a_readable_error(site, page):
+    url, _ = site
+    page.goto(url + "/tasks/toy?weights=accuracy=heavy")
+    alert = page.locator("[role=alert]")
+    assert "accuracy" in alert.inner_text()
+    assert page.locator("#leaderboard tbody tr").count() == 2
+
+
+def test_submission_timeline_updates_live(site, page):
+    url, token = site
+    headers = {"Authorization": f"Bearer {token}"}
+    created = httpx.post(
+        f"{url}/api/v1/submissions",
+        data={"task": "toy", "name": "live"},
+        files={"file": ("m.tar.gz", b"bundle bytes")},
+        headers=headers,
+    )
+    assert created.status_code == 201, created.text
+    sub_id = created.json()["id"]
+    page.goto(f"{url}/submissions/{sub_id}")
+    assert page.locator("#status").inner_text() == "uploaded"
+    assert page.locator("#timeline li").count() == 1
+    # The page polls the events API: a cancel made elsewhere appears without a manual reload.
+    httpx.post(f"{url}/api/v1/submissions/{sub_id}/cancel", headers=headers).raise_for_status()
+    page.wait_for_function(
+        "document.querySelector('#status').textContent === 'cancelled'", timeout=10_000
+    )
+    page.wait_for_selector("#timeline li >> nth=1")
+    assert "cancelled by ada" in page.locator("#timeline").inner_text()
+
+
+def test_unknown_pages_answer_404(site):
+    url, _ = site
+    assert httpx.get(f"{url}/tasks/nope").status_code == 404
+    assert httpx.get(f"{url}/submissions/{'0' * 32}").status_code == 404

@@ -1,0 +1,84 @@
+"""The leaderboard website: tasks, a task's leaderboard, a submission's live timeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from api.deps import services_of
+from api.serializers import task_json
+from core import submissions as subs
+from core.errors import WeighbridgeError
+from core.leaderboard import parse_weights, read_leaderboard
+from core.models import Task, User
+from core.tasks import get_task, list_datasets, list_tasks
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")
+static = StaticFiles(directory=HERE / "static")
+router = APIRouter(include_in_schema=False)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return "\u2013" if value is None else str(value)
+
+
+templates.env.filters["fmt"] = _fmt
+
+
+@router.get("/", response_class=HTMLResponse)
+async def index(request: Request) -> HTMLResponse:
+    async with services_of(request).db.session() as session:
+        tasks = [task_json(t, await list_datasets(session, t)) for t in await list_tasks(session)]
+    return templates.TemplateResponse(request, "index.html", {"tasks": tasks})
+
+
+@router.get("/tasks/{slug}", response_class=HTMLResponse)
+async def task_page(slug: str, request: Request, weights: str | None = None) -> HTMLResponse:
+    error = None
+    async with services_of(request).db.session() as session:
+        task = await get_task(session, slug)
+        info = task_json(task, await list_datasets(session, task))
+        try:
+            board = await read_leaderboard(
+                session, task, weights=parse_weights(weights) if weights else None
+            )
+        except WeighbridgeError as exc:
+            error = exc.message
+            board = await read_leaderboard(session, task)
+    return templates.TemplateResponse(
+        request,
+        "task.html",
+        {"task": info, "board": board, "weights": weights or "", "error": error},
+        status_code=200 if error is None else 422,
+    )
+
+
+@router.get("/submissions/{submission_id}", response_class=HTMLResponse)
+async def submission_page(submission_id: str, request: Request) -> HTMLResponse:
+    async with services_of(request).db.session() as session:
+        s = await subs.get_submission(session, submission_id, viewer=None)
+        task = await session.get(Task, s.task_id) if s.task_id else None
+        owner = await session.get(User, s.user_id)
+        events = await subs.list_events(session, s.id)
+        runs = await subs.list_runs(session, s.id)
+        scores = await subs.list_scores(session, s.id)
+    return templates.TemplateResponse(
+        request,
+        "submission.html",
+        {
+            "s": s,
+            "task": task,
+            "owner": owner.name if owner else None,
+            "events": events,
+            "runs": runs,
+            "scores": scores,
+            "terminal": s.status in ("done", "failed", "cancelled"),
+        },
+    )
