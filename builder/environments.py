@@ -1,0 +1,220 @@
+"""Virtual environments for bundles with a requirements.txt: one per requirements sha256, reused.
+
+`envs/<sha256>/` is built once, under an exclusive `fcntl` lock on `envs/<sha256>.lock`, and
+marked usable only at the end by an atomically renamed marker file: a crash part-way leaves no
+marker, and the next builder removes the remains and starts again.
+
+The env is created with `python -m venv --system-site-packages` and, because the builder itself
+runs in a virtualenv (whose packages `--system-site-packages` does not reach), a `.pth` file
+that adds the builder's own site-packages after the env's. So torch and the rest are inherited,
+a requirement they already satisfy costs no download, and anything pip installs in the env
+takes precedence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import site
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from builder.processes import BuildLog, last_line
+from core.errors import JobFailed
+
+MARKER = ".weighbridge-ready.json"
+PTH = "_weighbridge_base.pth"
+
+
+@dataclass(frozen=True)
+class PythonEnv:
+    """A ready environment: its interpreter and whether this build reused it."""
+
+    sha256: str
+    path: Path
+    python: Path
+    key: str  # envs/<sha256>
+    reused: bool
+    seconds: float
+
+
+def requirements_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def env_python(env_dir: Path) -> Path:
+    return env_dir / "bin" / "python"
+
+
+def is_ready(env_dir: Path) -> bool:
+    return (env_dir / MARKER).is_file() and env_python(env_dir).exists()
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path, *, timeout: float, log: BuildLog) -> Iterator[None]:
+    """An exclusive lock across processes; waits up to `timeout` for another builder."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        announced = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                if time.monotonic() > deadline:
+                    raise JobFailed(
+                        "build",
+                        f"another build held the environment lock {lock_path.name} for more "
+                        f"than {timeout:g} s; try again later",
+                    ) from None
+                if not announced:
+                    log.write("waiting for another build of the same environment…\n")
+                    announced = True
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _base_site_packages() -> list[str]:
+    """The builder's own site-packages folders (a virtualenv's, not the base interpreter's)."""
+    paths = [p for p in site.getsitepackages() if os.path.isdir(p)]
+    return list(dict.fromkeys(paths))
+
+
+def _write_marker(env_dir: Path, info: dict) -> None:
+    tmp = env_dir / f".{MARKER}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
+    os.replace(tmp, env_dir / MARKER)
+
+
+def ensure_env(
+    requirements: Path,
+    *,
+    envs_root: Path,
+    log: BuildLog,
+    timeout: float,
+    base_python: str | None = None,
+) -> PythonEnv:
+    """The env for these requirements, built now or reused; JobFailed when pip fails."""
+    started = time.monotonic()
+    sha = requirements_sha256(requirements)
+    env_dir = envs_root / sha
+    key = f"envs/{sha}"
+    log.step(f"environment for requirements.txt (sha256 {sha[:12]}…)")
+    if is_ready(env_dir):
+        log.write(f"reusing {env_dir}\n")
+        return PythonEnv(sha, env_dir, env_python(env_dir), key, True, time.monotonic() - started)
+    with _locked(envs_root / f"{sha}.lock", timeout=timeout, log=log):
+        if is_ready(env_dir):  # built by another builder while we waited
+            log.write(f"reusing {env_dir} (built while this build waited)\n")
+            return PythonEnv(
+                sha, env_dir, env_python(env_dir), key, True, time.monotonic() - started
+            )
+        if env_dir.exists():
+            log.write(f"removing the remains of an unfinished build at {env_dir}\n")
+            shutil.rmtree(env_dir)
+        try:
+            _build(requirements, env_dir, log=log, timeout=timeout, base_python=base_python)
+        except BaseException:
+            shutil.rmtree(env_dir, ignore_errors=True)
+            raise
+        _write_marker(
+            env_dir,
+            {
+                "requirements_sha256": sha,
+                "created_at": datetime.now(UTC).isoformat(),
+                "base_site_packages": _base_site_packages(),
+                "python": sys.version.split()[0],
+            },
+        )
+    log.write(f"environment ready at {env_dir}\n")
+    return PythonEnv(sha, env_dir, env_python(env_dir), key, False, time.monotonic() - started)
+
+
+def _build(
+    requirements: Path, env_dir: Path, *, log: BuildLog, timeout: float, base_python: str | None
+) -> None:
+    deadline = time.monotonic() + timeout
+    python = base_python or sys.executable
+    env_dir.parent.mkdir(parents=True, exist_ok=True)
+    # pip comes from the builder's site-packages through the .pth below: no ensurepip needed.
+    made = log.run(
+        [python, "-m", "venv", "--system-site-packages", "--without-pip", str(env_dir)],
+        cwd=env_dir.parent,
+        timeout=max(1.0, deadline - time.monotonic()),
+    )
+    if not made.ok:
+        raise JobFailed(
+            "build",
+            f"could not create a virtual environment: {last_line(made.tail) or 'no output'}",
+            log_tail=made.tail,
+        )
+    purelib = _env_purelib(env_dir)
+    lines = [f"import site; site.addsitedir({p!r})" for p in _base_site_packages()]
+    (purelib / PTH).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    shutil.copyfile(requirements, env_dir / "requirements.txt")
+    env = {
+        **os.environ,
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_NO_INPUT": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
+    pip = log.run(
+        [
+            str(env_python(env_dir)),
+            "-m",
+            "pip",
+            "install",
+            "--progress-bar",
+            "off",
+            "--no-warn-script-location",
+            "-r",
+            "requirements.txt",
+        ],
+        cwd=env_dir,
+        timeout=max(1.0, deadline - time.monotonic()),
+        env=env,
+    )
+    if pip.timed_out:
+        raise JobFailed(
+            "build",
+            f"pip install -r requirements.txt did not finish within {timeout:g} s; pin "
+            "versions with wheels, or drop packages the base image already has",
+            log_tail=pip.tail,
+        )
+    if not pip.ok:
+        raise JobFailed(
+            "build",
+            "pip could not install requirements.txt: "
+            f"{_pip_error(pip.tail) or f'exit status {pip.returncode}'}",
+            log_tail=pip.tail,
+        )
+
+
+def _env_purelib(env_dir: Path) -> Path:
+    candidates = sorted((env_dir / "lib").glob("python*/site-packages"))
+    if not candidates:
+        raise JobFailed("build", f"the new environment at {env_dir} has no site-packages")
+    return candidates[0]
+
+
+def _pip_error(tail: str) -> str:
+    """pip's own 'ERROR: …' line when there is one (the last line is often a hint)."""
+    errors = [line.strip() for line in tail.splitlines() if line.startswith("ERROR:")]
+    return errors[0] if errors else last_line(tail)

@@ -1,0 +1,391 @@
+"""The `build` queue's worker: builds each uploaded model and hands it to its task's fleet.
+
+Idempotent: a message for a submission already past `building` is acknowledged and skipped; a
+redelivered message for one still `building` (the last worker died) builds again. The work runs
+off the event loop (a thread driving subprocesses). Success marks `built` and stages the
+`evaluate` message on `eval.<eval_server_id>` in one transaction; a JobFailed marks `failed`
+(stage "build", the reason, the log key) and queues the owner's email in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import shutil
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from builder.archives import safe_model_name
+from builder.builds import LOG, BuildOptions, BuildResult, build_model
+from builder.bundle import BundleLimits
+from builder.processes import BuildLog
+from core.context import Services
+from core.errors import JobFailed, WeighbridgeError
+from core.models import Dataset, Submission, new_id
+from core.queue import BUILD_QUEUE, Delivery, eval_queue
+from core.states import Status, transition
+from core.taskconfig import TaskConfig
+from core.worker import Consumer
+
+log = logging.getLogger(__name__)
+
+SERVICE = "builder"
+STAGE = "build"
+PAST_BUILDING = frozenset(
+    {Status.BUILT, Status.EVALUATING, Status.DONE, Status.FAILED, Status.CANCELLED}
+)
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class SubmissionRef(_Loose):
+    id: str
+    kind: str
+    name: str
+    upload_key: str | None = None
+    upload_filename: str | None = None
+    upload_sha256: str | None = None
+
+
+class TaskRef(_Loose):
+    slug: str
+    config: dict[str, Any]
+
+
+class BuildPayload(_Loose):
+    """The parts of the `build` message (docs/pipeline.md) the builder relies on."""
+
+    submission: SubmissionRef
+    task: TaskRef | None = None
+    owner: dict[str, Any] | None = None
+
+
+def build_key(submission_id: str, name: str) -> str:
+    return f"submissions/{submission_id}/build/{name}"
+
+
+def envs_root(services: Services) -> Path:
+    """`envs/` of the local storage folder, or `$WEIGHBRIDGE_HOME/envs` on remote storage."""
+    local = services.storage.local_path("envs")
+    return local if local is not None else services.settings.home / "envs"
+
+
+async def _queue_email(session: AsyncSession, services: Services, submission: Submission) -> None:
+    try:
+        from core.notifications import queue_submission_email
+    except ModuleNotFoundError as exc:
+        if exc.name != "core.notifications":
+            raise
+        log.warning(
+            "core.notifications is missing; no email queued for submission %s", submission.id
+        )
+        return
+    queued = queue_submission_email(
+        session, services.storage, submission, settings=services.settings
+    )
+    if inspect.isawaitable(queued):
+        await queued
+
+
+async def _locked_submission(session: AsyncSession, submission_id: str) -> Submission | None:
+    return await session.get(
+        Submission, submission_id, with_for_update=True, populate_existing=True
+    )
+
+
+async def _mark_failed(
+    session: AsyncSession,
+    services: Services,
+    submission: Submission,
+    reason: str,
+    *,
+    delivery: Delivery | None,
+    log_key: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> None:
+    transition(
+        session,
+        submission,
+        Status.FAILED,
+        service=SERVICE,
+        stage=STAGE,
+        error=reason,
+        log_key=log_key,
+        payload=payload,
+        parent=delivery.envelope if delivery else None,
+    )
+    await _queue_email(session, services, submission)
+
+
+async def _fail(
+    services: Services,
+    submission_id: str,
+    reason: str,
+    *,
+    delivery: Delivery | None,
+    log_key: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> None:
+    """Mark the submission failed at the build stage (if it still can be) and queue the email."""
+    async with services.db.session() as session:
+        submission = await _locked_submission(session, submission_id)
+        if submission is None or Status(submission.status) in PAST_BUILDING:
+            return
+        await _mark_failed(
+            session,
+            services,
+            submission,
+            reason,
+            delivery=delivery,
+            log_key=log_key,
+            payload=payload,
+        )
+
+
+async def handle_build(
+    services: Services, delivery: Delivery, *, options: BuildOptions | None = None
+) -> None:
+    """Build one submission; see the module docstring for the contract."""
+    envelope = delivery.envelope
+    submission_id = envelope.action_id
+    try:
+        payload = BuildPayload.model_validate(envelope.payload)
+    except ValidationError as exc:
+        await _fail(
+            services,
+            submission_id,
+            f"internal error: the build message is malformed ({exc.error_count()} errors: "
+            f"{exc.errors()[0]['loc']} {exc.errors()[0]['msg']})",
+            delivery=delivery,
+        )
+        return
+
+    async with services.db.session() as session:
+        submission = await _locked_submission(session, submission_id)
+        if submission is None:
+            log.warning("build message for unknown submission %s; dropped", submission_id)
+            return
+        if Status(submission.status) in PAST_BUILDING:
+            log.info("submission %s is already %s; skipped", submission_id, submission.status)
+            return
+        refusal, config = _refusal(submission, payload)
+        if refusal is not None or config is None:
+            await _mark_failed(
+                session, services, submission, refusal or "no task config", delivery=delivery
+            )
+            return
+        transition(
+            session,
+            submission,
+            Status.BUILDING,
+            service=SERVICE,
+            message=f"building (attempt {delivery.attempts})",
+            payload={"attempt": delivery.attempts},
+            parent=envelope,
+        )
+
+    work = services.settings.home / "builds" / f"{submission_id}-{new_id()[:8]}"
+    work.mkdir(parents=True)
+    build_log = BuildLog(work / "build" / LOG)
+    try:
+        try:
+            result = await _build(services, payload, config, work, build_log, options)
+        except JobFailed as exc:
+            build_log.step(f"build failed: {exc.reason}")
+            build_log.close()
+            log_key = build_key(submission_id, LOG)
+            await services.storage.write_file(log_key, build_log.path)
+            await _fail(
+                services,
+                submission_id,
+                exc.reason,
+                delivery=delivery,
+                log_key=log_key,
+                payload={"log_tail": exc.log_tail[-4000:]} if exc.log_tail else None,
+            )
+            return
+        build_log.close()
+        await _store_and_hand_off(services, delivery, payload, config, result)
+    finally:
+        build_log.close()
+        await asyncio.to_thread(shutil.rmtree, work, True)
+
+
+def _refusal(submission: Submission, payload: BuildPayload) -> tuple[str | None, TaskConfig | None]:
+    """Why this submission cannot be built here (None: go ahead), and its task's config."""
+    if submission.kind != "model":
+        return (
+            f"{submission.kind} submissions are not supported in this build of the builder "
+            "yet; only models can be built",
+            None,
+        )
+    if payload.task is None:
+        return "a model submission needs a task; upload it with --task", None
+    if not payload.submission.upload_key:
+        return "the submission has no uploaded bundle to build", None
+    try:
+        return None, TaskConfig.model_validate(payload.task.config)
+    except ValidationError as exc:
+        return f"internal error: the task config of {payload.task.slug!r} is invalid: {exc}", None
+
+
+async def _build(
+    services: Services,
+    payload: BuildPayload,
+    config: TaskConfig,
+    work: Path,
+    build_log: BuildLog,
+    options: BuildOptions | None,
+) -> BuildResult:
+    ref = payload.submission
+    filename = Path(ref.upload_filename or "").name or "upload"
+    if filename in (".", ".."):
+        filename = "upload"
+    source = work / "upload" / filename
+    assert ref.upload_key is not None
+    build_log.step(f"fetching {ref.upload_key}")
+    try:
+        await services.storage.download(ref.upload_key, source)
+    except FileNotFoundError:
+        raise JobFailed(
+            STAGE, f"the uploaded bundle {ref.upload_key} is no longer in storage; upload again"
+        ) from None
+    if options is None:
+        max_archive = config.limits.max_upload_bytes or services.settings.max_upload_bytes
+        options = BuildOptions(limits=BundleLimits(max_archive_bytes=max_archive))
+    return await asyncio.to_thread(
+        build_model,
+        source,
+        source_name=filename,
+        submission_id=ref.id,
+        model_name=safe_model_name(ref.name),
+        build=config.build,
+        envs_root=envs_root(services),
+        work=work,
+        log=build_log,
+        options=options,
+    )
+
+
+async def _store_and_hand_off(
+    services: Services,
+    delivery: Delivery,
+    payload: BuildPayload,
+    config: TaskConfig,
+    result: BuildResult,
+) -> None:
+    submission_id = payload.submission.id
+    keys = {}
+    for name in [*result.files(), LOG]:
+        keys[name] = build_key(submission_id, name)
+        await services.storage.write_file(keys[name], result.folder / name)
+    spec = result.specification
+    build_info = {
+        "mar_key": keys["model.mar"],
+        "python": str(result.env.python) if result.env else None,
+        "env_key": result.env.key if result.env else None,
+        "requirements_sha256": result.requirements_sha256,
+        "handler": result.handler.handler,
+        "handler_entry": result.handler.entry,
+        "bundle_sha256": result.bundle.sha256,
+        "model_name": spec["model_name"],
+        "dockerfile_key": keys["Dockerfile"],
+        "specification_key": keys["specification.json"],
+        "log_key": keys[LOG],
+    }
+    async with services.db.session() as session:
+        submission = await _locked_submission(session, submission_id)
+        if submission is None or submission.status != Status.BUILDING:
+            state = submission.status if submission else "gone"
+            log.info(
+                "submission %s became %s during its build; not handed on", submission_id, state
+            )
+            return
+        datasets = await _hidden_datasets(session, submission.task_id)
+        transition(
+            session,
+            submission,
+            Status.BUILT,
+            service=SERVICE,
+            message=(
+                f"built {spec['model_name']}.mar ({len(result.bundle.files)} files, "
+                f"handler {result.handler.entry}) in {spec['timings']['total_s']:.1f} s"
+            ),
+            payload={**build_info, "timings": spec["timings"]},
+            parent=delivery.envelope,
+        )
+        message = delivery.envelope.follow(
+            "evaluate",
+            {**delivery.envelope.payload, "build": build_info, "datasets": datasets},
+            service=SERVICE,
+        )
+        await services.queue.stage(session, eval_queue(config.eval.eval_server_id), message)
+
+
+async def _hidden_datasets(session: AsyncSession, task_id: int | None) -> list[dict[str, Any]]:
+    rows = await session.scalars(
+        sa.select(Dataset)
+        .where(Dataset.task_id == task_id, Dataset.access == "hidden")
+        .order_by(Dataset.id)
+    )
+    datasets = []
+    for row in rows:
+        if not row.uri:
+            log.warning("dataset %s of task %s is not prepared (no uri)", row.name, task_id)
+        datasets.append(
+            {
+                "name": row.name,
+                "key": row.uri or None,
+                "sha256": row.sha256 or None,
+                "access": row.access,
+                "split": row.split,
+                "weight": row.weight,
+                "perturbation_of": row.perturbation_of,
+                "n_examples": row.n_examples,
+            }
+        )
+    return datasets
+
+
+async def record_dead_build(services: Services, delivery: Delivery, error: str) -> None:
+    """`on_dead`: the message failed every attempt with unexpected errors; fail the build."""
+    first = next((line for line in error.splitlines() if line.strip()), "unknown error")
+    await _fail(
+        services,
+        delivery.envelope.action_id,
+        f"internal error after {delivery.attempts} attempts: {first}",
+        delivery=delivery,
+        payload={"detail": error[-4000:]},
+    )
+
+
+def build_consumer(services: Services, *, options: BuildOptions | None = None) -> Consumer:
+    """The Consumer of the `build` queue (one build at a time per process)."""
+    if services.settings.builder != "local":
+        raise WeighbridgeError(
+            f"WEIGHBRIDGE_BUILDER={services.settings.builder!r} is not part of this build yet; "
+            "use local",
+            field="WEIGHBRIDGE_BUILDER",
+        )
+    return Consumer(
+        services.queue,
+        [BUILD_QUEUE],
+        partial(handle_build, services, options=options),
+        name=SERVICE,
+        on_dead=partial(record_dead_build, services),
+        concurrency=1,
+        lease_seconds=services.settings.lease_seconds,
+    )
+
+
+async def run_builder(services: Services, stop: asyncio.Event) -> None:
+    """Build until `stop` is set."""
+    await build_consumer(services).run(stop)
