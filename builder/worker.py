@@ -27,7 +27,7 @@ from builder.bundle import BundleLimits
 from builder.processes import BuildLog
 from core.context import Services
 from core.errors import JobFailed, WeighbridgeError
-from core.models import Dataset, Submission, new_id
+from core.models import Dataset, Submission, Task, new_id
 from core.queue import BUILD_QUEUE, Delivery, eval_queue
 from core.states import Status, transition
 from core.taskconfig import TaskConfig
@@ -301,6 +301,7 @@ async def _store_and_hand_off(
         "specification_key": keys["specification.json"],
         "log_key": keys[LOG],
     }
+    await _ensure_datasets(services, config)
     async with services.db.session() as session:
         submission = await _locked_submission(session, submission_id)
         if submission is None or submission.status != Status.BUILDING:
@@ -328,6 +329,34 @@ async def _store_and_hand_off(
             service=SERVICE,
         )
         await services.queue.stage(session, eval_queue(config.eval.eval_server_id), message)
+
+
+async def _ensure_datasets(services: Services, config: TaskConfig) -> None:
+    """Prepare the task's hidden datasets that have no stored file yet (idempotent)."""
+    from core.datasets import DatasetError, prepare_dataset
+
+    async with services.db.session() as session:
+        task = await session.scalar(sa.select(Task).where(Task.slug == config.slug))
+        ready = (
+            {
+                row.name
+                for row in await session.scalars(
+                    sa.select(Dataset).where(Dataset.task_id == task.id, Dataset.uri != "")
+                )
+            }
+            if task
+            else set()
+        )
+    for dataset in config.datasets:
+        if dataset.access == "hidden" and dataset.name not in ready:
+            try:
+                await prepare_dataset(services, config, dataset)
+            except (DatasetError, WeighbridgeError) as exc:
+                raise JobFailed(
+                    STAGE,
+                    f"dataset {dataset.name!r} of task {config.slug!r} could not be prepared: "
+                    f"{exc}; an operator must fix the task's dataset source",
+                ) from None
 
 
 async def _hidden_datasets(session: AsyncSession, task_id: int | None) -> list[dict[str, Any]]:
