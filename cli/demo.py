@@ -1,0 +1,252 @@
+"""`weighbridge up --demo`: prepare data, train the two digits examples, upload, rank, show.
+
+Runs beside the API in the same process and event loop, so everything here is async: the
+models train in a subprocess and the uploads go through the HTTP API like any user's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from core.context import Services
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_SCRIPT = ROOT / "examples" / "train_digits.py"
+TASK = "digits"
+MODELS = ("digits-linear", "digits-cnn")
+DEMO_USER = "demo"
+DEMO_EMAIL = "demo@weighbridge.local"
+STEPS = ("uploaded", "building", "built", "evaluating", "done")
+FINISHED = ("done", "failed", "cancelled")
+
+
+class DemoError(Exception):
+    """The demo cannot go on; the message says why and what to do."""
+
+
+async def demo_token(services: Services) -> str:
+    """A fresh API token for the `demo` user (created on first use; tokens are never stored)."""
+    from core.accounts import create_user, get_user, issue_token
+
+    async with services.db.session() as session:
+        user = await get_user(session, DEMO_USER)
+        if user is None:
+            _, token = await create_user(session, DEMO_USER, email=DEMO_EMAIL)
+            return token
+        return await issue_token(session, user, label="demo")
+
+
+async def train_examples(folder: Path, console: Console) -> dict[str, Path]:
+    """Train both examples into `folder` in a subprocess (skipped when weights are there)."""
+    folders = {name: folder / name for name in MODELS}
+    if all((f / "model.pt").is_file() and (f / "handler.py").is_file() for f in folders.values()):
+        console.print(f"Using the models trained before in {folder}")
+        return folders
+    if not TRAIN_SCRIPT.is_file():
+        raise DemoError(f"{TRAIN_SCRIPT} is missing: the demo needs a checkout of Weighbridge")
+    console.print("Training the two example models (linear and CNN) on CPU…")
+    started = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(TRAIN_SCRIPT),
+        "--out",
+        str(folder),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=str(ROOT),
+    )
+    output, _ = await proc.communicate()
+    text = output.decode(errors="replace").strip()
+    if proc.returncode != 0:
+        raise DemoError(f"training the examples failed (exit code {proc.returncode}):\n{text}")
+    for line in text.splitlines():
+        console.print(f"  {line}", soft_wrap=True, highlight=False)
+    console.print(f"  trained in {time.perf_counter() - started:.1f} s")
+    return folders
+
+
+async def _mine(client: httpx.AsyncClient) -> dict[str, dict[str, Any]]:
+    """The demo user's live (not failed or cancelled) digits submissions by name, newest first."""
+    response = await client.get("/api/v1/submissions", params={"task": TASK, "limit": 200})
+    _check(response, "listing the demo's submissions")
+    found: dict[str, dict[str, Any]] = {}
+    for item in response.json()["submissions"]:
+        if item["status"] not in ("failed", "cancelled"):
+            found.setdefault(item["name"], item)
+    return found
+
+
+async def upload_folder(client: httpx.AsyncClient, folder: Path, *, name: str) -> dict[str, Any]:
+    """Pack `folder` into a .tar.gz and stream it to POST /api/v1/submissions."""
+    from cli.bundle import pack_folder
+
+    with tempfile.TemporaryDirectory(prefix="weighbridge-demo-") as tmp:
+        archive = Path(tmp) / f"{name}.tar.gz"
+        await asyncio.to_thread(pack_folder, folder, archive)
+        with archive.open("rb") as handle:
+            response = await client.post(
+                "/api/v1/submissions",
+                data={"task": TASK, "name": name, "kind": "model", "private": "false"},
+                files={"file": (archive.name, handle, "application/gzip")},
+            )
+    _check(response, f"uploading {name}")
+    return response.json()
+
+
+def _check(response: httpx.Response, doing: str) -> None:
+    if response.is_success:
+        return
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:500]
+    raise DemoError(f"{doing}: the API answered {response.status_code}: {message}")
+
+
+async def wait_until_finished(
+    client: httpx.AsyncClient,
+    submissions: dict[str, str],
+    console: Console,
+    *,
+    timeout_seconds: float,
+    poll_seconds: float = 1.0,
+) -> dict[str, dict[str, Any]]:
+    """Poll each submission until it is done, failed or cancelled; show progress bars."""
+    final: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout_seconds
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.fields[name]:<14}"),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        bars = {
+            sid: progress.add_task("", total=len(STEPS) - 1, name=name, status="uploaded")
+            for name, sid in submissions.items()
+        }
+        while len(final) < len(submissions):
+            for name, sid in submissions.items():
+                if name in final:
+                    continue
+                response = await client.get(f"/api/v1/submissions/{sid}")
+                _check(response, f"reading {name}")
+                record = response.json()
+                status = record["status"]
+                step = STEPS.index(status) if status in STEPS else 0
+                progress.update(bars[sid], completed=step, status=status)
+                if status in FINISHED:
+                    final[name] = record
+            if len(final) == len(submissions):
+                break
+            if time.monotonic() > deadline:
+                waiting = ", ".join(n for n in submissions if n not in final)
+                raise DemoError(
+                    f"{waiting} did not finish within {timeout_seconds:g} s; follow them with "
+                    "`weighbridge status ID --watch`"
+                )
+            await asyncio.sleep(poll_seconds)
+    return final
+
+
+def leaderboard_table(board: dict[str, Any]) -> Table:
+    rows = board.get("rows", [])
+    metric_names: list[str] = list(rows[0]["metrics"]) if rows else []
+    table = Table(title=f"Leaderboard: {board.get('task', TASK)}")
+    table.add_column("rank", justify="right")
+    table.add_column("model")
+    table.add_column("owner")
+    table.add_column("score", justify="right")
+    for name in metric_names:
+        table.add_column(name, justify="right")
+    table.add_column("95% CI")
+    for row in rows:
+        ci = row.get("ci")
+        table.add_row(
+            f"{row['rank']}{'=' if row.get('tied') else ''}",
+            row["model"],
+            row.get("owner") or "",
+            f"{row['score']:.4f}",
+            *(f"{row['metrics'][n]:.4f}" for n in metric_names),
+            f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "",
+        )
+    return table
+
+
+async def run_demo(
+    services: Services,
+    base_url: str,
+    *,
+    console: Console | None = None,
+    models_dir: Path | None = None,
+    timeout_seconds: float = 900.0,
+) -> None:
+    """Prepare the datasets, train and upload the two digits examples, show the leaderboard."""
+    from core.datasets import prepare_datasets
+
+    console = console or Console()
+    # The demo's own polling would otherwise fill the server's log, one line per request.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    console.rule("Weighbridge demo")
+    if TASK not in services.tasks:
+        console.print(
+            f"[yellow]The demo needs the {TASK!r} task, which is not among the loaded task "
+            f"configs ({services.settings.task_configs}); skipping the demo.[/]"
+        )
+        return
+    try:
+        prepared = await prepare_datasets(services)
+        console.print(f"Datasets ready: {len(prepared)} across {len(services.tasks)} task(s)")
+        token = await demo_token(services)
+        folders = await train_examples(
+            models_dir or services.settings.home / "demo" / "models", console
+        )
+        headers = {"Authorization": f"Bearer {token}"}
+        timeout = httpx.Timeout(60.0, connect=10.0)
+        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout) as client:
+            existing = await _mine(client)
+            ids: dict[str, str] = {}
+            for name, folder in folders.items():
+                if name in existing:
+                    ids[name] = existing[name]["id"]
+                    console.print(f"Reusing {name}: submission {ids[name]}", highlight=False)
+                    continue
+                summary = await upload_folder(client, folder, name=name)
+                ids[name] = summary["id"]
+                console.print(f"Uploaded {name}: submission {ids[name]}", highlight=False)
+            final = await wait_until_finished(client, ids, console, timeout_seconds=timeout_seconds)
+            for name, record in final.items():
+                if record["status"] != "done":
+                    error = record.get("error") or {}
+                    console.print(
+                        f"[red]{name} {record['status']}[/]"
+                        + (f" at {error.get('stage')}: {error.get('reason')}" if error else "")
+                    )
+            response = await client.get(f"/api/v1/tasks/{TASK}/leaderboard")
+            _check(response, "reading the leaderboard")
+            console.print(leaderboard_table(response.json()))
+    except DemoError as exc:
+        console.print(f"[red]Demo stopped:[/] {exc}")
+        return
+    # soft_wrap: a token or command cut in two by the terminal width cannot be pasted.
+    console.print(
+        f"\nThe demo user is [bold]{DEMO_USER}[/]; its token (shown once):\n  {token}\n"
+        f"Log in with it:\n  weighbridge login --url {base_url} --token {token}\n"
+        f"Then try:\n  weighbridge leaderboard {TASK}\n  weighbridge status\n"
+        f"  weighbridge init my-model --task {TASK}",
+        soft_wrap=True,
+        highlight=False,
+    )

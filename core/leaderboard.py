@@ -1,0 +1,221 @@
+"""A task's leaderboard: done submissions ranked by Dynascore over the hidden scoring datasets.
+
+The aggregate itself (dataset-weighted averages, AMRS, Dynascore, competition ranks) is
+`metrics.leaderboard.rank_models`; this module chooses the rows a viewer may see, reads their
+scores and shapes the JSON of docs/api.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import WeighbridgeError
+from core.models import Score, Submission, Task, User
+from core.states import Status
+from core.taskconfig import TaskConfig
+from core.tasks import get_task, task_config
+
+
+def scoring_datasets(config: TaskConfig) -> dict[str, float]:
+    """The hidden datasets a model is ranked on, with their weights (weight 0 does not count)."""
+    return {d.name: d.weight for d in config.datasets if d.access == "hidden" and d.weight > 0}
+
+
+def leaderboard_weights(
+    config: TaskConfig, weights: dict[str, float] | None = None
+) -> dict[str, float]:
+    """The task's metric weights with a caller's override; unknown metrics are refused."""
+    merged = config.metric_weights()
+    for name, weight in (weights or {}).items():
+        if name not in merged:
+            raise WeighbridgeError(
+                f"weights: {name!r} is not a metric of task {config.slug!r} "
+                f"(its metrics: {', '.join(merged)})",
+                field="weights",
+            )
+        if not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+            raise WeighbridgeError(
+                f"weights: the weight of {name!r} must be a non-negative number",
+                field="weights",
+            )
+        merged[name] = float(weight)
+    if sum(merged.values()) <= 0:
+        raise WeighbridgeError("weights: at least one weight must be positive", field="weights")
+    return merged
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """A `weights=metric=w,...` query or `--weights` option as a dict; a clear 400 otherwise."""
+    from metrics.errors import MetricError
+    from metrics.leaderboard import parse_weights as parse
+
+    try:
+        return parse(text)
+    except MetricError as exc:
+        raise WeighbridgeError(f"weights: {exc}", field="weights") from None
+
+
+def _visible(task: Task, viewer: User | None) -> sa.ColumnElement[bool]:
+    condition = sa.and_(
+        Submission.task_id == task.id,
+        Submission.status == Status.DONE.value,
+    )
+    if viewer is None or viewer.id is None:
+        return sa.and_(condition, Submission.private == sa.false())
+    # Private submissions appear only to their owner (not even to admins: it is their board).
+    return sa.and_(
+        condition, sa.or_(Submission.private == sa.false(), Submission.user_id == viewer.id)
+    )
+
+
+def _combined_ci(
+    per_dataset: dict[str, Score], dataset_weights: dict[str, float]
+) -> tuple[float, float] | None:
+    """The dataset-weighted interval of the primary metric (None when a dataset has none)."""
+    total = sum(dataset_weights.values())
+    low = high = 0.0
+    for name, weight in dataset_weights.items():
+        score = per_dataset.get(name)
+        if score is None or score.ci_low is None or score.ci_high is None:
+            return None
+        low += weight / total * score.ci_low
+        high += weight / total * score.ci_high
+    return (low, high)
+
+
+async def read_leaderboard(
+    session: AsyncSession,
+    task: Task | str,
+    *,
+    weights: dict[str, float] | None = None,
+    viewer: User | None = None,
+) -> dict[str, Any]:
+    """`{"task", "rows": [{rank, model, submission_id, owner, score, metrics, ci, tied}]}`.
+
+    Rows are the task's done submissions the viewer may see, ranked by Dynascore with the
+    task's metric weights (overridden by `weights`) and dataset weights. A submission without
+    every metric on every hidden scoring dataset is listed under `unranked` with the reason.
+    `ci` is the interval of the primary metric; `tied` says it overlaps the row above.
+    """
+    from metrics.errors import MetricError
+    from metrics.leaderboard import rank_models
+
+    if isinstance(task, str):
+        task = await get_task(session, task)
+    config = task_config(task)
+    metric_weights = leaderboard_weights(config, weights)
+    datasets = scoring_datasets(config)
+    metric_names = [m.name for m in config.metrics]
+    primary = config.primary_metric.name
+
+    submissions = (
+        await session.execute(
+            sa.select(Submission, User.name)
+            .join(User, User.id == Submission.user_id)
+            .where(_visible(task, viewer))
+            .order_by(Submission.created_at, Submission.id)
+        )
+    ).all()
+    scores: dict[str, dict[str, dict[str, Score]]] = defaultdict(lambda: defaultdict(dict))
+    ids = [s.id for s, _ in submissions]
+    if ids and datasets:
+        for score in await session.scalars(
+            sa.select(Score).where(
+                Score.submission_id.in_(ids),
+                Score.dataset.in_(list(datasets)),
+                Score.metric.in_(metric_names),
+            )
+        ):
+            scores[score.submission_id][score.dataset][score.metric] = score
+
+    models = []
+    for submission, owner in submissions:
+        mine = scores.get(submission.id, {})
+        primary_scores = {d: m[primary] for d, m in mine.items() if primary in m}
+        models.append(
+            {
+                "model": submission.id,
+                "scores": {d: {m: s.value for m, s in per.items()} for d, per in mine.items()},
+                "primary_ci": _combined_ci(primary_scores, datasets),
+                "name": submission.name,
+                "owner": owner,
+                "private": submission.private,
+            }
+        )
+
+    result: dict[str, Any] = {
+        "task": task.slug,
+        "primary_metric": primary,
+        "weights": metric_weights,
+        "rows": [],
+        "unranked": [],
+    }
+    if not models or not datasets:
+        return result
+    try:
+        board = rank_models(
+            models,
+            metrics=[{"name": m.name, "offset": m.offset} for m in config.metrics],
+            datasets=datasets,
+            weights=metric_weights,
+            primary=primary,
+        )
+    except MetricError as exc:
+        raise WeighbridgeError(str(exc), field="weights") from None
+
+    previous_ci: tuple[float, float] | None = None
+    previous_rank: int | None = None
+    for row in board.rows:
+        ci = row.primary_ci
+        overlaps = (
+            ci is not None
+            and previous_ci is not None
+            and ci[0] <= previous_ci[1]
+            and previous_ci[0] <= ci[1]
+        )
+        result["rows"].append(
+            {
+                "rank": row.rank,
+                "model": row.info["name"],
+                "submission_id": row.model,
+                "owner": row.info["owner"],
+                "score": row.dynascore,
+                "metrics": row.metrics,
+                "ci": list(ci) if ci is not None else None,
+                "tied": bool(overlaps or row.rank == previous_rank),
+                "private": row.info["private"],
+                "datasets": row.datasets,
+            }
+        )
+        previous_ci, previous_rank = ci, row.rank
+    by_id = {m["model"]: m for m in models}
+    result["unranked"] = [
+        {
+            "model": by_id[sid]["name"],
+            "submission_id": sid,
+            "owner": by_id[sid]["owner"],
+            "reason": reason,
+        }
+        for sid, reason in board.unranked.items()
+    ]
+    return result
+
+
+async def rank_of(
+    session: AsyncSession,
+    task: Task | str,
+    submission_id: str,
+    *,
+    viewer: User | None = None,
+) -> tuple[int, int] | None:
+    """(rank, number of ranked models) of a submission as `viewer` sees the board, or None."""
+    board = await read_leaderboard(session, task, viewer=viewer)
+    for row in board["rows"]:
+        if row["submission_id"] == submission_id:
+            return row["rank"], len(board["rows"])
+    return None

@@ -1,0 +1,66 @@
+"""A small convolutional digits classifier (8x8 images) as a TorchServe-style handler.
+
+TorchServe (and Weighbridge's local runner) import this module, call `initialize(context)`
+(or `handle(None, context)`) once, then `handle(data, context)` with one item per example:
+`{"body": {"pixels": [64 floats, 0..16]}}`. It answers `{"label": int}` per item.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from torch import nn
+
+WEIGHTS = "model.pt"
+
+_model: nn.Module | None = None
+
+
+def build_model() -> nn.Module:
+    """The architecture; `examples/train_digits.py` trains this same module."""
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)),
+        nn.Conv2d(1, 16, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.25),
+        nn.Linear(32 * 4 * 4, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
+
+
+def initialize(context) -> None:
+    global _model
+    model_dir = context.system_properties.get("model_dir") or os.path.dirname(__file__)
+    model = build_model()
+    state = torch.load(os.path.join(model_dir, WEIGHTS), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.eval()
+    _model = model
+
+
+def _body(item: dict) -> dict:
+    body = item.get("body") if item.get("body") is not None else item.get("data")
+    if isinstance(body, (bytes, bytearray)):
+        body = body.decode("utf-8")
+    if isinstance(body, str):
+        body = json.loads(body)
+    return body
+
+
+def handle(data, context):
+    if data is None:  # TorchServe initialises function handlers with handle(None, context)
+        initialize(context)
+        return None
+    if _model is None:
+        initialize(context)
+    pixels = torch.tensor([_body(item)["pixels"] for item in data], dtype=torch.float32)
+    with torch.inference_mode():
+        predicted = _model(pixels / 16.0).argmax(dim=1)
+    return [{"label": int(p)} for p in predicted]

@@ -1,0 +1,140 @@
+"""The leaderboard ranks done submissions by Dynascore over every hidden scoring dataset."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from core.context import Services, start_services
+from core.db import Database
+from core.errors import WeighbridgeError
+from core.leaderboard import rank_of, read_leaderboard
+from tests.conftest import ROOT, make_settings
+from tests.notifications.conftest import make_owner, make_scored_submission, task_row
+
+
+@pytest.fixture
+async def digits_services(
+    tmp_path: Path, database_url: str, db: Database
+) -> AsyncIterator[Services]:
+    settings = make_settings(tmp_path, database_url, task_configs=ROOT / "task_configs")
+    services = await start_services(settings, migrate=False)
+    yield services
+    await services.close()
+
+
+def scores(acc: float, f1: float, *, noisy: bool = True, ci: float = 0.02) -> dict:
+    sets = {"heldout": {"accuracy": (acc, acc - ci, acc + ci), "macro_f1": f1}}
+    if noisy:
+        sets["heldout-noisy"] = {
+            "accuracy": (acc - 0.05, acc - 0.05 - ci, acc - 0.05 + ci),
+            "macro_f1": f1 - 0.05,
+        }
+    return sets
+
+
+async def populate(services: Services) -> dict:
+    async with services.db.session() as session:
+        ada = await make_owner(session, "ada")
+        bob = await make_owner(session, "bob")
+        task = await task_row(session, "digits")
+        made = {
+            "cnn": await make_scored_submission(session, ada, task, scores(0.98, 0.98), name="cnn"),
+            "linear": await make_scored_submission(
+                session, bob, task, scores(0.90, 0.89), name="linear"
+            ),
+            "partial": await make_scored_submission(
+                session, bob, task, scores(0.99, 0.99, noisy=False), name="partial"
+            ),
+            "secret": await make_scored_submission(
+                session, bob, task, scores(0.995, 0.995), name="secret", private=True
+            ),
+            "running": await make_scored_submission(
+                session, ada, task, scores(1.0, 1.0), name="running", status="evaluating"
+            ),
+        }
+    return {"ada": ada, "bob": bob, **made}
+
+
+async def test_better_model_ranks_first_and_incomplete_ones_are_not_ranked(
+    digits_services: Services,
+) -> None:
+    made = await populate(digits_services)
+    async with digits_services.db.session() as session:
+        board = await read_leaderboard(session, "digits")
+    assert board["task"] == "digits"
+    names = [row["model"] for row in board["rows"]]
+    assert names == ["cnn", "linear"]  # no private, no unfinished, no partial
+    first, second = board["rows"]
+    assert (first["rank"], second["rank"]) == (1, 2)
+    assert first["submission_id"] == made["cnn"].id and first["owner"] == "ada"
+    assert first["score"] > second["score"]
+    # Dataset-weighted (heldout 1, heldout-noisy 0.5) average of the metric.
+    assert first["metrics"]["accuracy"] == pytest.approx((0.98 + 0.5 * 0.93) / 1.5)
+    assert set(first["metrics"]) == {"accuracy", "macro_f1"}
+    lo, hi = first["ci"]
+    assert lo < first["metrics"]["accuracy"] < hi
+    assert first["tied"] is False and second["tied"] is False
+    assert [u["model"] for u in board["unranked"]] == ["partial"]
+    assert "heldout-noisy" in board["unranked"][0]["reason"]
+
+
+async def test_private_submissions_are_shown_only_to_their_owner(
+    digits_services: Services,
+) -> None:
+    made = await populate(digits_services)
+    async with digits_services.db.session() as session:
+        as_bob = await read_leaderboard(session, "digits", viewer=made["bob"])
+        as_ada = await read_leaderboard(session, "digits", viewer=made["ada"])
+        bob_rank = await rank_of(session, "digits", made["secret"].id, viewer=made["bob"])
+        public_rank = await rank_of(session, "digits", made["secret"].id)
+        linear_rank = await rank_of(session, "digits", made["linear"].id)
+    assert [r["model"] for r in as_bob["rows"]] == ["secret", "cnn", "linear"]
+    assert as_bob["rows"][0]["private"] is True
+    assert [r["model"] for r in as_ada["rows"]] == ["cnn", "linear"]
+    assert bob_rank == (1, 3)
+    assert public_rank is None
+    assert linear_rank == (2, 2)
+
+
+async def test_weights_override_changes_the_order(digits_services: Services) -> None:
+    async with digits_services.db.session() as session:
+        ada = await make_owner(session, "ada")
+        task = await task_row(session, "digits")
+        # Higher accuracy but lower macro F1 than "balanced".
+        await make_scored_submission(session, ada, task, scores(0.95, 0.80), name="accurate")
+        await make_scored_submission(session, ada, task, scores(0.94, 0.93), name="balanced")
+        default = await read_leaderboard(session, task)
+        f1_only = await read_leaderboard(session, task, weights={"accuracy": 0, "macro_f1": 1})
+        with pytest.raises(WeighbridgeError, match="not a metric"):
+            await read_leaderboard(session, task, weights={"bleu": 1})
+        with pytest.raises(WeighbridgeError, match="non-negative"):
+            await read_leaderboard(session, task, weights={"accuracy": -1})
+    assert [r["model"] for r in default["rows"]] == ["accurate", "balanced"]
+    assert [r["model"] for r in f1_only["rows"]] == ["balanced", "accurate"]
+    assert f1_only["weights"] == {"accuracy": 0.0, "macro_f1": 1.0}
+
+
+async def test_overlapping_intervals_are_marked_tied(digits_services: Services) -> None:
+    async with digits_services.db.session() as session:
+        ada = await make_owner(session, "ada")
+        task = await task_row(session, "digits")
+        await make_scored_submission(session, ada, task, scores(0.95, 0.95), name="a")
+        await make_scored_submission(session, ada, task, scores(0.949, 0.949), name="b")
+        await make_scored_submission(session, ada, task, scores(0.80, 0.80), name="c")
+        board = await read_leaderboard(session, "digits")
+    assert [(r["model"], r["tied"]) for r in board["rows"]] == [
+        ("a", False),
+        ("b", True),
+        ("c", False),
+    ]
+
+
+async def test_an_empty_board(digits_services: Services) -> None:
+    async with digits_services.db.session() as session:
+        board = await read_leaderboard(session, "digits")
+        with pytest.raises(WeighbridgeError, match="unknown task"):
+            await read_leaderboard(session, "digitz")
+    assert board["rows"] == [] and board["unranked"] == []
