@@ -1,0 +1,83 @@
+"""`login` (store the server and token) and `ping` (is it there, which version, who am I)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli import render
+from cli.client import Client
+from cli.config import ClientSettings, normalize_url, resolve_login, write_config
+from cli.errors import CliError, reports_errors
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+def _who(user: dict | None) -> str:
+    if not user:
+        return "not signed in (no token)"
+    admin = " (admin)" if user.get("is_admin") else ""
+    return f"{user.get('name')} <{user.get('email')}>{admin}"
+
+
+@reports_errors
+def login(
+    url: Annotated[str, typer.Option("--url", help="The server, e.g. http://127.0.0.1:8000.")],
+    token: Annotated[
+        str, typer.Option("--token", help="Your API token (from `weighbridge admin create-user`).")
+    ],
+    json_output: JsonOption = False,
+) -> None:
+    """Check URL and TOKEN against the server, then store them in your config dir (mode 0600)."""
+    url = normalize_url(url)
+    with Client(url, token) as client:
+        answer = client.get("/ping")
+    if not answer.get("user"):
+        # A server that accepts any token (or ignores it) would make every later command fail.
+        raise CliError(f"{url} did not recognise the token", hint="check the token and try again")
+    path = write_config(ClientSettings().config_path(), url=url, token=token)
+    if json_output:
+        render.print_json(
+            {
+                "url": url,
+                "version": answer.get("version"),
+                "user": answer["user"],
+                "config": str(path),
+            }
+        )
+        return
+    render.stdout().print(
+        f"logged in to [bold]{escape(url)}[/] as [bold]{escape(_who(answer['user']))}[/] "
+        f"(server {escape(str(answer.get('version')))}); saved in {escape(str(path))}",
+        soft_wrap=True,
+    )
+
+
+@reports_errors
+def ping(json_output: JsonOption = False) -> None:
+    """Show the server's version, that the API answers, and who you are signed in as."""
+    from cli import __version__
+
+    login_ = resolve_login(need_token=False)
+    with Client.from_login(login_) as client:
+        answer = client.get("/ping")
+    document = {
+        "url": login_.url,
+        "version": answer.get("version"),
+        "client_version": __version__,
+        "user": answer.get("user"),
+    }
+    if json_output:
+        render.print_json(document)
+        return
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("server", login_.url)
+    grid.add_row("api", "[green]reachable[/]")
+    grid.add_row("version", f"{document['version']} (client {__version__})")
+    grid.add_row("user", escape(_who(document["user"])))
+    render.stdout().print(grid)

@@ -1,0 +1,360 @@
+"""Running Weighbridge: `up` (everything in one process) and `serve ROLE` (one role).
+
+The API (uvicorn) and the workers share one asyncio loop and one set of services. Each
+worker lives in a module written beside this one; a module missing from this build is
+skipped with a warning by `up` and refused by `serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cli import render
+from cli.errors import CliError, reports_errors
+
+if TYPE_CHECKING:
+    from core.context import Services
+    from core.settings import Settings
+
+log = logging.getLogger("weighbridge")
+
+# How long workers get to finish their current message after a stop signal.
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+class Role(StrEnum):
+    API = "api"
+    BUILDER = "builder"
+    EVALUATOR = "evaluator"
+    SCHEDULER = "scheduler"
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A background loop `run(services, [fleets,] stop)` found by module and function name."""
+
+    name: str
+    module: str
+    function: str
+    takes_fleets: bool = False
+
+    def load(self) -> Callable[..., Any] | None:
+        """The loop's function, or None when its module is not part of this build."""
+        try:
+            module = importlib.import_module(self.module)
+        except ModuleNotFoundError as exc:
+            # Only the worker's own module missing means "not built"; a missing dependency
+            # inside it is a real error and must be seen.
+            if exc.name and (self.module == exc.name or self.module.startswith(exc.name + ".")):
+                return None
+            raise
+        return getattr(module, self.function, None)
+
+
+WORKERS = {
+    "builder": Worker("builder", "builder.worker", "run_builder"),
+    "evaluator": Worker("evaluator", "evaluator.worker", "run_evaluator", takes_fleets=True),
+    "scheduler": Worker("scheduler", "core.scheduler", "run_scheduler"),
+    "mailer": Worker("mailer", "core.notifications", "run_mailer"),
+}
+# What each `serve` role runs besides (or instead of) the API. The mailer rides with the
+# scheduler: both are the one-per-deployment background duties.
+ROLE_WORKERS = {
+    Role.API: [],
+    Role.BUILDER: ["builder"],
+    Role.EVALUATOR: ["evaluator"],
+    Role.SCHEDULER: ["scheduler", "mailer"],
+}
+
+
+@dataclass
+class Plan:
+    """What one process runs."""
+
+    workers: list[str]
+    api: tuple[str, int] | None = None
+    fleets: list[str] | None = None
+    demo: bool = False
+    # Missing workers are skipped with a warning, except these (`serve ROLE` needs its own).
+    required: frozenset[str] = frozenset()
+    show_banner: bool = False
+    log_level: str = "info"
+
+
+def configure_logging(level: str) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(name)s: %(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=render.stderr(), show_path=False, rich_tracebacks=True)],
+        force=True,
+    )
+    if logging.getLogger().level > logging.DEBUG:
+        # Alembic narrates every plugin and migration step at INFO; keep that for --log-level debug.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def browser_url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}"
+
+
+async def count_users(services: Services) -> int:
+    import sqlalchemy as sa
+
+    from core.models import User
+
+    async with services.db.session() as session:
+        return int(await session.scalar(sa.select(sa.func.count()).select_from(User)) or 0)
+
+
+async def _serve_api(server: Any, host: str, port: int) -> None:
+    try:
+        await server.serve()
+    except SystemExit:
+        # uvicorn exits the process when it cannot bind; here that ends only this task.
+        raise CliError(f"the API could not start on {host}:{port} (see the log above)") from None
+
+
+DEMO = Worker("demo", "cli.demo", "run_demo")
+
+
+async def _run_demo(services: Services, server: Any, base_url: str) -> None:
+    run_demo = DEMO.load()
+    if run_demo is None:
+        render.note("--demo: the demo is not available in this build; starting without it")
+        return
+    while not server.started:
+        if server.should_exit:
+            return
+        await asyncio.sleep(0.05)
+    try:
+        if inspect.iscoroutinefunction(run_demo):
+            await run_demo(services, base_url)
+        else:
+            # A blocking demo talks to our own API: it must not run on the loop serving it.
+            await asyncio.to_thread(run_demo, services, base_url)
+    except Exception:
+        # The demo is a convenience: the stack it decorates keeps running without it.
+        log.exception("the demo failed; Weighbridge keeps running without it")
+
+
+async def _announce(services: Services, server: Any, url: str) -> None:
+    while not server.started:
+        if server.should_exit:
+            return
+        await asyncio.sleep(0.05)
+    console = render.stdout()
+    console.print(f"Weighbridge is up at [bold]{url}[/]  (API docs: {url}/docs)", soft_wrap=True)
+    if await count_users(services) == 0:
+        console.print(
+            "No users yet. Create one, then log in with the token it prints:\n"
+            "  weighbridge admin create-user NAME --email EMAIL --admin\n"
+            f"  weighbridge login --url {url} --token TOKEN",
+            soft_wrap=True,
+        )
+    console.print("[dim]Press Ctrl+C to stop.[/]")
+
+
+def _start_workers(
+    services: Services, plan: Plan, stop: asyncio.Event
+) -> dict[str, asyncio.Task[Any]]:
+    from core.context import fleets_to_serve
+
+    jobs: dict[str, asyncio.Task[Any]] = {}
+    for name in plan.workers:
+        worker = WORKERS[name]
+        run = worker.load()
+        if run is None:
+            if name in plan.required:
+                raise CliError(f"{name} not available in this build")
+            log.warning("%s not available in this build", name)
+            continue
+        if worker.takes_fleets:
+            fleets = plan.fleets or fleets_to_serve(services.settings, services.tasks)
+            log.info("evaluator serving fleets: %s", ", ".join(fleets))
+            jobs[name] = asyncio.create_task(run(services, fleets, stop), name=name)
+        else:
+            jobs[name] = asyncio.create_task(run(services, stop), name=name)
+    return jobs
+
+
+async def run_plan(settings: Settings, plan: Plan) -> int:
+    """Start the services and everything in the plan; stop cleanly on SIGINT/SIGTERM."""
+    from core.context import start_services
+
+    services = await start_services(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server: Any = None
+    jobs: dict[str, asyncio.Task[Any]] = {}
+    helpers: list[asyncio.Task[Any]] = []
+    try:
+        jobs = _start_workers(services, plan, stop)
+        if plan.api is not None:
+            import uvicorn
+
+            from api.app import create_app
+
+            host, port = plan.api
+            config = uvicorn.Config(
+                create_app(services), host=host, port=port, log_level=plan.log_level.lower()
+            )
+            server = uvicorn.Server(config)
+            jobs["api"] = asyncio.create_task(_serve_api(server, host, port), name="api")
+            url = browser_url(host, port)
+            if plan.show_banner:
+                helpers.append(asyncio.create_task(_announce(services, server, url)))
+            if plan.demo:
+                helpers.append(asyncio.create_task(_run_demo(services, server, url)))
+        if not jobs:
+            raise CliError("nothing to run in this build")
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait([waiter, *jobs.values()], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        return await _shut_down(jobs, helpers, server, stop)
+    finally:
+        # Also reached when starting failed half way: nothing may outlive the services.
+        stop.set()
+        leftovers = [t for t in [*jobs.values(), *helpers] if not t.done()]
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await services.close()
+
+
+async def _shut_down(
+    jobs: dict[str, asyncio.Task[Any]],
+    helpers: list[asyncio.Task[Any]],
+    server: Any,
+    stop: asyncio.Event,
+) -> int:
+    """Stop everything; 0 for a requested stop, 1 when a role ended or crashed on its own."""
+    ended_early = [name for name, job in jobs.items() if job.done() and not stop.is_set()]
+    stop.set()
+    if server is not None:
+        server.should_exit = True
+    pending = [job for job in jobs.values() if not job.done()]
+    if pending:
+        _, still = await asyncio.wait(pending, timeout=SHUTDOWN_GRACE_SECONDS)
+        for job in still:
+            log.warning(
+                "%s did not stop in %gs; cancelling it", job.get_name(), SHUTDOWN_GRACE_SECONDS
+            )
+            job.cancel()
+        if still:
+            await asyncio.wait(still)
+    for task in helpers:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("%s", task.exception())
+    code = 0
+    for name, job in jobs.items():
+        if job.cancelled():
+            continue
+        exc = job.exception()
+        if isinstance(exc, CliError):
+            render.print_error(exc.message)
+            code = 1
+        elif exc is not None:
+            log.error("%s crashed", name, exc_info=exc)
+            code = 1
+        elif name in ended_early:
+            log.error("%s stopped on its own; shutting everything down", name)
+            code = 1
+    return code
+
+
+def _run(plan: Plan) -> None:
+    from core.settings import Settings
+
+    configure_logging(plan.log_level)
+    settings = Settings()
+    if plan.api is not None and "public_url" not in settings.model_fields_set:
+        # Links in emails should point at the address this process actually serves.
+        settings.public_url = browser_url(*plan.api)
+    code = asyncio.run(run_plan(settings, plan))
+    if code:
+        raise typer.Exit(code)
+
+
+HostOption = Annotated[str, typer.Option("--host", help="Address to listen on.")]
+PortOption = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")]
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+LogLevelOption = Annotated[
+    LogLevel, typer.Option("--log-level", help="How much to log.", case_sensitive=False)
+]
+
+
+@reports_errors
+def up(
+    port: PortOption = 8000,
+    host: HostOption = "127.0.0.1",
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Also load the demo tasks and models.")
+    ] = False,
+    log_level: LogLevelOption = LogLevel.INFO,
+) -> None:
+    """Run everything in one process: API and website, builder, evaluator(s), scheduler."""
+    plan = Plan(
+        workers=["builder", "evaluator", "scheduler", "mailer"],
+        api=(host, port),
+        demo=demo,
+        show_banner=True,
+        log_level=log_level.value,
+    )
+    _run(plan)
+
+
+@reports_errors
+def serve(
+    role: Annotated[Role, typer.Argument(help="The one role this process plays.")],
+    fleet: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fleet",
+            help="An eval_server_id to serve (repeatable; default WEIGHBRIDGE_FLEETS, "
+            "else 'default' and every task's).",
+        ),
+    ] = None,
+    port: PortOption = 8000,
+    host: HostOption = "127.0.0.1",
+    log_level: LogLevelOption = LogLevel.INFO,
+) -> None:
+    """Run one role, for distributed deployments."""
+    if fleet and role is not Role.EVALUATOR:
+        raise typer.BadParameter("--fleet is for `serve evaluator`", param_hint="--fleet")
+    plan = Plan(
+        workers=list(ROLE_WORKERS[role]),
+        api=(host, port) if role is Role.API else None,
+        fleets=list(fleet) if fleet else None,
+        required=frozenset(ROLE_WORKERS[role][:1]),
+        show_banner=role is Role.API,
+        log_level=log_level.value,
+    )
+    _run(plan)

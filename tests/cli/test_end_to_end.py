@@ -1,0 +1,203 @@
+"""The CLI against a real API server (`weighbridge serve api`, SQLite, local storage).
+
+The flow a user follows: create a user, log in, ping, list tasks, upload, watch the status,
+cancel, read results, logs and the leaderboard. Only the API runs: no builder races a test
+for a submission's state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import Cli, Server, clean_env, free_port, stop_server, wait_until_healthy
+
+
+def make_archive(path: Path, *, size: int = 20_000) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        handler = b"def handle(data, context):\n    return [{'label': 0} for _ in data]\n"
+        for name, data in (("handler.py", handler), ("weights.bin", os.urandom(size))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def user(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    """A user logged in with their own config dir (they share the server's home)."""
+    created = server.cli.json("admin", "create-user", "erin", "--email", "erin@example.com")
+    root = tmp_path_factory.mktemp("erin")
+    cli = Cli(
+        env={**server.cli.env, "XDG_CONFIG_HOME": str(root / "config")},
+        cwd=root,
+        server_log=server.cli.server_log,
+    )
+    # The installed command logs in; the tests then run the same app in-process (faster).
+    result = cli.installed("login", "--url", server.url, "--token", created["token"], "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["user"]["name"] == "erin"
+    cli.in_process = True
+    return cli
+
+
+def test_login_stores_url_and_token_readable_only_by_the_user(user: Cli, server: Server) -> None:
+    path = Path(user.env["XDG_CONFIG_HOME"]) / "weighbridge" / "config.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    stored = json.loads(path.read_text())
+    assert stored["url"] == server.url
+    assert stored["token"].startswith("wb_")
+
+
+def test_login_with_a_wrong_token_fails_and_stores_nothing(server: Server, tmp_path: Path) -> None:
+    cli = Cli(env=clean_env(tmp_path), cwd=tmp_path)
+    result = cli.run("login", "--url", server.url, "--token", "wb_wrong")
+    assert result.returncode == 1
+    assert "invalid API token" in result.stderr
+    assert not (tmp_path / "config" / "weighbridge" / "config.json").exists()
+
+
+def test_ping_says_who_i_am(user: Cli, server: Server) -> None:
+    from cli import __version__
+
+    answer = user.json("ping")
+    assert answer["url"] == server.url
+    assert answer["version"] == __version__
+    assert answer["user"]["name"] == "erin"
+    human = user.run("ping")
+    assert human.returncode == 0
+    assert "reachable" in human.stdout and "erin" in human.stdout
+
+
+def test_tasks_lists_the_fixture_task(user: Cli) -> None:
+    answer = user.json("tasks")
+    toy = next(t for t in answer["tasks"] if t["slug"] == "toy")
+    assert [m["name"] for m in toy["metrics"]][:2] == ["accuracy", "macro_f1"]
+    human = user.run("tasks")
+    assert "toy" in human.stdout and "accuracy" in human.stdout
+
+
+def test_upload_status_cancel_results(user: Cli, tmp_path: Path) -> None:
+    archive = make_archive(tmp_path / "parity.tar.gz")
+
+    uploaded = user.json("upload", str(archive), "--task", "toy", "--name", "parity-v1")
+    assert uploaded["status"] == "uploaded"
+    assert uploaded["name"] == "parity-v1"
+    # The bytes arrived whole: the server's hash is the file's.
+    assert uploaded["bytes"] == archive.stat().st_size
+    assert uploaded["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    sid = uploaded["id"]
+
+    status = user.json("status", sid)
+    assert {"id", "kind", "task", "status", "events", "error"} <= status.keys()
+    assert (status["id"], status["task"], status["kind"]) == (sid, "toy", "model")
+    assert status["events"][0]["status"] == "uploaded"
+
+    listed = user.json("status")
+    assert sid in [s["id"] for s in listed["submissions"]]
+    assert sid in user.run("status").stdout
+
+    cancelled = user.json("cancel", sid)
+    assert cancelled["status"] == "cancelled"
+    status = user.json("status", sid)
+    assert status["status"] == "cancelled"
+    assert [e["status"] for e in status["events"]][-1] == "cancelled"
+    human = user.run("status", sid)
+    assert human.returncode == 0
+    assert "cancelled" in human.stdout and "timeline" in human.stdout
+
+    # Watching a submission that ended badly exits 1, with the final record.
+    watched = user.json("status", sid, "--watch", expect=1)
+    assert watched["status"] == "cancelled"
+
+    again = user.run("cancel", sid)
+    assert again.returncode == 1
+    assert "already cancelled" in again.stderr
+
+    results = user.json("results", sid)
+    assert results == {"id": sid, "status": "cancelled", "scores": [], "runs": []}
+    logs = user.json("logs", sid)
+    assert logs["id"] == sid and logs["complete"] is True
+
+
+def test_upload_a_folder_and_wait_until_it_is_cancelled(user: Cli, tmp_path: Path) -> None:
+    folder = tmp_path / "folder-model"
+    folder.mkdir()
+    (folder / "handler.py").write_text("def handle(data, context):\n    return []\n")
+    waiting = user.popen("upload", str(folder), "--task", "toy", "--wait", "--interval", "0.1")
+    try:
+        sid = None
+        deadline = time.monotonic() + 20
+        while sid is None and time.monotonic() < deadline:
+            mine = user.json("status")["submissions"]
+            sid = next((s["id"] for s in mine if s["name"] == "folder-model"), None)
+            time.sleep(0.1)
+        assert sid is not None, "the folder upload never arrived"
+        time.sleep(0.3)  # let the waiting command print the first events
+        assert user.json("cancel", sid)["status"] == "cancelled"
+        out, err = waiting.communicate(timeout=20)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    # --wait on a cancelled submission exits 1, after printing the timeline as it came.
+    assert waiting.returncode == 1, err
+    assert f"as {sid}" in out
+    assert "uploaded" in out and "cancelled by erin" in out
+    assert "uploading folder-model.tar.gz" in err  # the progress bar went to stderr
+
+
+def test_upload_to_an_unknown_task_exits_1_with_the_api_message(user: Cli, tmp_path: Path) -> None:
+    archive = make_archive(tmp_path / "m.tar.gz", size=10)
+    result = user.run("upload", str(archive), "--task", "no-such-task", "--json")
+    assert result.returncode == 1
+    assert "no-such-task" in result.stderr
+    assert result.stdout == ""
+
+
+def test_cancel_purge_does_not_pretend(user: Cli, tmp_path: Path) -> None:
+    sid = user.json("upload", str(make_archive(tmp_path / "p.tar.gz")), "--task", "toy")["id"]
+    result = user.run("cancel", sid, "--purge", "--json")
+    answer = json.loads(result.stdout)
+    assert answer["status"] == "cancelled"
+    # Either the server deletes it, or the CLI says plainly that it cannot.
+    if answer["purged"]:
+        assert result.returncode == 0
+    else:
+        assert result.returncode == 1
+        assert "purge is not supported by this server" in result.stderr
+
+
+def test_leaderboard_of_a_task_without_results(user: Cli) -> None:
+    board = user.json("leaderboard", "toy", "--weights", "accuracy=2,macro_f1=1")
+    assert board["task"] == "toy"
+    assert board["rows"] == []
+
+
+def test_up_serves_the_api_tells_how_to_create_a_user_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    cli = Cli(env=clean_env(tmp_path), cwd=tmp_path)
+    port = free_port()
+    log = tmp_path / "up.log"
+    process = cli.popen("up", "--port", str(port), log=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url, process, log)
+        deadline = time.monotonic() + 10
+        while "Press Ctrl+C" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        code = stop_server(process)
+    output = log.read_text()
+    assert code == 0, output
+    assert f"Weighbridge is up at {url}" in output
+    assert "weighbridge admin create-user" in output
+    assert "Traceback" not in output
