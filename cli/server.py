@@ -193,6 +193,20 @@ def _start_workers(
     return jobs
 
 
+async def _prepare_datasets(services: Services) -> None:
+    """Make every task's datasets ready at start, so the first build does not wait on them."""
+    from core.datasets import DatasetError, prepare_datasets
+
+    try:
+        prepared = await prepare_datasets(services)
+    except DatasetError as exc:
+        log.error("datasets: %s", exc)
+        return
+    written = [f"{p.task}/{p.name}" for p in prepared if p.written]
+    if written:
+        log.info("datasets prepared: %s", ", ".join(written))
+
+
 async def run_plan(settings: Settings, plan: Plan) -> int:
     """Start the services and everything in the plan; stop cleanly on SIGINT/SIGTERM."""
     from core.context import start_services
@@ -207,6 +221,8 @@ async def run_plan(settings: Settings, plan: Plan) -> int:
     helpers: list[asyncio.Task[Any]] = []
     try:
         jobs = _start_workers(services, plan, stop)
+        if "builder" in jobs:
+            helpers.append(asyncio.create_task(_prepare_datasets(services), name="datasets"))
         if plan.api is not None:
             import uvicorn
 
@@ -214,7 +230,12 @@ async def run_plan(settings: Settings, plan: Plan) -> int:
 
             host, port = plan.api
             config = uvicorn.Config(
-                create_app(services), host=host, port=port, log_level=plan.log_level.lower()
+                create_app(services),
+                host=host,
+                port=port,
+                log_level=plan.log_level.lower(),
+                # One line per request drowns the workers' story; keep it for debugging.
+                access_log=plan.log_level.lower() == "debug",
             )
             server = uvicorn.Server(config)
             jobs["api"] = asyncio.create_task(_serve_api(server, host, port), name="api")

@@ -243,3 +243,31 @@ async def read_logs(storage: Storage, submission_id: str) -> str:
         body = (await storage.read_bytes(key)).decode("utf-8", errors="replace")
         parts.append(f"== {section} ==\n{body}" + ("" if body.endswith("\n") else "\n"))
     return "".join(parts)
+
+
+async def purge_submission(
+    session: AsyncSession, storage: Storage, submission_id: str, *, user: User
+) -> dict[str, Any]:
+    """Delete a submission of the user's, its children, their rows and their stored files.
+
+    An unfinished one is cancelled first (in the same transaction), so a worker holding its
+    message finds it gone and acknowledges without working; nothing of it is left behind.
+    """
+    from core.models import Notification
+
+    submission = await get_submission(session, submission_id, viewer=user)
+    if submission.user_id != user.id and not user.is_admin:
+        raise Forbidden("you can purge only your own submissions", field="id")
+    family = [
+        submission.id,
+        *await session.scalars(
+            sa.select(Submission.id).where(Submission.parent_id == submission.id)
+        ),
+    ]
+    for table in (Score, Run, Event, Notification):
+        await session.execute(sa.delete(table).where(table.submission_id.in_(family)))
+    await session.execute(sa.delete(Submission).where(Submission.id.in_(family)))
+    files = 0
+    for sid in family:
+        files += await storage.delete_prefix(f"submissions/{sid}")
+    return {"id": submission.id, "purged": family, "files_deleted": files}

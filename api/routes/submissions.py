@@ -179,3 +179,11 @@ async def read_logs(submission_id: str, request: Request, offset: int = Query(0,
         "next_offset": len(data),
         "complete": s.status in ("done", "failed", "cancelled"),
     }
+
+
+@router.delete("/{submission_id}")
+async def purge(submission_id: str, request: Request) -> dict:
+    services = services_of(request)
+    async with services.db.session() as session:
+        user = await require_user(session, request)
+        return await subs.purge_submission(session, services.storage, submission_id, user=user)

@@ -199,3 +199,17 @@ async def test_errors_never_500_on_bad_query(client, token):
     response = await client.get("/api/v1/submissions?limit=0", headers=auth(token))
     assert response.status_code == 422 and response.json()["error"]["field"] == "limit"
     assert (await client.get("/api/v1/nothing")).status_code == 404
+
+
+async def test_purge_deletes_rows_and_files_of_own_submission_only(client, services, token):
+    sub_id = (await upload(client, token)).json()["id"]
+    other = await make_user(services, "eve")
+    refused = await client.delete(f"/api/v1/submissions/{sub_id}", headers=auth(other))
+    assert refused.status_code == 403
+    assert await services.storage.list(f"submissions/{sub_id}")
+    purged = await client.delete(f"/api/v1/submissions/{sub_id}", headers=auth(token))
+    assert purged.status_code == 200, purged.text
+    assert purged.json()["purged"] == [sub_id] and purged.json()["files_deleted"] == 1
+    assert (await client.get(f"/api/v1/submissions/{sub_id}")).status_code == 404
+    n_sub, n_ev, _, files = await counts(services)
+    assert (n_sub, n_ev, files) == (0, 0, [])
