@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import account, render, server, submissions, tasks
+from cli import account, models, render, server, submissions, tasks
 from cli.admin import admin_app, db_app
 
 app = typer.Typer(
@@ -49,6 +49,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 # Talking to a server.
 app.command("login")(account.login)
+# Making a model.
+app.command("init")(models.init)
+app.command("test")(models.test)
 app.command("ping")(account.ping)
 app.command("tasks")(tasks.tasks)
 app.command("upload")(submissions.upload)
