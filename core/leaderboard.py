@@ -7,6 +7,7 @@ scores and shapes the JSON of docs/api.md.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from typing import Any
@@ -15,8 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import WeighbridgeError
-from core.models import Score, Submission, Task, User
+from core.models import Dataset, Score, Submission, Task, User
 from core.states import Status
+from core.storage import Storage
 from core.taskconfig import TaskConfig
 from core.tasks import get_task, task_config
 
@@ -94,13 +96,17 @@ async def read_leaderboard(
     *,
     weights: dict[str, float] | None = None,
     viewer: User | None = None,
+    storage: Storage | None = None,
 ) -> dict[str, Any]:
     """`{"task", "rows": [{rank, model, submission_id, owner, score, metrics, ci, tied}]}`.
 
     Rows are the task's done submissions the viewer may see, ranked by Dynascore with the
     task's metric weights (overridden by `weights`) and dataset weights. A submission without
     every metric on every hidden scoring dataset is listed under `unranked` with the reason.
-    `ci` is the interval of the primary metric; `tied` says it overlaps the row above.
+    `ci` is the interval of the primary metric. `tied` says the row's primary metric is not
+    significantly different from the row above: by a paired bootstrap on the same examples
+    when `storage` holds both rows' predictions (`pvalue` is then set), else by overlapping
+    intervals.
     """
     from metrics.errors import MetricError
     from metrics.leaderboard import rank_models
@@ -168,16 +174,25 @@ async def read_leaderboard(
     except MetricError as exc:
         raise WeighbridgeError(str(exc), field="weights") from None
 
+    pvalues: dict[str, float] = {}
+    if storage is not None and len(board.rows) > 1:
+        pvalues = await paired_pvalues(
+            session, storage, task, config, [row.model for row in board.rows]
+        )
     previous_ci: tuple[float, float] | None = None
     previous_rank: int | None = None
     for row in board.rows:
         ci = row.primary_ci
-        overlaps = (
-            ci is not None
-            and previous_ci is not None
-            and ci[0] <= previous_ci[1]
-            and previous_ci[0] <= ci[1]
-        )
+        pvalue = pvalues.get(row.model)
+        if pvalue is not None:
+            overlaps = pvalue >= TIE_ALPHA
+        else:
+            overlaps = (
+                ci is not None
+                and previous_ci is not None
+                and ci[0] <= previous_ci[1]
+                and previous_ci[0] <= ci[1]
+            )
         result["rows"].append(
             {
                 "rank": row.rank,
@@ -188,6 +203,7 @@ async def read_leaderboard(
                 "metrics": row.metrics,
                 "ci": list(ci) if ci is not None else None,
                 "tied": bool(overlaps or row.rank == previous_rank),
+                "pvalue": pvalue,
                 "private": row.info["private"],
                 "datasets": row.datasets,
             }
@@ -204,6 +220,104 @@ async def read_leaderboard(
         for sid, reason in board.unranked.items()
     ]
     return result
+
+
+TIE_ALPHA = 0.05
+TIE_RESAMPLES = 1000
+
+
+def _predicted(config: TaskConfig, outputs: Any) -> Any:
+    """What the metrics compare with the label: the label-named field, the only field, or all."""
+    if not isinstance(outputs, dict):
+        return outputs
+    if config.label_field in config.output_fields:
+        return outputs.get(config.label_field)
+    if len(config.output_fields) == 1:
+        return outputs.get(next(iter(config.output_fields)))
+    return outputs
+
+
+async def _jsonl(storage: Storage, key: str) -> list[dict[str, Any]] | None:
+    import json
+
+    try:
+        data = await storage.read_bytes(key)
+    except FileNotFoundError:
+        return None
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+async def paired_pvalues(
+    session: AsyncSession,
+    storage: Storage,
+    task: Task,
+    config: TaskConfig,
+    ranked: list[str],
+) -> dict[str, float]:
+    """For each ranked submission, the paired-bootstrap p-value of its primary metric against
+    the row above, on the examples of every scoring dataset together (aligned by uid).
+
+    A pair without stored predictions for every scoring dataset gets no p-value.
+    """
+    import asyncio
+
+    from core.datasets import DatasetError, read_examples
+    from metrics import paired_bootstrap_pvalue
+
+    datasets = scoring_datasets(config)
+    rows = {
+        d.name: d
+        for d in await session.scalars(
+            sa.select(Dataset).where(Dataset.task_id == task.id, Dataset.name.in_(list(datasets)))
+        )
+    }
+    uids: list[tuple[str, Any]] = []
+    references: list[Any] = []
+    for name in datasets:
+        row = rows.get(name)
+        if row is None or not row.uri:
+            return {}
+        try:
+            examples = await read_examples(storage, row.uri, row.sha256)
+        except (DatasetError, FileNotFoundError):
+            return {}
+        for example in examples:
+            uids.append((name, example["uid"]))
+            references.append(example.get(config.label_field))
+
+    predictions: dict[str, list[Any]] = {}
+    for sid in ranked:
+        answers: dict[tuple[str, Any], Any] = {}
+        for name in datasets:
+            lines = await _jsonl(storage, f"submissions/{sid}/results/{name}/predictions.jsonl")
+            for line in lines or []:
+                answers[(name, line.get("uid"))] = _predicted(config, line.get("outputs"))
+        if all(key in answers for key in uids):
+            predictions[sid] = [answers[key] for key in uids]
+
+    primary = config.primary_metric
+    pairs = [
+        (above, this)
+        for above, this in itertools.pairwise(ranked)
+        if above in predictions and this in predictions
+    ]
+
+    def compute() -> dict[str, float]:
+        return {
+            this: paired_bootstrap_pvalue(
+                primary.name,
+                predictions[above],
+                predictions[this],
+                references,
+                resamples=TIE_RESAMPLES,
+                seed=0,
+                **primary.options,
+            )
+            for above, this in pairs
+        }
+
+    # CPU work: off the event loop.
+    return await asyncio.to_thread(compute)
 
 
 async def rank_of(

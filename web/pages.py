@@ -42,16 +42,20 @@ async def index(request: Request) -> HTMLResponse:
 @router.get("/tasks/{slug}", response_class=HTMLResponse)
 async def task_page(slug: str, request: Request, weights: str | None = None) -> HTMLResponse:
     error = None
+    storage = services_of(request).storage
     async with services_of(request).db.session() as session:
         task = await get_task(session, slug)
         info = task_json(task, await list_datasets(session, task))
         try:
             board = await read_leaderboard(
-                session, task, weights=parse_weights(weights) if weights else None
+                session,
+                task,
+                weights=parse_weights(weights) if weights else None,
+                storage=storage,
             )
         except WeighbridgeError as exc:
             error = exc.message
-            board = await read_leaderboard(session, task)
+            board = await read_leaderboard(session, task, storage=storage)
     return templates.TemplateResponse(
         request,
         "task.html",

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from core.context import Services, start_services
 from core.db import Database
@@ -138,3 +139,47 @@ async def test_an_empty_board(digits_services: Services) -> None:
         with pytest.raises(WeighbridgeError, match="unknown task"):
             await read_leaderboard(session, "digitz")
     assert board["rows"] == [] and board["unranked"] == []
+
+
+async def test_ties_come_from_a_paired_bootstrap_on_stored_predictions(
+    digits_services: Services,
+) -> None:
+    import json
+
+    from core.datasets import prepare_datasets, read_examples
+    from core.models import Dataset
+
+    services = digits_services
+    await prepare_datasets(services)
+    async with services.db.session() as session:
+        ada = await make_owner(session, "ada")
+        task = await task_row(session, "digits")
+        made = {
+            name: await make_scored_submission(session, ada, task, scores(acc, acc), name=name)
+            for name, acc in (("a", 0.95), ("b", 0.949), ("c", 0.80))
+        }
+        rows = {
+            d.name: d
+            for d in await session.scalars(sa.select(Dataset).where(Dataset.task_id == task.id))
+        }
+    # a is right on all but every 20th example; b swaps one of a's errors for another
+    # (the same accuracy: no evidence of a difference); c is also wrong on every 5th
+    # example: a real, significant gap below b.
+    for dataset in ("heldout", "heldout-noisy"):
+        examples = await read_examples(services.storage, rows[dataset].uri, rows[dataset].sha256)
+        for name, submission in made.items():
+            lines = []
+            for i, example in enumerate(examples):
+                wrong = (i % 20 == 0 and not (name == "b" and i == 0)) or (
+                    (name == "b" and i == 1) or (name == "c" and i % 5 == 1)
+                )
+                label = (example["label"] + 1) % 10 if wrong else example["label"]
+                lines.append(json.dumps({"uid": example["uid"], "outputs": {"label": label}}))
+            key = f"submissions/{submission.id}/results/{dataset}/predictions.jsonl"
+            await services.storage.write_bytes(key, "\n".join(lines).encode())
+    async with services.db.session() as session:
+        board = await read_leaderboard(session, "digits", storage=services.storage)
+    got = {r["model"]: (r["tied"], r["pvalue"]) for r in board["rows"]}
+    assert got["a"] == (False, None)
+    assert got["b"][0] is True and got["b"][1] > 0.05
+    assert got["c"][0] is False and got["c"][1] < 0.01
