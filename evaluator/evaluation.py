@@ -1,0 +1,454 @@
+"""One submission's evaluation: per-dataset runs, scores, timeline events, the receipt.
+
+Resumable: each dataset has a `runs` row (queued -> running -> done | failed). A redelivered
+message skips datasets whose run is done and whose scores exist, and redoes the rest. Every
+state change and its event (and the email, on done or failed) share one transaction.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import tempfile
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.context import Services
+from core.envelope import Envelope
+from core.errors import JobFailed, RetryableError
+from core.models import Submission, utcnow
+from core.states import TERMINAL, Status, record_event, transition
+from core.taskconfig import TaskConfig
+from evaluator import records
+from evaluator.archive import fetch_model
+from evaluator.receipt import build_receipt
+from evaluator.runner import (
+    DatasetRun,
+    DatasetSpec,
+    EvaluationCancelled,
+    ModelSpec,
+    prediction_values,
+    run_dataset,
+    sandbox_policy,
+    write_result,
+)
+from evaluator.scoring import PERFORMANCE_UNITS, score_metrics
+
+log = logging.getLogger(__name__)
+
+SERVICE = "evaluator"
+STAGE_CHARS = 32  # submissions.failed_stage
+
+
+class BuildRef(BaseModel):
+    """What the builder made (docs/pipeline.md)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    mar_key: str
+    python: str | None = None
+    env_key: str | None = None
+    requirements_sha256: str | None = None
+    handler: str | None = None
+    bundle_sha256: str | None = None
+
+
+class DatasetRef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    key: str
+    sha256: str
+    access: str = "hidden"
+    split: str = "test"
+    weight: float = 1.0
+    perturbation_of: str | None = None
+    n_examples: int | None = None
+
+
+class TaskRef(BaseModel):
+    slug: str
+    config: dict[str, Any]
+
+
+class EvaluatePayload(BaseModel):
+    """The `evaluate` message's payload: the build payload plus `build` and `datasets`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    submission: dict[str, Any]
+    task: TaskRef
+    owner: dict[str, Any] | None = None
+    build: BuildRef
+    datasets: list[DatasetRef] = Field(default_factory=list)
+
+
+async def queue_email(session: AsyncSession, services: Services, submission: Submission) -> None:
+    """The completion email, written in the caller's transaction (the outbox sends it)."""
+    try:
+        from core.notifications import queue_submission_email
+    except ModuleNotFoundError as exc:
+        if exc.name != "core.notifications":
+            raise
+        log.error("core.notifications is missing: no email queued for %s", submission.id)
+        return
+    result = queue_submission_email(
+        session, services.storage, submission, settings=services.settings
+    )
+    if inspect.isawaitable(result):
+        await result
+
+
+async def fail_submission(
+    services: Services,
+    submission_id: str,
+    failure: JobFailed,
+    *,
+    parent: Envelope | None = None,
+    dataset: str | None = None,
+) -> None:
+    """Mark the submission failed with its stage, reason and log; queue the email."""
+    async with services.db.session() as session:
+        submission = await records.lock_submission(session, submission_id)
+        if submission is None or Status(submission.status) in TERMINAL:
+            return
+        if dataset is not None:
+            run = await records.get_run(session, submission_id, dataset)
+            if run is not None:
+                run.status = "failed"
+                run.error = failure.reason
+                run.finished_at = utcnow()
+                session.add(run)
+            record_event(
+                session,
+                submission,
+                "dataset.failed",
+                service=SERVICE,
+                message=f"{dataset}: {failure.reason}",
+                payload={"dataset": dataset, "reason": failure.reason, "log_key": failure.log_key},
+                parent=parent,
+            )
+        transition(
+            session,
+            submission,
+            Status.FAILED,
+            service=SERVICE,
+            stage=failure.stage[:STAGE_CHARS],
+            error=failure.reason,
+            log_key=failure.log_key or None,
+            payload={"stage": failure.stage, "log_tail": failure.log_tail[-4000:]},
+            parent=parent,
+        )
+        await queue_email(session, services, submission)
+
+
+class Evaluation:
+    """Evaluates one submission from its (validated) evaluate message."""
+
+    def __init__(
+        self,
+        services: Services,
+        envelope: Envelope,
+        payload: EvaluatePayload,
+        task: TaskConfig,
+        *,
+        pool: Executor,
+        attempt: int = 1,
+    ) -> None:
+        self.services = services
+        self.envelope = envelope
+        self.payload = payload
+        self.task = task
+        self.pool = pool
+        self.attempt = attempt
+        self.submission_id = str(payload.submission.get("id") or envelope.action_id)
+
+    # -- the whole job ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if not await self.begin():
+            return
+        current: str | None = None
+        try:
+            if self.payload.submission.get("kind", "model") != "model":
+                raise JobFailed(
+                    "evaluate",
+                    f"this evaluator runs models; {self.payload.submission.get('kind')} "
+                    "submissions are not supported by it yet",
+                )
+            if not self.payload.datasets:
+                raise JobFailed("evaluate", "the task has no prepared hidden dataset to run on")
+            with tempfile.TemporaryDirectory(prefix="weighbridge-eval-") as tmp:
+                scratch = Path(tmp)
+                build = self.payload.build
+                model, mar_sha256 = await fetch_model(
+                    self.services.storage,
+                    mar_key=build.mar_key,
+                    scratch=scratch,
+                    python=build.python,
+                    handler=build.handler,
+                    name=str(self.payload.submission.get("name") or "model"),
+                )
+                summaries: dict[str, dict[str, Any]] = {}
+                for ref in self.payload.datasets:
+                    if await self.stopped():
+                        return
+                    done = await self.completed(ref)
+                    if done is not None:
+                        summaries[ref.name] = done
+                        continue
+                    current = ref.name
+                    summaries[ref.name] = await self.evaluate_dataset(ref, model, scratch)
+                    current = None
+                await self.finish(summaries, mar_sha256)
+        except EvaluationCancelled:
+            await self.note_cancelled(current)
+        except JobFailed as failure:
+            await fail_submission(
+                self.services, self.submission_id, failure, parent=self.envelope, dataset=current
+            )
+
+    async def stopped(self) -> bool:
+        """True when the submission was cancelled (or ended) elsewhere: stop working on it."""
+        async with self.services.db.session() as session:
+            status = await records.submission_status(session, self.submission_id)
+        return status is None or Status(status) in TERMINAL
+
+    # -- steps -----------------------------------------------------------------------------
+
+    async def begin(self) -> bool:
+        """built -> evaluating (or evaluating -> evaluating on redelivery); False: nothing to do."""
+        names = [d.name for d in self.payload.datasets]
+        async with self.services.db.session() as session:
+            submission = await records.lock_submission(session, self.submission_id)
+            if submission is None:
+                log.warning("evaluate message for unknown submission %s", self.submission_id)
+                return False
+            status = Status(submission.status)
+            if status in TERMINAL:
+                log.info("submission %s is already %s; skipping", submission.id, status.value)
+                return False
+            if status not in (Status.BUILT, Status.EVALUATING):
+                raise RetryableError(f"submission {submission.id} is still {status.value}")
+            resumed = status is Status.EVALUATING
+            fleet = self.task.eval.eval_server_id
+            transition(
+                session,
+                submission,
+                Status.EVALUATING,
+                service=SERVICE,
+                message=(
+                    f"resuming evaluation (delivery {self.attempt}) on fleet {fleet}"
+                    if resumed
+                    else f"evaluating on {len(names)} dataset(s) on fleet {fleet}"
+                ),
+                payload={"datasets": names, "fleet": fleet, "attempt": self.attempt},
+                parent=self.envelope,
+            )
+            await records.ensure_runs(session, submission.id, names)
+        return True
+
+    async def completed(self, ref: DatasetRef) -> dict[str, Any] | None:
+        """The summary of a dataset already done (run done, its scores stored), else None."""
+        async with self.services.db.session() as session:
+            run = await records.get_run(session, self.submission_id, ref.name)
+            if run is None or run.status != "done":
+                return None
+            stored = await records.score_names(session, self.submission_id, ref.name)
+            expected = set(run.summary.get("scores") or [])
+            if not expected or not expected <= stored:
+                return None
+            submission = await session.get(Submission, self.submission_id)
+            if submission is not None:
+                record_event(
+                    session,
+                    submission,
+                    "dataset.skipped",
+                    service=SERVICE,
+                    message=f"{ref.name}: already evaluated before a restart",
+                    payload={"dataset": ref.name},
+                    parent=self.envelope,
+                )
+            return dict(run.summary)
+
+    async def evaluate_dataset(
+        self, ref: DatasetRef, model: ModelSpec, scratch: Path
+    ) -> dict[str, Any]:
+        await self.start_dataset(ref)
+        run = await run_dataset(
+            self.services.storage,
+            submission_id=self.submission_id,
+            task=self.task,
+            dataset=DatasetSpec(
+                name=ref.name, key=ref.key, sha256=ref.sha256, n_examples=ref.n_examples
+            ),
+            model=model,
+            scratch=scratch,
+            policy=sandbox_policy(self.services.settings, self.services.storage),
+            should_stop=self.stopped,
+        )
+        scores = await self.score(ref, run)
+        await write_result(self.services.storage, run, scores=scores)
+        return await self.finish_dataset(ref, run, scores)
+
+    async def start_dataset(self, ref: DatasetRef) -> None:
+        async with self.services.db.session() as session:
+            submission = await records.lock_submission(session, self.submission_id)
+            run = await records.get_run(session, self.submission_id, ref.name)
+            if submission is None or run is None:
+                raise RuntimeError(f"submission {self.submission_id} or its run vanished")
+            run.status = "running"
+            run.attempt += 1
+            run.started_at = utcnow()
+            run.finished_at = None
+            run.error = None
+            session.add(run)
+            n = f" ({ref.n_examples} examples)" if ref.n_examples else ""
+            record_event(
+                session,
+                submission,
+                "dataset.started",
+                service=SERVICE,
+                message=f"{ref.name}: evaluating{n}",
+                payload={"dataset": ref.name, "attempt": run.attempt, "n_examples": ref.n_examples},
+                parent=self.envelope,
+            )
+
+    async def score(self, ref: DatasetRef, run: DatasetRun) -> list[dict[str, Any]]:
+        """Task metrics (with CIs, in the pool) and the run's performance, as score rows."""
+        config = self.task.eval
+        results = await score_metrics(
+            self.pool,
+            self.task.metrics,
+            prediction_values(self.task, run.answers),
+            run.references,
+            confidence=config.confidence,
+            resamples=config.bootstrap_resamples,
+        )
+        rows: list[dict[str, Any]] = []
+        for result in results:
+            if "error" in result:
+                raise JobFailed(
+                    f"evaluate:{ref.name}",
+                    f"dataset {ref.name}: metric {result['metric']} cannot be computed from the "
+                    f"model's answers: {result['error']}",
+                    log_key=run.keys["log"],
+                )
+            if result["value"] is None:
+                continue  # not a single number (e.g. a confusion matrix): result.json only
+            extra: dict[str, Any] = {"kind": "task"}
+            if result.get("ci_low") is not None:
+                extra.update(confidence=config.confidence, resamples=config.bootstrap_resamples)
+            if result.get("ci_error"):
+                extra["ci_error"] = result["ci_error"]
+            rows.append({**result, "n_examples": run.n_examples, "extra": extra})
+        for name, value in run.performance.items():
+            rows.append(
+                {
+                    "metric": name,
+                    "value": float(value),
+                    "n_examples": run.n_examples,
+                    "extra": {"kind": "performance", "unit": PERFORMANCE_UNITS.get(name, "")},
+                }
+            )
+        return rows
+
+    async def finish_dataset(
+        self, ref: DatasetRef, run: DatasetRun, scores: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        summary = {
+            "dataset": ref.name,
+            "sha256": ref.sha256,
+            "n_examples": run.n_examples,
+            "performance": run.performance,
+            "timings": run.timings,
+            "worker": run.worker,
+            "files": run.keys,
+            "scores": [s["metric"] for s in scores],
+        }
+        values = {s["metric"]: s["value"] for s in scores}
+        async with self.services.db.session() as session:
+            submission = await records.lock_submission(session, self.submission_id)
+            row = await records.get_run(session, self.submission_id, ref.name)
+            if submission is None or row is None:
+                raise RuntimeError(f"submission {self.submission_id} or its run vanished")
+            await records.insert_scores(session, self.submission_id, ref.name, scores)
+            row.status = "done"
+            row.finished_at = utcnow()
+            row.summary = summary
+            row.error = None
+            session.add(row)
+            primary = self.task.primary_metric.name
+            shown = f"{primary} {values[primary]:.4g}, " if primary in values else ""
+            record_event(
+                session,
+                submission,
+                "dataset.finished",
+                service=SERVICE,
+                message=(
+                    f"{ref.name}: {shown}{run.performance['examples_per_second']:.1f} "
+                    f"examples/s on {run.n_examples} examples"
+                ),
+                payload={**summary, "values": values},
+                parent=self.envelope,
+            )
+        return summary
+
+    async def finish(self, summaries: dict[str, dict[str, Any]], mar_sha256: str) -> None:
+        """done, its receipt (the last event) and the email, in one transaction."""
+        receipt = build_receipt(
+            submission=self.payload.submission,
+            build=self.payload.build.model_dump(),
+            mar_sha256=mar_sha256,
+            datasets=[d.model_dump() for d in self.payload.datasets],
+            summaries=summaries,
+            runner=self.services.settings.runner,
+        )
+        async with self.services.db.session() as session:
+            submission = await records.lock_submission(session, self.submission_id)
+            if submission is None or Status(submission.status) in TERMINAL:
+                return
+            transition(
+                session,
+                submission,
+                Status.DONE,
+                service=SERVICE,
+                message=f"evaluated on {len(summaries)} dataset(s)",
+                payload={"datasets": list(summaries)},
+                parent=self.envelope,
+            )
+            record_event(
+                session,
+                submission,
+                "receipt",
+                service=SERVICE,
+                message="receipt: what ran, where, with which versions",
+                payload=receipt,
+                parent=self.envelope,
+            )
+            await queue_email(session, self.services, submission)
+
+    async def note_cancelled(self, dataset: str | None) -> None:
+        async with self.services.db.session() as session:
+            submission = await session.get(Submission, self.submission_id)
+            run = await records.get_run(session, self.submission_id, dataset) if dataset else None
+            if run is not None and run.status == "running":
+                run.status = "failed"
+                run.error = "stopped: the submission was cancelled"
+                run.finished_at = utcnow()
+                session.add(run)
+            if submission is not None:
+                record_event(
+                    session,
+                    submission,
+                    "dataset.stopped",
+                    service=SERVICE,
+                    message=f"{dataset or 'evaluation'}: stopped because the submission was "
+                    f"{submission.status}",
+                    payload={"dataset": dataset},
+                    parent=self.envelope,
+                )

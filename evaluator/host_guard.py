@@ -1,0 +1,278 @@
+"""The handler worker's guard rails: the audit hook and the limits set inside the process.
+
+Loaded by path by `handler_host.py` under the build's interpreter: standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import resource
+import signal
+import sys
+import threading
+
+MiB = 1 << 20
+
+# Audit events whose arguments name paths (index of each path argument).
+PATH_EVENTS = {
+    "open": (0,),
+    "os.listdir": (0,),
+    "os.scandir": (0,),
+    "os.remove": (0,),
+    "os.rmdir": (0,),
+    "os.mkdir": (0,),
+    "os.rename": (0, 1),
+    "os.link": (0, 1),
+    "os.truncate": (0,),
+    "os.chmod": (0,),
+    "os.chown": (0,),
+    "os.utime": (0,),
+    "shutil.copyfile": (0, 1),
+    "shutil.copytree": (0, 1),
+    "shutil.rmtree": (0,),
+    "shutil.move": (0, 1),
+    "sqlite3.connect": (0,),
+}
+NETWORK_EVENTS = frozenset(
+    {
+        "socket.connect",
+        "socket.bind",
+        "socket.sendto",
+        "socket.sendmsg",
+        "socket.getaddrinfo",
+        "socket.gethostbyname",
+        "socket.gethostbyaddr",
+    }
+)
+SIGNAL_EVENTS = frozenset({"os.kill", "os.killpg"})
+EXEC_EVENTS = frozenset(
+    {"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "pty.spawn"}
+)
+
+
+class SandboxViolation(PermissionError):
+    """Raised by the audit hook; the host reports the first one even if the handler catches it."""
+
+
+class Guard:
+    """The audit hook: refuses network use, program starts and reads of forbidden paths."""
+
+    def __init__(
+        self,
+        *,
+        forbidden: list[str],
+        allowed: list[str],
+        workdir: str,
+        allow_exec: bool,
+        private_network: bool,
+    ):
+        self.roots: list[tuple[str, bool]] = []  # (root, forbidden?) — the longest match wins
+        for path in forbidden:
+            self._add(path, True)
+        for path in allowed:
+            self._add(path, False)
+        self.roots.sort(key=lambda r: len(r[0]), reverse=True)
+        self.workdir = os.path.realpath(workdir)
+        self.allow_exec = allow_exec
+        self.private_network = private_network
+        self.violations: list[dict] = []
+        self._local = threading.local()
+
+    def _add(self, path: str, forbidden: bool) -> None:
+        for variant in {os.path.abspath(path), os.path.realpath(path)}:
+            self.roots.append((variant.rstrip("/") or "/", forbidden))
+
+    def forbidden(self, path: object) -> str | None:
+        """The resolved path if it lies under a forbidden root (and no narrower allowed one)."""
+        if isinstance(path, os.PathLike):
+            path = os.fspath(path)
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if not isinstance(path, str) or not path:
+            return None  # file descriptors and the like
+        for candidate in (os.path.abspath(path), os.path.realpath(path)):
+            for root, refused in self.roots:
+                if candidate == root or candidate.startswith(root + "/"):
+                    if refused:
+                        return candidate
+                    break
+        return None
+
+    def refuse(self, kind: str, detail: str, message: str) -> None:
+        self.violations.append({"kind": kind, "detail": detail})
+        raise SandboxViolation(f"Weighbridge sandbox: {message}")
+
+    def __call__(self, event: str, args: tuple) -> None:
+        indices = PATH_EVENTS.get(event)
+        if (
+            indices is None
+            and event not in NETWORK_EVENTS
+            and event not in EXEC_EVENTS
+            and event not in SIGNAL_EVENTS
+        ):
+            return
+        local = self._local
+        if getattr(local, "busy", False):
+            return
+        local.busy = True  # path resolution must not re-enter the hook (per thread)
+        try:
+            if indices is not None:
+                for i in indices:
+                    hit = self.forbidden(args[i]) if i < len(args) else None
+                    if hit is not None:
+                        self.refuse(
+                            "file", hit, f"{hit} is Weighbridge's data; a model may not read it"
+                        )
+            elif event in NETWORK_EVENTS:
+                self._network(event, args)
+            elif event in SIGNAL_EVENTS:
+                self._signal(event, args)
+            elif not self.allow_exec:
+                what = args[0] if args else ""
+                if event == "subprocess.Popen" and len(args) > 1 and args[1]:
+                    what = args[1] if isinstance(args[1], str) else " ".join(map(str, args[1]))
+                self.refuse(
+                    "exec", f"{event}: {what}", f"starting programs ({what}) is not allowed"
+                )
+        finally:
+            local.busy = False
+
+    def _network(self, event: str, args: tuple) -> None:
+        if event in ("socket.connect", "socket.bind") and len(args) >= 2:
+            sock, address = args[0], args[1]
+            import socket as _socket
+
+            if getattr(sock, "family", None) == _socket.AF_UNIX:
+                # Abstract sockets live in the (private) network namespace; paths must stay
+                # inside the sandbox's own folder (multiprocessing uses both).
+                if isinstance(address, bytes):
+                    address = os.fsdecode(address)
+                if not address or (address.startswith("\0") and self.private_network):
+                    return
+                real = os.path.realpath(address)
+                if real == self.workdir or real.startswith(self.workdir + "/"):
+                    return
+            where = _describe_address(address)
+        else:
+            where = _describe_address(args[0] if args else "")
+        self.refuse(
+            "network",
+            f"{event} {where}",
+            f"network access is not allowed during evaluation ({event} {where})",
+        )
+
+    def _signal(self, event: str, args: tuple) -> None:
+        """Signals may go to the worker itself, its own process group and its descendants."""
+        target = args[0] if args else None
+        if not isinstance(target, int):
+            return
+        if event == "os.killpg":
+            if target in (0, os.getpgrp()):
+                return
+        elif target == 0 or target == os.getpid() or (target > 0 and _descends(target)):
+            return
+        self.refuse(
+            "signal",
+            f"{event}({target})",
+            f"signalling processes outside the model's own ({event} {target}) is not allowed",
+        )
+
+
+def _descends(pid: int) -> bool:
+    """Is `pid` a descendant of this process (read from /proc)?"""
+    me, seen = os.getpid(), 0
+    while pid > 1 and seen < 64:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(b")", 1)[1].split()[1])  # the parent's pid
+        if pid == me:
+            return True
+        seen += 1
+    return False
+
+
+def _describe_address(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[weighbridge] {message}\n")
+    sys.stderr.flush()
+
+
+def interpreter_paths() -> list[str]:
+    """Where the interpreter and its packages live: always readable, even under a data root."""
+    paths = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
+    paths.update(p for p in sys.path if p)
+    return sorted(p for p in paths if p)
+
+
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def apply_limits(request: dict) -> dict:
+    """The limits that live in this process; returns what was applied, for the log and parent."""
+    notes: dict = {}
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if sys.platform.startswith("linux"):
+        try:
+            _libc().prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the evaluator
+            if os.getppid() == 1:
+                os._exit(3)
+            notes["parent_death_signal"] = True
+        except (OSError, AttributeError):
+            notes["parent_death_signal"] = False
+    address_mb = request.get("address_space_mb")
+    if address_mb and os.path.exists("/dev/nvidiactl"):
+        # CUDA maps tens of GB of address space at start: only the RSS watch applies there.
+        log("address-space limit skipped: a GPU is present (CUDA reserves address space)")
+        address_mb = None
+    if address_mb:
+        limit = int(address_mb) * MiB
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            notes["address_space_mb"] = int(address_mb)
+            log(f"address-space limit (RLIMIT_AS): {address_mb} MB")
+        except (ValueError, OSError) as exc:
+            log(f"address-space limit not applied: {exc}")
+    notes["hidden"] = hide_paths(request.get("hide") or [], bool(request.get("mount_namespace")))
+    return notes
+
+
+def hide_paths(paths: list[str], own_namespace: bool) -> list[str]:
+    """Cover Weighbridge's data with empty mounts (only inside a private mount namespace)."""
+    if not paths or not own_namespace or not sys.platform.startswith("linux"):
+        return []
+    libc = _libc()
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+    ms_rdonly, ms_bind, ms_rec, ms_private = 1, 4096, 16384, 1 << 18
+    # Our mounts must never propagate back to the evaluator's namespace: make ours private
+    # first (util-linux's unshare already does; os.unshare does not), or hide nothing.
+    if libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
+        log(f"not hiding data: cannot make mounts private: {os.strerror(ctypes.get_errno())}")
+        return []
+    hidden = []
+    for path in paths:
+        if os.path.isdir(path):
+            rc = libc.mount(b"none", os.fsencode(path), b"tmpfs", ms_rdonly, b"size=4k,mode=0")
+        elif os.path.isfile(path):
+            rc = libc.mount(b"/dev/null", os.fsencode(path), None, ms_bind, None)
+        else:
+            continue
+        if rc == 0:
+            hidden.append(path)
+        else:
+            log(f"could not hide {path}: {os.strerror(ctypes.get_errno())}")
+    if hidden:
+        log(f"hidden from the handler by empty mounts: {', '.join(hidden)}")
+    return hidden

@@ -1,0 +1,456 @@
+"""The local runner: one dataset through a sandboxed handler, checked, timed and stored.
+
+Only the task's input fields reach the handler, in batches of `eval.batch_size`, as
+TorchServe's `[{"body": {...}}, ...]`. Every answer is checked against the task's output
+schema. Predictions, the handler's log and `result.json` go to
+`submissions/<id>/results/<dataset>/`. Any failure is a JobFailed naming the dataset, the
+batch and what to fix, with the log's key and tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from core.errors import JobFailed
+from core.settings import Settings
+from core.storage import Storage
+from core.taskconfig import TaskConfig
+from evaluator.sandbox import (
+    Sandbox,
+    SandboxError,
+    SandboxLimits,
+    SandboxPolicy,
+    batch_frame,
+    read_tail,
+)
+
+PIPELINE_DEPTH = 3  # batches in flight: the worker never waits for the evaluator
+CANCEL_CHECK_SECONDS = 1.0
+LOG_UPLOAD_LIMIT = 8 << 20
+SHOWN_ANSWER_CHARS = 300
+
+StopCheck = Callable[[], Awaitable[bool]]
+
+
+class EvaluationCancelled(Exception):
+    """The submission was cancelled (or finished elsewhere) while its dataset ran."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset as the evaluate message names it."""
+
+    name: str
+    key: str
+    sha256: str
+    n_examples: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An extracted model archive and how to start its handler."""
+
+    model_dir: Path
+    handler: str
+    manifest: dict[str, Any]
+    python: str | None = None
+    name: str = "model"
+
+
+@dataclass
+class DatasetRun:
+    """What one dataset's run produced (predictions stay here for the metrics)."""
+
+    dataset: str
+    sha256: str
+    uids: list[Any]
+    answers: list[dict[str, Any]]
+    references: list[Any]
+    performance: dict[str, float]
+    timings: dict[str, float]
+    worker: dict[str, Any]
+    keys: dict[str, str]
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.uids)
+
+
+def results_prefix(submission_id: str, dataset: str) -> str:
+    return f"submissions/{submission_id}/results/{dataset}"
+
+
+def sandbox_policy(settings: Settings, storage: Storage) -> SandboxPolicy:
+    """What a handler may not read: Weighbridge's home, its storage and its database file."""
+    forbidden: list[str] = [str(settings.home)]
+    hide: list[str] = []
+    root = storage.local_path("datasets")
+    if root is not None:
+        forbidden.append(str(root.parent))
+        hide.extend(str(storage.local_path(part)) for part in ("datasets", "submissions"))
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        db_file = Path(url.database).absolute()
+        files = [str(db_file), *(f"{db_file}{suffix}" for suffix in ("-wal", "-shm", "-journal"))]
+        forbidden.extend(files)
+        hide.extend(files)
+    return SandboxPolicy(forbidden=tuple(forbidden), hide=tuple(hide))
+
+
+def _short(value: Any, limit: int = SHOWN_ANSWER_CHARS) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# Answers come out of json.loads, so exact types suffice (and `bool` is not an `int` here).
+_ACCEPTED: dict[str, tuple[type, ...] | None] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "list": (list,),
+    "dict": (dict,),
+    "any": None,
+}
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    accepted = _ACCEPTED[kind]
+    return accepted is None or type(value) in accepted
+
+
+class InvalidAnswer(Exception):
+    """An answer that breaks the task's output schema; the message says which and how."""
+
+
+def check_answers(
+    outputs: list[Any], uids: Sequence[Any], output_fields: dict[str, str], *, where: str
+) -> list[dict[str, Any]]:
+    """Exactly one object per input holding every output field with its declared type."""
+    if len(outputs) != len(uids):
+        raise InvalidAnswer(
+            f"{where}: the handler returned {len(outputs)} answers for {len(uids)} inputs; "
+            "it must return exactly one answer per input, in the order received"
+        )
+    checks = [(name, _ACCEPTED[kind]) for name, kind in output_fields.items()]
+    checked = []
+    for index, answer in enumerate(outputs):
+        if type(answer) is str:
+            # TorchServe handlers often answer with a JSON string; accept an object in one.
+            try:
+                decoded = json.loads(answer)
+            except ValueError:
+                decoded = None
+            answer = decoded if isinstance(decoded, dict) else answer
+        if type(answer) is not dict:
+            raise InvalidAnswer(_explain(answer, index, uids[index], output_fields, where))
+        for name, accepted in checks:  # a plain loop: this runs for every answer
+            if name not in answer or (accepted is not None and type(answer[name]) not in accepted):
+                raise InvalidAnswer(_explain(answer, index, uids[index], output_fields, where))
+        checked.append(answer)
+    return checked
+
+
+def _explain(answer: Any, index: int, uid: Any, output_fields: dict[str, str], where: str) -> str:
+    expected = ", ".join(f"{name} ({kind})" for name, kind in output_fields.items())
+    at = f"{where}: answer {index} (uid {uid!r})"
+    if not isinstance(answer, dict):
+        return (
+            f"{at} is {type(answer).__name__}, not an object with the output fields "
+            f"{expected}: {_short(answer)}"
+        )
+    for name, kind in output_fields.items():
+        if name not in answer:
+            return (
+                f"{at} lacks the output field {name!r} ({kind}); the task expects {expected}; "
+                f"the answer was {_short(answer)}"
+            )
+        if not _type_ok(answer[name], kind):
+            return (
+                f"{at}: the output field {name!r} must be {kind}, got "
+                f"{type(answer[name]).__name__} {_short(answer[name], 60)}; "
+                f"the answer was {_short(answer)}"
+            )
+    return f"{at} is not a valid answer: {_short(answer)}"
+
+
+def reference_of(row: dict[str, Any], label_field: str) -> Any:
+    return row.get(label_field)
+
+
+def prediction_values(task: TaskConfig, answers: Sequence[dict[str, Any]]) -> list[Any]:
+    """What a metric compares with the references: the field named like the label, the only
+    output field, or (several fields) the whole answer."""
+    if task.label_field in task.output_fields:
+        name = task.label_field
+    elif len(task.output_fields) == 1:
+        name = next(iter(task.output_fields))
+    else:
+        return list(answers)
+    return [a[name] for a in answers]
+
+
+async def load_examples(storage: Storage, dataset: DatasetSpec) -> list[dict[str, Any]]:
+    """The dataset's rows, checksum verified (core.datasets owns the reading)."""
+    from core.datasets import read_examples
+
+    rows = read_examples(storage, dataset.key, dataset.sha256)
+    if asyncio.iscoroutine(rows):
+        rows = await rows
+    if hasattr(rows, "__aiter__"):
+        return [row async for row in rows]
+    return list(rows)
+
+
+def write_predictions(path: Path, uids: Sequence[Any], answers: Sequence[Any]) -> None:
+    """predictions.jsonl: one `{"uid", "outputs"}` object per example, in dataset order."""
+    with path.open("w", encoding="utf-8") as fh:
+        for uid, answer in zip(uids, answers, strict=True):
+            fh.write(json.dumps({"uid": uid, "outputs": answer}, ensure_ascii=False) + "\n")
+
+
+def _log_bytes(path: Path) -> bytes:
+    """The log to store: whole, or its head and tail when a handler printed without end."""
+    if not path.exists():
+        return b""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        if size <= LOG_UPLOAD_LIMIT:
+            return fh.read()
+        head = fh.read(LOG_UPLOAD_LIMIT // 8)
+        fh.seek(size - LOG_UPLOAD_LIMIT // 2)
+        tail = fh.read()
+    skipped = size - len(head) - len(tail)
+    return head + f"\n… [{skipped} bytes skipped] …\n".encode() + tail
+
+
+async def _upload_log(storage: Storage, key: str, path: Path) -> None:
+    await storage.write_bytes(key, await asyncio.to_thread(_log_bytes, path))
+
+
+async def run_dataset(
+    storage: Storage,
+    *,
+    submission_id: str,
+    task: TaskConfig,
+    dataset: DatasetSpec,
+    model: ModelSpec,
+    scratch: Path,
+    policy: SandboxPolicy = SandboxPolicy(),
+    should_stop: StopCheck | None = None,
+    server_name: str = "weighbridge-local",
+) -> DatasetRun:
+    """Evaluate `model` on `dataset`; raises JobFailed (stage `evaluate:<dataset>`) or
+    EvaluationCancelled. Nothing but the task's input fields ever reaches the handler."""
+    stage = f"evaluate:{dataset.name}"
+    prefix = results_prefix(submission_id, dataset.name)
+    keys = {
+        "predictions": f"{prefix}/predictions.jsonl",
+        "log": f"{prefix}/log",
+        "result": f"{prefix}/result.json",
+    }
+    rows = await load_examples(storage, dataset)
+    if not rows:
+        raise JobFailed(stage, f"dataset {dataset.name} has no examples")
+    missing = [f for f in task.input_fields if f not in rows[0]]
+    if missing:
+        raise RuntimeError(
+            f"dataset {dataset.name} rows lack the task's input field(s) {missing}; "
+            "the dataset and the task config disagree"
+        )
+
+    folder = scratch / dataset.name
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / "log"
+    log_path.write_text("")
+    limits = SandboxLimits(timeout_seconds=task.eval.timeout_seconds, memory_mb=task.eval.memory_mb)
+    sandbox = Sandbox(
+        model_dir=model.model_dir,
+        handler=model.handler,
+        manifest=model.manifest,
+        workdir=folder / "work",
+        log_path=log_path,
+        limits=limits,
+        policy=policy,
+        python=model.python,
+        batch_size=task.eval.batch_size,
+        model_name=model.name,
+        server_name=server_name,
+    )
+    started_wall = time.time()
+    try:
+        try:
+            run = await _run_batches(sandbox, rows, task, dataset, should_stop)
+        finally:
+            await sandbox.close()
+    except (SandboxError, InvalidAnswer) as exc:
+        reason = exc.reason if isinstance(exc, SandboxError) else str(exc)
+        with log_path.open("a", encoding="utf-8") as fh:
+            fh.write(f"[evaluator] failed: {reason}\n")
+        await _upload_log(storage, keys["log"], log_path)
+        raise JobFailed(stage, reason, log_tail=read_tail(log_path), log_key=keys["log"]) from None
+    except BaseException:
+        await asyncio.shield(_upload_log(storage, keys["log"], log_path))
+        raise
+
+    answers, inference_seconds, latencies, sizes, round_trips = run
+    performance = summarize_performance(
+        latencies,
+        sizes,
+        wall_time=max(inference_seconds, 1e-9),
+        peak_memory_bytes=sandbox.peak_memory_bytes,
+    )
+    uids = [row.get("uid", i) for i, row in enumerate(rows)]
+    predictions_path = folder / "predictions.jsonl"
+    await asyncio.to_thread(write_predictions, predictions_path, uids, answers)
+    await storage.write_file(keys["predictions"], predictions_path)
+    await _upload_log(storage, keys["log"], log_path)
+
+    ready = sandbox.ready
+    timings = {
+        "init_seconds": round(float(ready.get("init_seconds", 0.0)), 4),
+        "inference_seconds": round(inference_seconds, 4),
+        "wall_seconds": round(time.time() - started_wall, 4),
+        "round_trip_p50_ms": round(_median(round_trips) * 1000, 3),
+    }
+    worker = {
+        "versions": ready.get("versions", {}),
+        "gpu_id": ready.get("gpu_id"),
+        "gpu_name": ready.get("gpu_name"),
+        "limits": {
+            **ready.get("limits", {}),
+            "memory_mb": limits.memory_mb,
+            "timeout_seconds": limits.timeout_seconds,
+        },
+        "network": sandbox.isolation.network,
+        "batch_size": task.eval.batch_size,
+    }
+    result = DatasetRun(
+        dataset=dataset.name,
+        sha256=dataset.sha256,
+        uids=uids,
+        answers=answers,
+        references=[reference_of(row, task.label_field) for row in rows],
+        performance=performance,
+        timings=timings,
+        worker=worker,
+        keys=keys,
+    )
+    await write_result(storage, result)
+    return result
+
+
+async def write_result(
+    storage: Storage, run: DatasetRun, *, scores: list[dict[str, Any]] | None = None
+) -> None:
+    """`result.json`: what ran, how fast, in what, and (once computed) the scores."""
+    run.result = {
+        "dataset": run.dataset,
+        "sha256": run.sha256,
+        "n_examples": run.n_examples,
+        "performance": run.performance,
+        "timings": run.timings,
+        "worker": run.worker,
+        "files": run.keys,
+        **({"scores": scores} if scores is not None else {}),
+    }
+    await storage.write_bytes(
+        run.keys["result"], json.dumps(run.result, indent=2, sort_keys=True).encode()
+    )
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else 0.0
+
+
+def summarize_performance(
+    latencies: Sequence[float],
+    sizes: Sequence[int],
+    *,
+    wall_time: float,
+    peak_memory_bytes: int,
+) -> dict[str, float]:
+    """The metric library's performance summary (throughput, latency percentiles, memory)."""
+    import metrics
+
+    summarize = getattr(metrics, "summarize_performance", None)
+    if summarize is None:  # the package's exports are still being written
+        from metrics.performance import summarize_performance as summarize
+    return summarize(latencies, sizes, wall_time=wall_time, peak_memory_bytes=peak_memory_bytes)
+
+
+async def _run_batches(
+    sandbox: Sandbox,
+    rows: list[dict[str, Any]],
+    task: TaskConfig,
+    dataset: DatasetSpec,
+    should_stop: StopCheck | None,
+) -> tuple[list[dict[str, Any]], float, list[float], list[int], list[float]]:
+    size = task.eval.batch_size
+    fields = task.input_fields
+    starts = list(range(0, len(rows), size))
+    total = len(starts)
+
+    def where(k: int) -> str:
+        start = starts[k]
+        end = min(start + size, len(rows))
+        return f"dataset {dataset.name}, batch {k + 1} of {total} (examples {start + 1}-{end})"
+
+    async def send(k: int) -> None:
+        chunk = rows[starts[k] : starts[k] + size]
+        # Labels never leave the evaluator: the body holds the input fields and nothing else.
+        if len(fields) == 1:
+            field = fields[0]
+            data = [{"body": {field: row[field]}} for row in chunk]
+        else:
+            data = [{"body": {f: row[f] for f in fields}} for row in chunk]
+        await sandbox.send_frame(batch_frame(k, data), where=where(k))
+
+    await sandbox.start()
+
+    answers: list[dict[str, Any]] = []
+    latencies: list[float] = []
+    sizes: list[int] = []
+    round_trips: list[float] = []
+    last_check = time.monotonic()
+    began = time.perf_counter()
+    sent = 0
+    for k in range(total):
+        while sent < total and sent < k + PIPELINE_DEPTH:
+            await send(sent)
+            sent += 1
+        answer = await sandbox.receive(where=where(k))
+        chunk = rows[starts[k] : starts[k] + size]
+        uids = [row.get("uid", starts[k] + i) for i, row in enumerate(chunk)]
+        answers.extend(check_answers(answer.outputs, uids, task.output_fields, where=where(k)))
+        latencies.append(answer.elapsed)
+        round_trips.append(answer.round_trip)
+        sizes.append(len(chunk))
+        if should_stop is not None and time.monotonic() - last_check >= CANCEL_CHECK_SECONDS:
+            last_check = time.monotonic()
+            if await should_stop():
+                raise EvaluationCancelled(dataset.name)
+    inference_seconds = time.perf_counter() - began
+    return answers, inference_seconds, latencies, sizes, round_trips
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,499 @@
+"""A model's handler in its own limited worker process, and the protocol to talk to it.
+
+The worker (`evaluator/handler_host.py`) runs under the build's interpreter with its own
+temporary folder as cwd and HOME, a scrubbed environment, no network where the OS allows
+(`unshare --net`), Weighbridge's data covered by empty mounts where a mount namespace is
+available, an audit hook that refuses network use, program starts, reads of that data and
+signals to other processes, an address-space limit, and two limits watched from here:
+wall-clock time per batch and resident memory of the whole process tree. Every way it can
+fail ends in a SandboxError whose `reason` a person can act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import marshal
+import os
+import signal
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from evaluator.isolation import Isolation, probe_isolation
+
+HOST = Path(__file__).with_name("handler_host.py")
+HEADER = struct.Struct(">I")
+MAX_ANSWER_BYTES = 1 << 30
+MiB = 1 << 20
+# Environment variables a handler may see; everything else (database URLs, cloud credentials,
+# WEIGHBRIDGE_* settings) stays with the evaluator.
+PASSED_ENV = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "LD_LIBRARY_PATH",
+)
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Wall-clock seconds for initialisation and for each batch; resident memory in MB.
+
+    The address-space limit (RLIMIT_AS) is `memory_mb + address_space_slack_mb`: libraries
+    reserve address space they never touch (importing torch maps ~700 MB), so the resident
+    memory watch enforces `memory_mb` and RLIMIT_AS stops a runaway allocation at once.
+    """
+
+    timeout_seconds: float
+    memory_mb: int
+    address_space_slack_mb: int = 1024
+    poll_seconds: float = 0.05
+
+
+@dataclass(frozen=True)
+class SandboxPolicy:
+    """What the handler may not touch: `forbidden` paths (audit hook), `hide` (empty mounts)."""
+
+    forbidden: tuple[str, ...] = ()
+    hide: tuple[str, ...] = ()
+    allow_exec: bool = False
+
+
+class SandboxError(Exception):
+    """The worker failed; `kind` says how, `reason` says it to a person, `detail` holds data.
+
+    Kinds: init, handler, timeout, memory, violation (file / network / exec), not_json,
+    not_list, died, protocol.
+    """
+
+    def __init__(self, kind: str, reason: str, **detail: Any) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Answer:
+    """One batch's outputs, the handler's own time for it, and the round trip seen here."""
+
+    outputs: list[Any]
+    elapsed: float
+    round_trip: float
+
+
+def _frame(message: dict) -> bytes:
+    body = b"J" + json.dumps(message, separators=(",", ":")).encode()
+    return HEADER.pack(len(body)) + body
+
+
+def batch_frame(batch_id: int, data: list[dict[str, Any]]) -> bytes:
+    """One batch request. Requests (trusted, evaluator -> worker) travel as marshal (format 4,
+    stable since Python 3.4): the same JSON types, decoded three times faster than JSON, which
+    matters when a model takes about a millisecond a batch. Answers (untrusted) are JSON."""
+    body = b"M" + marshal.dumps({"op": "batch", "id": batch_id, "data": data}, 4)
+    return HEADER.pack(len(body)) + body
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _rss(processes: list[psutil.Process]) -> int:
+    total = 0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_info().rss
+    return total
+
+
+def _tree(process: psutil.Process) -> list[psutil.Process]:
+    with contextlib.suppress(psutil.Error):
+        return [process, *process.children(recursive=True)]
+    return [process]
+
+
+def read_tail(path: Path, limit: int = 4000) -> str:
+    """The last `limit` characters of a log file (empty if it does not exist)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - limit))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class Sandbox:
+    """One worker process hosting one handler; `start`, then `send`/`receive` batches, `close`.
+
+    Up to a few batches may be in flight (sent before the previous answer is read), so the
+    worker never waits for the evaluator between batches.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_dir: Path,
+        handler: str,
+        manifest: dict[str, Any],
+        workdir: Path,
+        log_path: Path,
+        limits: SandboxLimits,
+        policy: SandboxPolicy = SandboxPolicy(),
+        python: str | None = None,
+        batch_size: int = 1,
+        model_name: str = "model",
+        server_name: str = "weighbridge-local",
+    ) -> None:
+        self.model_dir = model_dir
+        self.handler = handler
+        self.manifest = manifest
+        self.workdir = workdir
+        self.log_path = log_path
+        self.limits = limits
+        self.policy = policy
+        self.python = python or sys.executable
+        self.batch_size = batch_size
+        self.model_name = model_name
+        self.server_name = server_name
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready: dict[str, Any] = {}
+        self.isolation = Isolation()
+        self.peak_rss = 0
+        self._reported_maxrss = 0
+        self._memory_exceeded: int | None = None
+        self._watch: asyncio.Task | None = None
+        self._log_file: Any = None
+        self._sent_at: list[float] = []
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    @property
+    def peak_memory_bytes(self) -> int:
+        """Peak resident memory of the worker and its children (watched, or self-reported)."""
+        return max(self.peak_rss, self._reported_maxrss)
+
+    def _env(self) -> dict[str, str]:
+        env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env.setdefault("LANG", "C.UTF-8")
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        env.update(
+            HOME=str(self.workdir),
+            TMPDIR=str(tmp),
+            PYTHONDONTWRITEBYTECODE="1",
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def _note(self, message: str) -> None:
+        with self.log_path.open("a", encoding="utf-8") as fh:
+            fh.write(f"[evaluator] {message}\n")
+
+    async def start(self) -> dict[str, Any]:
+        """Start the worker and initialise the handler; returns the worker's `ready` report."""
+        if not await asyncio.to_thread(os.path.exists, self.python):
+            raise FileNotFoundError(f"the build's interpreter {self.python} does not exist here")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.isolation = await probe_isolation()
+        command = [*self.isolation.prefix, self.python, "-I", "-u", "-B", str(HOST)]
+        self._note(
+            f"starting the handler worker: {' '.join(command)}; network: "
+            f"{self.isolation.network}; time limit {self.limits.timeout_seconds:g} s per batch; "
+            f"memory limit {self.limits.memory_mb} MB"
+        )
+        self._log_file = self.log_path.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=self._log_file,
+            cwd=str(self.workdir),
+            env=self._env(),
+            start_new_session=True,
+            preexec_fn=self.isolation.preexec,
+        )
+        self._watch = asyncio.create_task(self._watch_memory())
+        init = {
+            "op": "init",
+            "model_dir": str(self.model_dir),
+            "workdir": str(self.workdir),
+            "handler": self.handler,
+            "manifest": self.manifest,
+            "batch_size": self.batch_size,
+            "model_name": self.model_name,
+            "server_name": self.server_name,
+            "address_space_mb": self.limits.memory_mb + self.limits.address_space_slack_mb,
+            "forbidden": list(self.policy.forbidden),
+            "hide": list(self.policy.hide) if self.isolation.mount_namespace else [],
+            "mount_namespace": self.isolation.mount_namespace,
+            "private_network": bool(self.isolation.prefix or self.isolation.preexec),
+            "allow_exec": self.policy.allow_exec,
+        }
+        await self._write(_frame(init), "initialisation")
+        self._sent_at.append(time.perf_counter())
+        reply = await self._read("initialisation")
+        self._sent_at.pop(0)
+        if not reply.get("ok"):
+            raise self._failure(reply, "initialisation")
+        self.ready = reply
+        return reply
+
+    async def close(self) -> None:
+        """Ask the worker to exit, then make sure it and everything it started are gone."""
+        proc = self.proc
+        if proc is None:
+            return
+        stray: list[psutil.Process] = []
+        with contextlib.suppress(psutil.Error):
+            stray = psutil.Process(proc.pid).children(recursive=True)
+        if proc.returncode is None and proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                proc.stdin.write(_frame({"op": "exit"}))
+                await asyncio.wait_for(proc.stdin.drain(), 1.0)
+                proc.stdin.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 2.0)
+        self._kill()
+        for child in stray:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proc.wait(), 5.0)
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def _kill(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+
+    async def _watch_memory(self) -> None:
+        assert self.proc is not None
+        limit = self.limits.memory_mb * MiB
+        try:
+            process = psutil.Process(self.proc.pid)
+        except psutil.Error:
+            return
+        tree: list[psutil.Process] = [process]
+        polls = 0
+        while self.proc.returncode is None:
+            if polls % 10 == 0:  # listing children scans /proc: ~1 ms, so not every poll
+                tree = _tree(process)
+            polls += 1
+            rss = _rss(tree)
+            self.peak_rss = max(self.peak_rss, rss)
+            if rss > limit:
+                self._memory_exceeded = rss
+                self._note(f"resident memory {rss / MiB:.0f} MB is over the limit; stopping")
+                self._kill()
+                return
+            await asyncio.sleep(self.limits.poll_seconds)
+
+    # -- batches ---------------------------------------------------------------------------
+
+    async def send(self, batch_id: int, data: list[dict[str, Any]], *, where: str) -> None:
+        """Queue one batch (`data` is TorchServe's list of `{"body": {...}}` items)."""
+        await self.send_frame(batch_frame(batch_id, data), where=where)
+
+    async def send_frame(self, frame: bytes, *, where: str) -> None:
+        """Queue one batch encoded by `batch_frame`."""
+        await self._write(frame, where)
+        self._sent_at.append(time.perf_counter())
+
+    async def receive(self, *, where: str) -> Answer:
+        """The answer to the oldest batch in flight, or a SandboxError saying what went wrong."""
+        reply = await self._read(where)
+        sent = self._sent_at.pop(0) if self._sent_at else time.perf_counter()
+        if "error" in reply:
+            raise self._failure(reply, where)
+        self._reported_maxrss = max(self._reported_maxrss, int(reply.get("maxrss_kb", 0)) * 1024)
+        outputs = reply.get("outputs")
+        if not isinstance(outputs, list):
+            raise SandboxError("protocol", f"{where}: the worker sent no outputs")
+        return Answer(
+            outputs=outputs,
+            elapsed=float(reply.get("elapsed", 0.0)),
+            round_trip=time.perf_counter() - sent,
+        )
+
+    async def infer(self, data: list[dict[str, Any]], *, where: str = "batch") -> Answer:
+        await self.send(0, data, where=where)
+        return await self.receive(where=where)
+
+    # -- transport -------------------------------------------------------------------------
+
+    async def _write(self, frame: bytes, where: str) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(frame)
+            async with asyncio.timeout(self.limits.timeout_seconds):
+                await self.proc.stdin.drain()
+        except TimeoutError:
+            raise await self._timed_out(where) from None
+        except (BrokenPipeError, ConnectionResetError):
+            raise await self._died(where) from None
+
+    async def _read(self, where: str) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdout is not None
+        stdout = self.proc.stdout
+        try:
+            async with asyncio.timeout(self.limits.timeout_seconds):
+                header = await stdout.readexactly(HEADER.size)
+                (size,) = HEADER.unpack(header)
+                if size > MAX_ANSWER_BYTES:
+                    self._kill()
+                    raise SandboxError(
+                        "protocol",
+                        f"{where}: the answer is {size} bytes, more than the "
+                        f"{MAX_ANSWER_BYTES} allowed",
+                    )
+                body = await stdout.readexactly(size)
+        except TimeoutError:
+            raise await self._timed_out(where) from None
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            raise await self._died(where) from None
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise SandboxError("protocol", f"{where}: unreadable answer: {exc}") from None
+
+    async def _timed_out(self, where: str) -> SandboxError:
+        self._kill()
+        seconds = self.limits.timeout_seconds
+        self._note(f"{where}: no answer within {seconds:g} s; the worker was stopped")
+        if self.proc is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 5.0)
+        what = "finish initialising" if where == "initialisation" else "answer"
+        return SandboxError(
+            "timeout",
+            f"{where}: the handler did not {what} within {seconds:g} s "
+            "(the task's eval.timeout_seconds); it looks stuck, so it was stopped",
+            seconds=seconds,
+        )
+
+    async def _died(self, where: str) -> SandboxError:
+        assert self.proc is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.proc.wait(), 5.0)
+        if self._memory_exceeded is not None:
+            return self._memory_error(where, watched=self._memory_exceeded)
+        code = self.proc.returncode
+        if code is None:
+            self._kill()
+            how = "closed its connection"
+        elif code < 0:
+            how = f"was killed by {_signal_name(-code)}"
+            if -code == signal.SIGKILL:
+                how += " (the system may have run out of memory)"
+        else:
+            how = f"exited with code {code}"
+        self._note(f"{where}: the worker {how}")
+        return SandboxError("died", f"{where}: the handler's worker process {how}", returncode=code)
+
+    def _memory_error(self, where: str, *, watched: int | None) -> SandboxError:
+        limit = self.limits.memory_mb
+        if watched is not None:
+            reason = (
+                f"{where}: the handler used {watched / MiB:.0f} MB of memory, over the limit "
+                f"of {limit} MB (eval.memory_mb; resident memory watched by the evaluator); "
+                "it was stopped"
+            )
+            which = "rss"
+        else:
+            space = limit + self.limits.address_space_slack_mb
+            reason = (
+                f"{where}: the handler ran out of memory under the limit of {limit} MB "
+                f"(eval.memory_mb; address-space limit RLIMIT_AS {space} MB)"
+            )
+            which = "rlimit_as"
+        return SandboxError("memory", reason, limit_mb=limit, which=which)
+
+    def _failure(self, reply: dict[str, Any], where: str) -> SandboxError:
+        kind = reply.get("error", "protocol")
+        message = reply.get("message", "")
+        at = f" ({reply['where']})" if reply.get("where") else ""
+        if kind == "memory":
+            self._note(f"{where}: {message}")
+            error = self._memory_error(where, watched=None)
+            error.detail["message"] = message
+            return error
+        if kind == "violation":
+            return self._violation(reply, where)
+        if kind == "init":
+            return SandboxError(
+                "init",
+                f"the handler failed to initialise: {message}{at}",
+                traceback=reply.get("traceback", ""),
+            )
+        if kind == "handler":
+            return SandboxError(
+                "handler",
+                f"{where}: the handler raised {message}{at}",
+                traceback=reply.get("traceback", ""),
+            )
+        if kind == "not_json":
+            index = reply.get("index")
+            return SandboxError(
+                "not_json",
+                f"{where}: answer {index} is not JSON-serialisable ({message}): "
+                f"{reply.get('answer', '')}",
+                index=index,
+            )
+        if kind == "not_list":
+            return SandboxError(
+                "not_list", f"{where}: {message}: {reply.get('answer', '')}", answer=reply
+            )
+        return SandboxError("protocol", f"{where}: {message or 'the worker misbehaved'}")
+
+    def _violation(self, reply: dict[str, Any], where: str) -> SandboxError:
+        kind, detail = reply.get("kind"), reply.get("detail", "")
+        if kind == "file":
+            reason = (
+                f"{where}: the handler tried to read {detail}, which is Weighbridge's own data "
+                "(evaluation data, labels, other submissions); a model may only read its own "
+                "archive and its working folder"
+            )
+        elif kind == "network":
+            reason = (
+                f"{where}: the handler tried to use the network ({detail}); evaluation runs "
+                "without network access, so a model must carry everything it needs"
+            )
+        elif kind == "signal":
+            reason = (
+                f"{where}: the handler tried to signal a process that is not its own ({detail})"
+            )
+        else:
+            reason = (
+                f"{where}: the handler tried to start a program ({detail}); evaluation allows "
+                "no other programs"
+            )
+        return SandboxError("violation", reason, violation=kind, target=detail)

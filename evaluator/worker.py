@@ -1,0 +1,91 @@
+"""The `eval.<fleet>` worker: consumes evaluate messages for the fleets it serves.
+
+A failed model (JobFailed) fails its submission and the message is acknowledged, so the
+worker goes straight on to the next one; anything else is retried by the Consumer and, once
+dead-lettered, recorded as an internal error on the submission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from concurrent.futures import Executor
+
+from pydantic import ValidationError
+
+from core.context import Services
+from core.errors import JobFailed
+from core.queue import Delivery, eval_queue
+from core.taskconfig import TaskConfig
+from core.worker import Consumer
+from evaluator.evaluation import EvaluatePayload, Evaluation, fail_submission
+from evaluator.scoring import make_pool
+
+log = logging.getLogger(__name__)
+
+
+async def handle_evaluate(
+    services: Services, delivery: Delivery, *, pool: Executor | None = None
+) -> None:
+    """Evaluate one submission; returns (ack) when it is done, failed, cancelled or skipped."""
+    envelope = delivery.envelope
+    try:
+        payload = EvaluatePayload.model_validate(envelope.payload)
+        task = TaskConfig.model_validate(payload.task.config)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        await fail_submission(
+            services,
+            envelope.action_id,
+            JobFailed(
+                "evaluate", f"internal error: malformed evaluate message: {where}: {first['msg']}"
+            ),
+            parent=envelope,
+        )
+        return
+    own_pool = pool is None
+    metrics_pool = pool if pool is not None else make_pool(1)
+    try:
+        evaluation = Evaluation(
+            services, envelope, payload, task, pool=metrics_pool, attempt=delivery.attempts
+        )
+        await evaluation.run()
+    finally:
+        if own_pool:
+            metrics_pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def record_dead(services: Services, delivery: Delivery, error: str) -> None:
+    """The message failed every attempt: the submission fails with an internal error."""
+    first_line = (error.strip().splitlines() or ["unknown error"])[0]
+    await fail_submission(
+        services,
+        delivery.envelope.action_id,
+        JobFailed(
+            "evaluate",
+            f"internal error after {delivery.attempts} attempts: {first_line}",
+        ),
+        parent=delivery.envelope,
+    )
+
+
+async def run_evaluator(services: Services, fleets: list[str], stop: asyncio.Event) -> None:
+    """Serve `eval.<fleet>` for each of `fleets` (and nothing else) until `stop` is set."""
+    if not fleets:
+        raise ValueError("an evaluator needs at least one fleet to serve")
+    pool = make_pool()
+    consumer = Consumer(
+        services.queue,
+        [eval_queue(f) for f in fleets],
+        functools.partial(handle_evaluate, services, pool=pool),
+        name=f"evaluator[{','.join(fleets)}]",
+        on_dead=functools.partial(record_dead, services),
+        lease_seconds=services.settings.lease_seconds,
+    )
+    log.info("evaluator serving %s", ", ".join(eval_queue(f) for f in fleets))
+    try:
+        await consumer.run(stop)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,241 @@
+"""The sandboxed handler worker on its own: the TorchServe contract and what it refuses."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from evaluator.isolation import probe_isolation
+from evaluator.runner import InvalidAnswer, check_answers
+from evaluator.sandbox import (
+    Sandbox,
+    SandboxError,
+    SandboxLimits,
+    SandboxPolicy,
+)
+from tests.evaluator.models import write_folder
+
+
+def make_sandbox(
+    tmp_path: Path,
+    source: str,
+    *,
+    policy: SandboxPolicy = SandboxPolicy(),
+    timeout: float = 5.0,
+    memory_mb: int = 300,
+    **constants: object,
+) -> Sandbox:
+    folder = write_folder(tmp_path / "model", source, **constants)
+    return Sandbox(
+        model_dir=folder,
+        handler="handler.py",
+        manifest={"model": {"modelName": "m", "handler": "handler.py"}},
+        workdir=tmp_path / "work",
+        log_path=tmp_path / "log",
+        limits=SandboxLimits(timeout_seconds=timeout, memory_mb=memory_mb),
+        policy=policy,
+        batch_size=4,
+    )
+
+
+async def answer(sandbox: Sandbox, data: list[dict] | None = None) -> list:
+    try:
+        await sandbox.start()
+        return (await sandbox.infer(data or [{"body": {"x": 1}}])).outputs
+    finally:
+        await sandbox.close()
+
+
+async def failure(sandbox: Sandbox, data: list[dict] | None = None) -> SandboxError:
+    with pytest.raises(SandboxError) as caught:
+        await answer(sandbox, data)
+    return caught.value
+
+
+async def test_function_handler_is_initialised_like_torchserve(tmp_path: Path) -> None:
+    source = """
+    import sys
+    calls = []
+
+    def handle(data, context):
+        calls.append(data)
+        print("to stdout, not into the protocol")
+        sys.stdout.flush()
+        if data is None:
+            return None
+        size = context.system_properties["batch_size"]
+        return [{"calls": len(calls), "first": calls[0], "batch": size}]
+    """
+    outputs = await answer(make_sandbox(tmp_path, source))
+    assert outputs == [{"calls": 2, "first": None, "batch": 4}]
+    assert "to stdout, not into the protocol" in (tmp_path / "log").read_text()
+
+
+async def test_a_class_handler_gets_initialize_then_handle(tmp_path: Path) -> None:
+    source = """
+    class Handler:
+        def initialize(self, context):
+            self.scale = 10
+            self.name = context.manifest["model"]["modelName"]
+
+        def handle(self, data, context):
+            return [{"y": item["body"]["x"] * self.scale, "name": self.name} for item in data]
+    """
+    outputs = await answer(make_sandbox(tmp_path, source), [{"body": {"x": 2}}, {"body": {"x": 3}}])
+    assert outputs == [{"y": 20, "name": "m"}, {"y": 30, "name": "m"}]
+
+
+async def test_a_symlink_to_forbidden_data_is_still_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "data" / "labels.jsonl"
+    secret.parent.mkdir()
+    secret.write_text('{"label": 1}\n')
+    source = """
+    import os
+
+    def handle(data, context):
+        if data is None:
+            return None
+        os.symlink(SECRET, "innocent.txt")
+        return [{"text": open("innocent.txt").read()}]
+    """
+    policy = SandboxPolicy(forbidden=(str(secret.parent),))
+    error = await failure(make_sandbox(tmp_path, source, policy=policy, SECRET=str(secret)))
+    assert error.kind == "violation" and str(secret) in error.reason
+
+
+async def test_hidden_folders_are_empty_inside_where_the_os_allows(tmp_path: Path) -> None:
+    isolation = await probe_isolation()
+    if not isolation.mount_namespace:
+        pytest.skip("no mount namespace here (needs root or unprivileged user namespaces)")
+    hidden = tmp_path / "storage" / "datasets"
+    hidden.mkdir(parents=True)
+    (hidden / "labels.jsonl").write_text("secret\n")
+    source = """
+    import os
+
+    def handle(data, context):
+        if data is None:
+            return None
+        lines = open("/proc/self/net/dev").read().splitlines()[2:]
+        interfaces = sorted(line.split(":")[0].strip() for line in lines)
+        return [{"listing": os.listdir(HIDDEN), "interfaces": interfaces}]
+    """
+    # Not in `forbidden`, so the audit hook lets the listing through: only the mount hides it.
+    policy = SandboxPolicy(hide=(str(hidden),))
+    outputs = await answer(make_sandbox(tmp_path, source, policy=policy, HIDDEN=str(hidden)))
+    assert outputs[0]["listing"] == []
+    assert outputs[0]["interfaces"] == ["lo"]  # a private network namespace
+    assert (hidden / "labels.jsonl").exists()  # outside, nothing changed
+
+
+async def test_slow_initialisation_hits_the_time_limit(tmp_path: Path) -> None:
+    source = """
+    import time
+
+    def initialize(context):
+        time.sleep(30)
+
+    def handle(data, context):
+        return [{}]
+    """
+    error = await failure(make_sandbox(tmp_path, source, timeout=1.0))
+    assert error.kind == "timeout"
+    assert error.reason.startswith("initialisation: the handler did not finish initialising")
+
+
+async def test_a_huge_allocation_hits_the_address_space_limit(tmp_path: Path) -> None:
+    source = """
+    def handle(data, context):
+        if data is None:
+            return None
+        block = bytearray(4 << 30)
+        return [{"n": len(block)}]
+    """
+    error = await failure(make_sandbox(tmp_path, source, memory_mb=200))
+    assert error.kind == "memory" and error.detail["which"] == "rlimit_as"
+    assert "RLIMIT_AS" in error.reason and "limit of 200 MB" in error.reason
+
+
+async def test_a_handler_must_return_a_list(tmp_path: Path) -> None:
+    source = """
+    def handle(data, context):
+        if data is None:
+            return None
+        return {"label": 1}
+    """
+    error = await failure(make_sandbox(tmp_path, source))
+    assert error.kind == "not_list" and "returned dict" in error.reason
+
+
+async def test_starting_a_program_is_refused(tmp_path: Path) -> None:
+    source = """
+    import subprocess
+
+    def handle(data, context):
+        if data is None:
+            return None
+        return [{"out": subprocess.run(["cat", "/etc/hostname"], capture_output=True).stdout}]
+    """
+    error = await failure(make_sandbox(tmp_path, source))
+    assert error.kind == "violation" and "start a program" in error.reason
+    assert "cat /etc/hostname" in error.reason
+
+
+async def test_signalling_the_evaluator_is_refused(tmp_path: Path) -> None:
+    source = """
+    import os
+
+    def handle(data, context):
+        if data is None:
+            return None
+        os.kill(os.getpid(), 0)  # itself: allowed
+        os.kill(os.getppid(), 0)  # signal 0 only probes, but the evaluator is off limits
+        return [{}]
+    """
+    error = await failure(make_sandbox(tmp_path, source))
+    assert error.kind == "violation" and "signal a process that is not its own" in error.reason
+    assert f"os.kill({os.getpid()})" in error.reason
+
+
+async def test_the_worker_dies_with_a_signal(tmp_path: Path) -> None:
+    source = """
+    import os, signal
+
+    def handle(data, context):
+        if data is None:
+            return None
+        os.kill(os.getpid(), signal.SIGSEGV)
+    """
+    error = await failure(make_sandbox(tmp_path, source))
+    assert error.kind == "died" and "killed by SIGSEGV" in error.reason
+
+
+def test_answers_are_checked_against_the_output_schema() -> None:
+    fields = {"label": "int", "score": "float"}
+    ok = check_answers(
+        ['{"label": 1, "score": 0.5}', {"label": 0, "score": 1, "extra": [1]}],
+        ["a", "b"],
+        fields,
+        where="batch 1",
+    )
+    assert ok == [{"label": 1, "score": 0.5}, {"label": 0, "score": 1, "extra": [1]}]
+    with pytest.raises(InvalidAnswer, match=r"'label' must be int, got bool"):
+        check_answers([{"label": True, "score": 0.1}], ["a"], fields, where="batch 1")
+    with pytest.raises(InvalidAnswer, match=r"answer 0 \(uid 'a'\) is list"):
+        check_answers([[1]], ["a"], fields, where="batch 1")
+    with pytest.raises(InvalidAnswer, match="returned 2 answers for 1 inputs"):
+        check_answers([{}, {}], ["a"], fields, where="batch 1")
+
+
+def test_the_worker_script_needs_only_the_standard_library() -> None:
+    folder = Path(__file__).parents[2] / "evaluator"
+    for name in ("handler_host.py", "host_guard.py", "host_context.py"):
+        imports = {
+            line.split()[1].split(".")[0]
+            for line in (folder / name).read_text().splitlines()
+            if line.startswith(("import ", "from ")) and not line.startswith("from __future__")
+        }
+        assert imports <= sys.stdlib_module_names, name
