@@ -46,11 +46,13 @@ lint: install
 test: install services browser lint
 	$(VENV)/bin/pytest -q
 
+# Run as modules: bench/queue.py must not shadow the standard library's queue.
 bench: install
-	$(PY) bench/upload.py
-	$(PY) bench/queue.py
-	$(PY) bench/metrics.py
-	$(PY) bench/runner.py
+	$(PY) -m bench.upload
+	$(PY) -m bench.queue
+	$(PY) -m bench.metrics
+	$(PY) -m bench.runner
+	$(PY) -m bench.latency
 
 migrate: install
 	$(VENV)/bin/weighbridge db upgrade
