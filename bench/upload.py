@@ -89,7 +89,7 @@ def main() -> None:
         pass
     env = {**os.environ, "WEIGHBRIDGE_MAX_UPLOAD_BYTES": str(total * 2)}
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", home, str(port)], env=env, cwd=ROOT
+        [sys.executable, "-m", "bench.upload", "--serve", home, str(port)], env=env, cwd=ROOT
     )
     try:
         url = f"http://127.0.0.1:{port}"
