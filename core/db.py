@@ -27,7 +27,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+def create_engine(url: str, *, echo: bool = False, **options: Any) -> AsyncEngine:
     """An engine for the URL; SQLite files get their folder created and WAL switched on."""
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"echo": echo}
@@ -37,6 +37,12 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=10, pool_recycle=1800)
+    if parsed.get_backend_name() == "mysql":
+        # Postgres' default. MySQL's REPEATABLE READ keeps locks on every row a locking read
+        # scans (acked rows not yet purged included) and takes gap locks, so concurrent queue
+        # claims (SELECT ... FOR UPDATE SKIP LOCKED) deadlocked and blocked outbox inserts.
+        kwargs["isolation_level"] = "READ COMMITTED"
+    kwargs.update(options)
     engine = create_async_engine(url, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -48,8 +54,28 @@ class Database:
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
+        self.echo = echo
         self.engine = create_engine(url, echo=echo)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._autocommit: AsyncEngine | None = None
+
+    @property
+    def autocommit_engine(self) -> AsyncEngine:
+        """An engine whose statements each commit on their own, for one-statement hot paths.
+
+        No BEGIN/COMMIT round trips, and its pre-ping is one round trip where a connection
+        in a transaction mode pings in three on asyncpg (BEGIN, ping, ROLLBACK).
+        """
+        if self._autocommit is None:
+            parsed = make_url(self.url)
+            if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+                # Each connection to :memory: is its own database: share the main engine's.
+                self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            else:
+                self._autocommit = create_engine(
+                    self.url, echo=self.echo, isolation_level="AUTOCOMMIT"
+                )
+        return self._autocommit
 
     @property
     def dialect(self) -> str:
@@ -68,3 +94,5 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._autocommit is not None:
+            await self._autocommit.dispose()

@@ -140,7 +140,8 @@ class LocalStorage:
         return path.stat().st_size
 
     async def list(self, prefix: str) -> list[str]:
-        base = self.root / prefix.rstrip("/") if prefix else self.root
+        # An empty prefix lists the whole store; any other must be a key inside it.
+        base = self.root / check_key(prefix.rstrip("/")) if prefix else self.root
         if not base.exists():
             return []
         return sorted(

@@ -14,7 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from core.errors import InvalidConfig
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+CROSS_FIELD = re.compile(r"^([A-Za-z_][\w.-]*): (.+)$", re.S)
 FIELD_TYPES = ("int", "float", "str", "bool", "list", "dict", "any")
+# Dynaboard's deltas: the primary metric on a perturbed dataset against the original's answers.
+DELTA_METRICS = ("robustness", "fairness")
 
 
 class _Strict(BaseModel):
@@ -33,7 +36,17 @@ class DatasetConfig(_Strict):
     sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
     weight: float = Field(default=1.0, ge=0)
     # Name of the dataset this one perturbs (robustness/fairness deltas are taken against it).
+    # Its rows map to the original's by `original_uid` (or, without one, by equal `uid`).
     perturbation_of: str | None = None
+    # Which Dynaboard delta the perturbation measures (default robustness; needs perturbation_of).
+    perturbation: Literal["robustness", "fairness"] | None = None
+
+    @property
+    def delta_metric(self) -> str | None:
+        """The delta metric this dataset is scored with against its original, if any."""
+        if self.perturbation_of is None:
+            return None
+        return self.perturbation or "robustness"
 
 
 class MetricConfig(_Strict):
@@ -111,19 +124,47 @@ class TaskConfig(_Strict):
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"datasets: names must be unique, repeated: {sorted(dupes)}")
-        for d in self.datasets:
+        for i, d in enumerate(self.datasets):
             if d.perturbation_of and d.perturbation_of not in names:
                 raise ValueError(
-                    f"datasets: {d.name}.perturbation_of names {d.perturbation_of!r}, "
-                    "which is not a dataset of this task"
+                    f"datasets.{i}.perturbation_of: dataset {d.name!r} perturbs "
+                    f"{d.perturbation_of!r}, which is not a dataset of this task"
+                )
+            if d.perturbation_of == d.name:
+                raise ValueError(f"datasets.{i}.perturbation_of: {d.name!r} cannot perturb itself")
+            if d.perturbation and not d.perturbation_of:
+                raise ValueError(
+                    f"datasets.{i}.perturbation: {d.name!r} names no perturbation_of, the "
+                    "dataset whose predictions its own are compared with"
+                )
+            original = self.dataset(d.perturbation_of) if d.perturbation_of else None
+            if original is not None and d.access == "hidden" and original.access != "hidden":
+                raise ValueError(
+                    f"datasets.{i}.perturbation_of: hidden {d.name!r} perturbs the public "
+                    f"{d.perturbation_of!r}; evaluators run hidden datasets only, so the "
+                    "original must be hidden too"
                 )
         if not any(d.access == "hidden" for d in self.datasets):
             raise ValueError("datasets: at least one dataset must be hidden (the scoring set)")
         metric_names = [m.name for m in self.metrics]
+        measured = {d.delta_metric for d in self.datasets if d.access == "hidden"}
+        for i, m in enumerate(self.metrics):
+            if m.name not in DELTA_METRICS:
+                continue
+            if i == 0:
+                raise ValueError(
+                    f"metrics.0: {m.name} compares two runs of the primary metric and "
+                    "cannot be the primary metric itself; list it after the primary one"
+                )
+            if m.name not in measured:
+                raise ValueError(
+                    f"metrics.{i}: {m.name} needs a hidden dataset with perturbation_of "
+                    f'(and perturbation = "{m.name}") to be measured on'
+                )
         for key in self.leaderboard_weights:
             if key not in metric_names:
                 raise ValueError(
-                    f"leaderboard_weights: {key!r} is not one of the task's metrics {metric_names}"
+                    f"leaderboard_weights.{key}: not one of the task's metrics {metric_names}"
                 )
         if self.label_field in self.input_fields:
             raise ValueError(
@@ -175,6 +216,10 @@ def parse_task_config(data: dict[str, Any], *, path: str) -> TaskConfig:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
+        # Checks across fields (model validators) name their field first: "field: reason".
+        named = CROSS_FIELD.match(msg) if not err["loc"] else None
+        if named:
+            field, msg = named.group(1), named.group(2)
         if err["type"] == "extra_forbidden":
             msg = "unknown field; check the spelling against the task config reference"
         elif err["type"] == "missing":

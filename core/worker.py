@@ -75,12 +75,16 @@ class Consumer:
             self.processed += 1
 
     async def _retry(self, delivery: Delivery, error: str) -> None:
-        dead = await self.queue.retry(delivery, error=error)
-        if dead and self.on_dead is not None:
-            try:
-                await self.on_dead(delivery, error)
-            except Exception:
-                log.exception("%s: could not record the dead letter", self.name)
+        if await self.queue.retry(delivery, error=error):
+            await self._record_dead(delivery, error)
+
+    async def _record_dead(self, delivery: Delivery, error: str) -> None:
+        if self.on_dead is None:
+            return
+        try:
+            await self.on_dead(delivery, error)
+        except Exception:
+            log.exception("%s: could not record the dead letter", self.name)
 
     async def run_once(self, *, wait_seconds: float = 0.0) -> int:
         """Receive one batch and process it; returns how many messages were handled."""
@@ -91,6 +95,8 @@ class Consumer:
             wait_seconds=wait_seconds,
         )
         await asyncio.gather(*(self.process(d) for d in deliveries))
+        for delivery, error in await self.queue.take_expired():
+            await self._record_dead(delivery, error)
         return len(deliveries)
 
     async def run(self, stop: asyncio.Event) -> None:
