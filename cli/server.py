@@ -68,12 +68,13 @@ WORKERS = {
     "mailer": Worker("mailer", "core.notifications", "run_mailer"),
 }
 # What each `serve` role runs besides (or instead of) the API. The mailer rides with the
-# scheduler: both are the one-per-deployment background duties.
+# scheduler: both are the one-per-deployment background duties. The first is required; the
+# scheduler (cron runs) is not part of this build yet, so `serve scheduler` runs the mailer.
 ROLE_WORKERS = {
     Role.API: [],
     Role.BUILDER: ["builder"],
     Role.EVALUATOR: ["evaluator"],
-    Role.SCHEDULER: ["scheduler", "mailer"],
+    Role.SCHEDULER: ["mailer", "scheduler"],
 }
 
 
@@ -210,8 +211,11 @@ async def _prepare_datasets(services: Services) -> None:
 async def run_plan(settings: Settings, plan: Plan) -> int:
     """Start the services and everything in the plan; stop cleanly on SIGINT/SIGTERM."""
     from core.context import start_services
+    from core.doorbell import Doorbell, RingingQueue
 
     services = await start_services(settings)
+    # Roles sharing this process hear of each other's messages at once, not at the next poll.
+    services.queue = RingingQueue(services.queue, Doorbell())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
