@@ -99,6 +99,10 @@ def digits_rows(options: dict[str, Any]) -> Rows:
     "train"; "heldout": a stratified 25% disjoint from train), `noise` (std of gaussian
     pixel noise, clipped to 0..16, rounded to 3 decimals), `seed` (of the noise), `n`
     (keep the first n rows).
+
+    With noise, the rows are the same images as without, in the same order, each a perturbed
+    copy of its original: uid `<original uid>-noisy` and `original_uid` naming the original
+    (what a robustness delta pairs them by).
     """
     import numpy as np
     from sklearn.datasets import load_digits
@@ -141,14 +145,16 @@ def digits_rows(options: dict[str, Any]) -> Rows:
         rng = np.random.RandomState(int(opts["seed"]))
         pixels = np.clip(pixels + rng.normal(0.0, noise, size=pixels.shape), 0.0, 16.0)
         pixels = np.round(pixels, 3)
-    return [
-        {
-            "uid": f"digits-{split}-{i:04d}",
-            "pixels": [float(v) for v in pixels[i]],
-            "label": int(target[idx]),
-        }
-        for i, idx in enumerate(chosen)
-    ]
+    rows: Rows = []
+    for i, idx in enumerate(chosen):
+        uid = f"digits-{split}-{i:04d}"
+        row: dict[str, Any] = (
+            {"uid": f"{uid}-noisy", "original_uid": uid} if noise > 0 else {"uid": uid}
+        )
+        row["pixels"] = [float(v) for v in pixels[i]]
+        row["label"] = int(target[idx])
+        rows.append(row)
+    return rows
 
 
 @register_generator("toy")
@@ -206,6 +212,12 @@ def _check_rows(rows: Rows, config: TaskConfig, dataset: DatasetConfig) -> None:
     uids = [r["uid"] for r in rows]
     if len(set(uids)) != len(uids):
         raise DatasetError(f"{where}: uids are not unique")
+    linked = sum(1 for r in rows if "original_uid" in r)
+    if linked and linked != len(rows):
+        raise DatasetError(
+            f"{where}: {len(rows) - linked} of {len(rows)} rows lack `original_uid`; "
+            "a perturbed dataset links every row to its original, or none (then by equal uid)"
+        )
 
 
 async def read_examples(storage: Storage, key: str, sha256: str) -> Rows:

@@ -3,11 +3,20 @@
 Resumable: each dataset has a `runs` row (queued -> running -> done | failed). A redelivered
 message skips datasets whose run is done and whose scores exist, and redoes the rest. Every
 state change and its event (and the email, on done or failed) share one transaction.
+
+Each run also writes `hwinfo.json` (evaluator/hwinfo.py). Once every dataset is done, each
+perturbed dataset (`perturbation_of` in the task config) gets its Dynaboard delta, stored as a
+score on the perturbed dataset named `robustness` or `fairness`: the primary metric of the
+model's answers on the perturbed copies against its own answers on the originals, read back
+from the stored predictions (so a redelivery that skipped the original still has them); a
+delta already stored is not recomputed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import json
 import logging
 import tempfile
 from concurrent.futures import Executor
@@ -22,8 +31,9 @@ from core.envelope import Envelope
 from core.errors import JobFailed, RetryableError
 from core.models import Submission, utcnow
 from core.states import TERMINAL, Status, record_event, transition
-from core.taskconfig import TaskConfig
-from evaluator import records
+from core.submissions import list_scores
+from core.taskconfig import DELTA_METRICS, TaskConfig
+from evaluator import hwinfo, records
 from evaluator.archive import fetch_model
 from evaluator.receipt import build_receipt
 from evaluator.runner import (
@@ -32,11 +42,12 @@ from evaluator.runner import (
     EvaluationCancelled,
     ModelSpec,
     prediction_values,
+    results_prefix,
     run_dataset,
     sandbox_policy,
     write_result,
 )
-from evaluator.scoring import PERFORMANCE_UNITS, score_metrics
+from evaluator.scoring import PERFORMANCE_UNITS, score_delta, score_metrics
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +193,7 @@ class Evaluation:
                 )
             if not self.payload.datasets:
                 raise JobFailed("evaluate", "the task has no prepared hidden dataset to run on")
+            hwinfo.prefetch()  # collected once per process, while the model is fetched
             with tempfile.TemporaryDirectory(prefix="weighbridge-eval-") as tmp:
                 scratch = Path(tmp)
                 build = self.payload.build
@@ -204,7 +216,10 @@ class Evaluation:
                     current = ref.name
                     summaries[ref.name] = await self.evaluate_dataset(ref, model, scratch)
                     current = None
-                await self.finish(summaries, mar_sha256)
+                if await self.stopped():
+                    return
+                deltas = await self.score_perturbations()
+                await self.finish(summaries, mar_sha256, deltas)
         except EvaluationCancelled:
             await self.note_cancelled(current)
         except JobFailed as failure:
@@ -291,6 +306,16 @@ class Evaluation:
             policy=sandbox_policy(self.services.settings, self.services.storage),
             should_stop=self.stopped,
         )
+        run.keys["hwinfo"] = f"{results_prefix(self.submission_id, ref.name)}/hwinfo.json"
+        await hwinfo.write_hwinfo(
+            self.services.storage,
+            run.keys["hwinfo"],
+            submission_id=self.submission_id,
+            dataset=ref.name,
+            runner=self.services.settings.runner,
+            # The local runner runs the handler on this machine, in a sandboxed subprocess.
+            describes="the evaluator machine the handler ran on",
+        )
         scores = await self.score(ref, run)
         await write_result(self.services.storage, run, scores=scores)
         return await self.finish_dataset(ref, run, scores)
@@ -323,7 +348,8 @@ class Evaluation:
         config = self.task.eval
         results = await score_metrics(
             self.pool,
-            self.task.metrics,
+            # Deltas compare two datasets' answers: score_perturbations computes them.
+            [m for m in self.task.metrics if m.name not in DELTA_METRICS],
             prediction_values(self.task, run.answers),
             run.references,
             confidence=config.confidence,
@@ -398,7 +424,185 @@ class Evaluation:
             )
         return summary
 
-    async def finish(self, summaries: dict[str, dict[str, Any]], mar_sha256: str) -> None:
+    # -- robustness and fairness ---------------------------------------------------------
+
+    def perturbation_pairs(self) -> list[tuple[DatasetRef, DatasetRef, str]]:
+        """(perturbed, original, delta metric) for each evaluated perturbed dataset."""
+        refs = {r.name: r for r in self.payload.datasets}
+        pairs = []
+        for ref in self.payload.datasets:
+            try:
+                config = self.task.dataset(ref.name)
+            except KeyError:
+                config = None
+            # The task config says which delta; the message's copy of the link is the fallback.
+            original = (config.perturbation_of if config else None) or ref.perturbation_of
+            if not original:
+                continue
+            kind = (config.delta_metric if config else None) or "robustness"
+            if original not in refs:
+                log.warning(
+                    "submission %s: %s perturbs %s, which was not evaluated; no %s",
+                    self.submission_id,
+                    ref.name,
+                    original,
+                    kind,
+                )
+                continue
+            pairs.append((ref, refs[original], kind))
+        return pairs
+
+    async def score_perturbations(self) -> list[dict[str, Any]]:
+        """Each perturbed dataset's delta, stored once (a redelivery finds it and moves on)."""
+        deltas = []
+        for perturbed, original, kind in self.perturbation_pairs():
+            async with self.services.db.session() as session:
+                stored = {
+                    (s.dataset, s.metric): s for s in await list_scores(session, self.submission_id)
+                }
+            score = stored.get((perturbed.name, kind))
+            if score is None:
+                row = await self.score_delta(perturbed, original, kind)
+                await self.store_delta(perturbed, original, row)
+                value, low, high = row["value"], row.get("ci_low"), row.get("ci_high")
+            else:
+                value, low, high = score.value, score.ci_low, score.ci_high
+            deltas.append(
+                {
+                    "dataset": perturbed.name,
+                    "original": original.name,
+                    "metric": kind,
+                    "of": self.task.primary_metric.name,
+                    "value": value,
+                    "ci_low": low,
+                    "ci_high": high,
+                }
+            )
+        return deltas
+
+    async def predictions_of(self, ref: DatasetRef) -> tuple[list[Any], list[Any]]:
+        """(uids, the values the metrics compare) of the stored predictions on `ref`."""
+        key = f"{results_prefix(self.submission_id, ref.name)}/predictions.jsonl"
+        data = await self.services.storage.read_bytes(key)
+        lines = [json.loads(line) for line in data.splitlines() if line.strip()]
+        uids = [line["uid"] for line in lines]
+        return uids, prediction_values(self.task, [line["outputs"] for line in lines])
+
+    async def score_delta(
+        self, perturbed: DatasetRef, original: DatasetRef, kind: str
+    ) -> dict[str, Any]:
+        """The delta as a score row: each perturbed example is paired, by its `original_uid`
+        (or its own uid when the dataset has none), with the original's prediction."""
+        from core.datasets import read_examples
+
+        stage = f"evaluate:{perturbed.name}"
+        log_key = f"{results_prefix(self.submission_id, perturbed.name)}/log"
+        rows = await read_examples(self.services.storage, perturbed.key, perturbed.sha256)
+        links = {row["uid"]: row.get("original_uid", row["uid"]) for row in rows}
+        uids, answers = await self.predictions_of(perturbed)
+        original_uids, original_answers = await self.predictions_of(original)
+        position = {uid: i for i, uid in enumerate(original_uids)}
+        groups = [position.get(links.get(uid)) for uid in uids]
+        unpaired = [uid for uid, g in zip(uids, groups, strict=True) if g is None]
+        if unpaired:
+            raise JobFailed(
+                stage,
+                f"dataset {perturbed.name} perturbs {original.name}, but {len(unpaired)} of its "
+                f"{len(uids)} examples have no original there (first: uid {unpaired[0]!r}, "
+                f"original_uid {links.get(unpaired[0])!r}); the task's datasets disagree: "
+                "an operator must fix the perturbed dataset's `original_uid`s",
+                log_key=log_key,
+            )
+        config = self.task.eval
+        primary = self.task.primary_metric
+        result = await score_delta(
+            self.pool,
+            kind,
+            primary,
+            answers,
+            original_answers,
+            [g for g in groups if g is not None],
+            confidence=config.confidence,
+            resamples=config.bootstrap_resamples,
+        )
+        if "error" in result:
+            raise JobFailed(
+                stage,
+                f"dataset {perturbed.name}: {kind} ({primary.name} of the answers here against "
+                f"the model's own answers on {original.name}) cannot be computed: "
+                f"{result['error']}",
+                log_key=log_key,
+            )
+        extra: dict[str, Any] = {
+            "kind": "delta",
+            "original": original.name,
+            "of": primary.name,
+            "originals": result["n_groups"],
+        }
+        if result.get("ci_low") is not None:
+            extra.update(confidence=config.confidence, resamples=config.bootstrap_resamples)
+        if result.get("ci_error"):
+            extra["ci_error"] = result["ci_error"]
+        return {
+            "metric": kind,
+            "value": result["value"],
+            "ci_low": result["ci_low"],
+            "ci_high": result["ci_high"],
+            "n_examples": len(uids),
+            "extra": extra,
+        }
+
+    async def store_delta(
+        self, perturbed: DatasetRef, original: DatasetRef, row: dict[str, Any]
+    ) -> None:
+        """Add the delta to the perturbed run's result.json, then store it with its event."""
+        key = f"{results_prefix(self.submission_id, perturbed.name)}/result.json"
+        try:
+            result = json.loads(await self.services.storage.read_bytes(key))
+        except FileNotFoundError:
+            result = None
+        if isinstance(result, dict):
+            kept = [s for s in result.get("scores") or [] if s.get("metric") != row["metric"]]
+            result["scores"] = [*kept, row]
+            await self.services.storage.write_bytes(
+                key, json.dumps(result, indent=2, sort_keys=True).encode()
+            )
+        async with self.services.db.session() as session:
+            submission = await records.lock_submission(session, self.submission_id)
+            if submission is None:
+                raise RuntimeError(f"submission {self.submission_id} vanished")
+            await records.insert_scores(session, self.submission_id, perturbed.name, [row])
+            low, high = row.get("ci_low"), row.get("ci_high")
+            interval = f" [{low:.4g}, {high:.4g}]" if low is not None and high is not None else ""
+            record_event(
+                session,
+                submission,
+                "dataset.delta",
+                service=SERVICE,
+                message=(
+                    f"{perturbed.name}: {row['metric']} {row['value']:.4g}{interval} "
+                    f"({row['extra']['of']} of its answers against its own on {original.name})"
+                ),
+                payload={
+                    "dataset": perturbed.name,
+                    "original": original.name,
+                    "metric": row["metric"],
+                    "value": row["value"],
+                    "ci_low": low,
+                    "ci_high": high,
+                    "n_examples": row["n_examples"],
+                },
+                parent=self.envelope,
+            )
+
+    # -- the end ---------------------------------------------------------------------------
+
+    async def finish(
+        self,
+        summaries: dict[str, dict[str, Any]],
+        mar_sha256: str,
+        deltas: list[dict[str, Any]] | None = None,
+    ) -> None:
         """done, its receipt (the last event) and the email, in one transaction."""
         receipt = build_receipt(
             submission=self.payload.submission,
@@ -407,6 +611,8 @@ class Evaluation:
             datasets=[d.model_dump() for d in self.payload.datasets],
             summaries=summaries,
             runner=self.services.settings.runner,
+            hwinfo=await asyncio.to_thread(hwinfo.machine_info),
+            deltas=deltas or [],
         )
         async with self.services.db.session() as session:
             submission = await records.lock_submission(session, self.submission_id)

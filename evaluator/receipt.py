@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import platform
-import socket
 from typing import Any
 
-import psutil
-
 from core.version import __version__
+from evaluator import hwinfo as hwinfo_module
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware(gpu_name: str | None = None) -> dict[str, Any]:
-    """The machine the handler ran on (this evaluator's machine for the local runner)."""
-    return {
-        "node": socket.gethostname(),
-        "platform": platform.platform(),
-        "cpu_model": cpu_model(),
-        "cores": os.cpu_count(),
-        "memory_mb": round(psutil.virtual_memory().total / 2**20),
-        "gpu": gpu_name,
-    }
+def hardware(info: dict[str, Any] | None = None, gpu_name: str | None = None) -> dict[str, Any]:
+    """The machine the handler ran on (this evaluator's machine for the local runner): the
+    headline figures of hwinfo.json, plus the GPU the handler's worker reported using."""
+    summary = hwinfo_module.summary(info or hwinfo_module.machine_info())
+    summary["gpu"] = gpu_name
+    return summary
 
 
 def build_receipt(
@@ -43,8 +24,14 @@ def build_receipt(
     datasets: list[dict[str, Any]],
     summaries: dict[str, dict[str, Any]],
     runner: str,
+    hwinfo: dict[str, Any] | None = None,
+    deltas: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """What a person needs to trust (or reproduce) the scores."""
+    """What a person needs to trust (or reproduce) the scores.
+
+    `hwinfo` maps each dataset to its run's hwinfo.json key (the full machine record);
+    `deltas` lists the robustness/fairness scores of perturbed datasets.
+    """
     worker: dict[str, Any] = {}
     for summary in summaries.values():
         worker = summary.get("worker") or worker
@@ -61,11 +48,17 @@ def build_receipt(
                 "name": d["name"],
                 "sha256": d["sha256"],
                 "n_examples": (summaries.get(d["name"]) or {}).get("n_examples"),
+                **({"perturbation_of": d["perturbation_of"]} if d.get("perturbation_of") else {}),
             }
             for d in datasets
         ],
         "packages": versions,
-        "hardware": hardware(worker.get("gpu_name")),
+        "hardware": hardware(hwinfo, worker.get("gpu_name")),
+        "hwinfo": {
+            name: (s.get("files") or {}).get("hwinfo")
+            for name, s in summaries.items()
+            if (s.get("files") or {}).get("hwinfo")
+        },
         "runner": runner,
         "sandbox": {
             "network": worker.get("network"),
@@ -75,4 +68,5 @@ def build_receipt(
             name: {**(s.get("timings") or {}), **(s.get("performance") or {})}
             for name, s in summaries.items()
         },
+        "deltas": list(deltas or []),
     }

@@ -142,3 +142,160 @@ def _call(
     return score_metric(
         name, options, predictions, references, confidence=confidence, resamples=resamples
     )
+
+
+# -- robustness and fairness (Dynaboard's deltas) ------------------------------------------
+
+
+def delta_per_group(
+    primary: str,
+    options: dict[str, Any],
+    perturbed: list[Any],
+    original: list[Any],
+    groups: list[int],
+) -> Any:
+    """Per original example that has perturbed copies: the primary metric of its copies'
+    predictions against its own prediction (`metrics.delta_metric` is the mean of these)."""
+    import numpy as np
+
+    from metrics.registry import computable
+
+    spec = computable(primary)
+    resolved = spec.resolve_options(options)
+    index = np.asarray(groups, dtype=np.int64)
+    targets = [original[i] for i in index]
+    _seen, inverse = np.unique(index, return_inverse=True)
+    inverse = inverse.ravel()
+    sizes = np.bincount(inverse)
+    if spec.per_example is not None:
+        values = np.asarray(spec.per_example(perturbed, targets, **resolved), dtype=np.float64)
+        return np.bincount(inverse, weights=values) / sizes
+    function = spec.function
+    assert function is not None  # computable() refused metrics without one
+    order = np.argsort(inverse, kind="stable")
+    members = np.split(order, np.cumsum(sizes)[:-1])
+    return np.array(
+        [function([perturbed[j] for j in m], [targets[j] for j in m], **resolved) for m in members],
+        dtype=np.float64,
+    )
+
+
+def mean_interval(
+    values: Any, *, confidence: float, resamples: int, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (resampling them, seeded).
+
+    Resamples are drawn as multinomial counts over the distinct values: the same
+    distribution as drawing indices, at a cost that grows with the distinct values only.
+    """
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    uniques, inverse = np.unique(values, return_inverse=True)
+    weights = np.bincount(inverse.ravel()) / n
+    rng = np.random.default_rng(seed)
+    chunk = max(1, (1 << 22) // len(uniques))
+    means = []
+    done = 0
+    while done < resamples:
+        size = min(chunk, resamples - done)
+        means.append(rng.multinomial(n, weights, size=size) @ uniques / n)
+        done += size
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(np.concatenate(means), [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def delta_score(
+    metric: str,
+    primary: str,
+    options: dict[str, Any],
+    perturbed: list[Any],
+    original: list[Any],
+    groups: list[int],
+    *,
+    confidence: float,
+    resamples: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """`metric` (robustness or fairness): `metrics.delta_metric` of the primary metric, with a
+    bootstrap interval over the original examples (runs in a pool worker; errors as data)."""
+    try:
+        import metrics
+
+        value = float(metrics.delta_metric(primary, perturbed, original, groups=groups, **options))
+    except Exception as exc:
+        return {"metric": metric, "error": f"{type(exc).__name__}: {exc}"}
+    if not math.isfinite(value):
+        return {"metric": metric, "error": f"the delta is {value} on these predictions"}
+    result: dict[str, Any] = {
+        "metric": metric,
+        "value": value,
+        "ci_low": None,
+        "ci_high": None,
+        "n_groups": len(set(groups)),
+    }
+    if resamples > 0:
+        try:
+            per_group = delta_per_group(primary, options, perturbed, original, groups)
+            if not math.isclose(float(per_group.mean()), value, rel_tol=1e-9, abs_tol=1e-12):
+                raise ValueError(
+                    f"per-original values average {float(per_group.mean())}, not {value}"
+                )
+            low, high = mean_interval(
+                per_group, confidence=confidence, resamples=resamples, seed=seed
+            )
+            result.update(ci_low=low, ci_high=high)
+        except Exception as exc:
+            result["ci_error"] = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+async def score_delta(
+    pool: Executor,
+    metric: str,
+    primary: MetricConfig,
+    perturbed: list[Any],
+    original: list[Any],
+    groups: list[int],
+    *,
+    confidence: float,
+    resamples: int,
+) -> dict[str, Any]:
+    """`delta_score` in the pool, without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        pool,
+        _call_delta,
+        metric,
+        primary.name,
+        dict(primary.options),
+        perturbed,
+        original,
+        groups,
+        confidence,
+        resamples,
+    )
+
+
+def _call_delta(
+    metric: str,
+    primary: str,
+    options: dict[str, Any],
+    perturbed: list[Any],
+    original: list[Any],
+    groups: list[int],
+    confidence: float,
+    resamples: int,
+) -> dict[str, Any]:
+    return delta_score(
+        metric,
+        primary,
+        options,
+        perturbed,
+        original,
+        groups,
+        confidence=confidence,
+        resamples=resamples,
+    )

@@ -66,9 +66,27 @@ def test_digits_noise_is_seeded_bounded_and_keeps_labels() -> None:
     noisy = generate_rows("digits", {"split": "heldout", "noise": 3.0, "seed": 7})
     other = generate_rows("digits", {"split": "heldout", "noise": 3.0, "seed": 8})
     assert [r["label"] for r in noisy] == [r["label"] for r in clean]
-    assert [r["uid"] for r in noisy] == [r["uid"] for r in clean]
     assert noisy != clean and noisy != other
     assert all(0.0 <= v <= 16.0 for r in noisy for v in r["pixels"])
+
+
+def test_noisy_digits_are_the_heldout_images_linked_to_their_originals() -> None:
+    import numpy as np
+
+    clean = generate_rows("digits", {"split": "heldout"})
+    noisy = generate_rows("digits", {"split": "heldout", "noise": 3.0, "seed": 7})
+    assert list(noisy[0]) == ["uid", "original_uid", "pixels", "label"]
+    assert list(clean[0]) == ["uid", "pixels", "label"]  # no link without noise
+    # Row i of the noisy set is image i of heldout plus noise, and says so.
+    assert [r["original_uid"] for r in noisy] == [r["uid"] for r in clean]
+    assert [r["uid"] for r in noisy] == [f"{r['uid']}-noisy" for r in clean]
+    diff = np.array([r["pixels"] for r in noisy]) - np.array([r["pixels"] for r in clean])
+    # Gaussian noise of std 3 (clipped to 0..16): centred near 0, no row left unchanged.
+    assert abs(diff.mean()) < 0.5 and 1.0 < diff.std() < 3.0
+    assert all(np.any(d != 0) for d in diff)
+    # A subset keeps the link (n keeps the first rows of both).
+    few = generate_rows("digits", {"split": "heldout", "noise": 3.0, "seed": 7, "n": 5})
+    assert [r["original_uid"] for r in few] == [r["uid"] for r in clean[:5]]
 
 
 def test_toy_rows_follow_the_fixture_contract() -> None:
