@@ -19,7 +19,7 @@ from core.errors import WeighbridgeError
 from core.models import Dataset, Score, Submission, Task, User
 from core.states import Status
 from core.storage import Storage
-from core.taskconfig import TaskConfig
+from core.taskconfig import DELTA_METRICS, TaskConfig
 from core.tasks import get_task, task_config
 
 
@@ -127,26 +127,60 @@ async def read_leaderboard(
             .order_by(Submission.created_at, Submission.id)
         )
     ).all()
+    # Robustness/fairness exist only on the perturbed datasets that measure them.
+    deltas = {
+        m: {
+            d.name: d.weight
+            for d in config.datasets
+            if d.access == "hidden" and d.delta_metric == m
+        }
+        for m in metric_names
+        if m in DELTA_METRICS
+    }
+    wanted = set(datasets).union(*deltas.values())
     scores: dict[str, dict[str, dict[str, Score]]] = defaultdict(lambda: defaultdict(dict))
     ids = [s.id for s, _ in submissions]
     if ids and datasets:
         for score in await session.scalars(
             sa.select(Score).where(
                 Score.submission_id.in_(ids),
-                Score.dataset.in_(list(datasets)),
+                Score.dataset.in_(list(wanted)),
                 Score.metric.in_(metric_names),
             )
         ):
             scores[score.submission_id][score.dataset][score.metric] = score
 
     models = []
+    incomplete: dict[str, str] = {}
     for submission, owner in submissions:
         mine = scores.get(submission.id, {})
         primary_scores = {d: m[primary] for d, m in mine.items() if primary in m}
+        values = {d: {m: s.value for m, s in per.items()} for d, per in mine.items()}
+        for m, sets in deltas.items():
+            # One value per model: the (dataset-weighted) mean over the datasets measuring it,
+            # given to every scoring dataset so that the dataset average is that value.
+            measured = [(values.get(d, {}).get(m), w) for d, w in sets.items()]
+            if measured and all(v is not None for v, _ in measured):
+                total = sum(w for _, w in measured)
+                value = (
+                    sum(v * w for v, w in measured) / total
+                    if total > 0
+                    else sum(v for v, _ in measured) / len(measured)
+                )
+                for d in datasets:
+                    values.setdefault(d, {})[m] = value
+            elif submission.id not in incomplete:
+                # Say what is missing where it is missing, not on the first dataset checked.
+                gap = next(d for d, _ in sets.items() if values.get(d, {}).get(m) is None)
+                incomplete[submission.id] = (
+                    f"no {m} on dataset {gap!r}"
+                    if gap in values
+                    else f"no scores on dataset {gap!r}"
+                )
         models.append(
             {
                 "model": submission.id,
-                "scores": {d: {m: s.value for m, s in per.items()} for d, per in mine.items()},
+                "scores": values,
                 "primary_ci": _combined_ci(primary_scores, datasets),
                 "name": submission.name,
                 "owner": owner,
@@ -165,7 +199,7 @@ async def read_leaderboard(
         return result
     try:
         board = rank_models(
-            models,
+            [m for m in models if m["model"] not in incomplete],
             metrics=[{"name": m.name, "offset": m.offset} for m in config.metrics],
             datasets=datasets,
             weights=metric_weights,
@@ -217,7 +251,7 @@ async def read_leaderboard(
             "owner": by_id[sid]["owner"],
             "reason": reason,
         }
-        for sid, reason in board.unranked.items()
+        for sid, reason in {**board.unranked, **incomplete}.items()
     ]
     return result
 

@@ -11,7 +11,7 @@ def test_digits_config_validates() -> None:
     assert config.slug == "digits"
     assert config.input_fields == ["pixels"]
     assert config.output_fields == {"label": "int"}
-    assert [m.name for m in config.metrics] == ["accuracy", "macro_f1"]
+    assert [m.name for m in config.metrics] == ["accuracy", "macro_f1", "robustness"]
     datasets = {d.name: d for d in config.datasets}
     assert datasets["examples"].access == "public"
     assert datasets["heldout"].access == datasets["heldout-noisy"].access == "hidden"

@@ -46,9 +46,9 @@ def test_digits_declares_its_noisy_set_as_a_robustness_perturbation() -> None:
     digits = load_task_config(ROOT / "task_configs" / "digits.toml")
     noisy = digits.dataset("heldout-noisy")
     assert noisy.perturbation_of == "heldout" and noisy.delta_metric == "robustness"
-    # Not a leaderboard metric (yet): it exists on heldout-noisy only, and the leaderboard
-    # ranks a model only with every metric on every scoring dataset.
-    assert "robustness" not in [m.name for m in digits.metrics]
+    # A leaderboard metric as in Dynaboard: measured on heldout-noisy only, the leaderboard
+    # takes its (weighted) mean over the datasets that measure it.
+    assert [m.name for m in digits.metrics] == ["accuracy", "macro_f1", "robustness"]
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,8 @@ def scores(acc: float, f1: float, *, noisy: bool = True, ci: float = 0.02) -> di
         sets["heldout-noisy"] = {
             "accuracy": (acc - 0.05, acc - 0.05 - ci, acc - 0.05 + ci),
             "macro_f1": f1 - 0.05,
+            # Robustness lives on the perturbed set only (answers vs the model's own on heldout).
+            "robustness": 0.96,
         }
     return sets
 
@@ -74,7 +76,9 @@ async def test_better_model_ranks_first_and_incomplete_ones_are_not_ranked(
     assert first["score"] > second["score"]
     # Dataset-weighted (heldout 1, heldout-noisy 0.5) average of the metric.
     assert first["metrics"]["accuracy"] == pytest.approx((0.98 + 0.5 * 0.93) / 1.5)
-    assert set(first["metrics"]) == {"accuracy", "macro_f1"}
+    assert set(first["metrics"]) == {"accuracy", "macro_f1", "robustness"}
+    # A delta metric is one value per model: its (weighted) mean over the sets measuring it.
+    assert first["metrics"]["robustness"] == pytest.approx(0.96)
     lo, hi = first["ci"]
     assert lo < first["metrics"]["accuracy"] < hi
     assert first["tied"] is False and second["tied"] is False
@@ -115,7 +119,8 @@ async def test_weights_override_changes_the_order(digits_services: Services) -> 
             await read_leaderboard(session, task, weights={"accuracy": -1})
     assert [r["model"] for r in default["rows"]] == ["accurate", "balanced"]
     assert [r["model"] for r in f1_only["rows"]] == ["balanced", "accurate"]
-    assert f1_only["weights"] == {"accuracy": 0.0, "macro_f1": 1.0}
+    # The override replaces the named weights; robustness keeps its default.
+    assert f1_only["weights"] == {"accuracy": 0.0, "macro_f1": 1.0, "robustness": 1.0}
 
 
 async def test_overlapping_intervals_are_marked_tied(digits_services: Services) -> None:
