@@ -133,7 +133,8 @@ async def test_two_models_are_built_evaluated_ranked_and_emailed(
             for rank, row in enumerate(board["rows"], start=1):
                 assert row["rank"] == rank
                 assert {"rank", "model", "submission_id", "score", "metrics"} <= set(row)
-                assert set(row["metrics"]) >= {"accuracy", "macro_f1"}
+                assert set(row["metrics"]) >= {"accuracy", "macro_f1", "robustness"}
+                assert 0.5 < row["metrics"]["robustness"] <= 1.0
             assert board["rows"][0]["submission_id"] == ids["digits-cnn"]
 
         # One email per model, delivered from the outbox as files.
