@@ -2,24 +2,30 @@
 
 The import runs in a child process (the build environment's interpreter, cwd = the model
 folder, its own process group, a timeout), so a handler that hangs, crashes or exits at import
-cannot hurt the worker. The module must expose `handle(data, context)` or (TorchServe's rule)
-exactly one class of its own with a `handle` method, usually with `initialize(context)`.
+cannot hurt the worker. With the builder's own interpreter the child is forked from the warm
+interpreter (`evaluator.zygote`: torch already imported, no network) instead of started
+afresh. The module must expose `handle(data, context)` or (TorchServe's rule) exactly one
+class of its own with a `handle` method, usually with `initialize(context)`.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import json
 import os
 import re
 import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.bundle import Bundle
-from builder.processes import BuildLog, last_line
+from builder.processes import MAX_STEP_OUTPUT, TAIL_BYTES, BuildLog, ProcessResult, last_line
 from core.errors import JobFailed
+from evaluator.zygote import Zygote, ZygoteUnavailable, current_zygote
 
 DEFAULT_HANDLER = "handler.py"
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -162,8 +168,12 @@ def check_handler(
     python: str,
     timeout: float,
     log: BuildLog,
+    zygote: Zygote | None = None,
 ) -> HandlerInfo:
-    """Import the handler in a child process; JobFailed says what is wrong and how to fix it."""
+    """Import the handler in a child process; JobFailed says what is wrong and how to fix it.
+
+    The child is forked from the warm interpreter (`zygote`, else the worker's current one)
+    when `python` is the builder's own interpreter, else started afresh."""
     file, _, function = handler.partition(":")
     if not file.endswith(".py"):
         file += ".py"
@@ -181,12 +191,15 @@ def check_handler(
         # -I: no PYTHON* variables, no user site; -B: leave no __pycache__ in the model folder.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp}
         started = time.monotonic()
-        run = log.run(
-            [python, "-I", "-B", "-u", str(probe), str(model_dir), module, function, str(out)],
-            cwd=model_dir,
-            timeout=timeout,
-            env=env,
-        )
+        argv = [str(probe), str(model_dir), module, function, str(out)]
+        zygote = zygote or current_zygote()
+        run = None
+        if zygote is not None and zygote.serves(python):
+            run = _run_forked(zygote, argv, cwd=model_dir, env=env, timeout=timeout, log=log)
+        if run is None:
+            run = log.run(
+                [python, "-I", "-B", "-u", *argv], cwd=model_dir, timeout=timeout, env=env
+            )
         seconds = time.monotonic() - started
         result = _read_json(out)
     if run.timed_out:
@@ -222,6 +235,79 @@ def check_handler(
     )
     log.write(f"handler entry point: {info.entry} (initialize: {info.initialize})\n")
     return info
+
+
+def _run_forked(
+    zygote: Zygote,
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    timeout: float,
+    log: BuildLog,
+) -> ProcessResult | None:
+    """`BuildLog.run` for a child of the warm interpreter (torch already imported): the same
+    log lines, output bounds, timeout and process-group kill. None: no warm interpreter now."""
+    read_fd, write_fd = os.pipe()
+    started = time.monotonic()
+    try:
+        child = zygote.spawn_script(argv, cwd=cwd, env=env, output=write_fd, ensure_seconds=timeout)
+    except ZygoteUnavailable as exc:
+        os.close(read_fd)
+        log.write(f"({exc}; starting a fresh interpreter)\n")
+        return None
+    finally:
+        os.close(write_fd)
+    log.write(
+        f"$ python -I -B -u {' '.join(argv)}  "
+        f"[forked from the warm interpreter {zygote.pid} as {child.pid}]\n"
+    )
+    tail = bytearray()
+    state = {"logged": 0, "dropped": 0}
+
+    def pump() -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        with open(read_fd, "rb", buffering=0) as fh:
+            while chunk := fh.read(65536):
+                tail.extend(chunk)
+                del tail[:-TAIL_BYTES]
+                room = MAX_STEP_OUTPUT - state["logged"]
+                if room > 0:
+                    log.write(decoder.decode(chunk[:room]))
+                    state["logged"] += min(room, len(chunk))
+                state["dropped"] += max(0, len(chunk) - max(room, 0))
+
+    reader = threading.Thread(target=pump, name="build-log", daemon=True)
+    reader.start()
+    timed_out = False
+    try:
+        returncode = child.wait(timeout)
+        if returncode is None:
+            timed_out = True
+            child.kill_group()
+            child.wait(10)
+    except BaseException:
+        child.kill_group()
+        raise
+    reader.join(timeout=2)
+    if reader.is_alive():
+        # Something the handler started still holds the pipe: end its whole group.
+        with contextlib.suppress(OSError):
+            os.killpg(child.pid, signal.SIGKILL)
+        reader.join(timeout=3)
+    seconds = time.monotonic() - started
+    if state["dropped"]:
+        log.write(f"\n[… {state['dropped']} more bytes of output not kept]\n")
+    if timed_out:
+        log.write(f"\n[killed after {timeout:g} s]\n")
+    else:
+        log.write(f"\n[exit {child.returncode} after {seconds:.1f} s]\n")
+    return ProcessResult(
+        returncode=None if timed_out else child.returncode,
+        timed_out=timed_out,
+        seconds=seconds,
+        tail=bytes(tail).decode("utf-8", "replace"),
+    )
 
 
 def _read_json(path: Path) -> dict | None:

@@ -32,6 +32,7 @@ from core.queue import BUILD_QUEUE, Delivery, eval_queue
 from core.states import Status, transition
 from core.taskconfig import TaskConfig
 from core.worker import Consumer
+from evaluator.zygote import warm_interpreter
 
 log = logging.getLogger(__name__)
 
@@ -416,5 +417,8 @@ def build_consumer(services: Services, *, options: BuildOptions | None = None) -
 
 
 async def run_builder(services: Services, stop: asyncio.Event) -> None:
-    """Build until `stop` is set."""
-    await build_consumer(services).run(stop)
+    """Build until `stop` is set. Handler checks fork from a warm interpreter (shared with
+    the evaluator in `weighbridge up`)."""
+    consumer = build_consumer(services)
+    async with warm_interpreter():
+        await consumer.run(stop)

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 from core.errors import RetryableError
 from core.queue import Delivery, Queue
@@ -100,13 +101,41 @@ class Consumer:
         return len(deliveries)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Loop until `stop` is set; errors talking to the queue are logged and retried."""
-        while not stop.is_set():
-            try:
-                await self.run_once(wait_seconds=self.wait_seconds)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s: queue unavailable; retrying in 2 s", self.name)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 2.0)
+        """Loop until `stop` is set; errors talking to the queue are logged and retried.
+
+        When the queue can ring a doorbell (`core.doorbell.RingingQueue`, `weighbridge up`)
+        and is polled (the database queue), an idle consumer sleeps until a message for its
+        queues is committed in this process or the poll interval passes, whichever is first.
+        """
+        doorbell = getattr(self.queue, "doorbell", None)
+        idle = float(getattr(self.queue, "poll_seconds", 0) or 0)
+        bell = doorbell.subscribe(self.queues) if doorbell is not None and idle > 0 else None
+        try:
+            while not stop.is_set():
+                try:
+                    if bell is None:
+                        await self.run_once(wait_seconds=self.wait_seconds)
+                        continue
+                    bell.clear()  # before claiming: a ring during the claim is kept
+                    if await self.run_once() == 0:
+                        await _first(bell.wait(), stop.wait(), seconds=idle)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s: queue unavailable; retrying in 2 s", self.name)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 2.0)
+        finally:
+            if bell is not None and doorbell is not None:
+                doorbell.unsubscribe(bell)
+
+
+async def _first(*waits: Coroutine[Any, Any, Any], seconds: float) -> None:
+    """Wait until the first of `waits` finishes or `seconds` pass; cancel the rest."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -13,6 +13,10 @@ A request's body starts with a format byte: b"J" (JSON) or b"M" (marshal, format
 batches: the parent is trusted, and marshal decodes three times faster). Answers, which the
 handler shapes, are always JSON (the parent never unmarshals untrusted bytes).
 
+Started as `handler_host.py --zygote ...` it is instead the warm interpreter of
+`host_zygote.py`, which forks a fresh worker per dataset run (the same code below then runs
+in the child).
+
 Before the handler is imported the host applies the limits that must live in the process
 (host_guard.py): an address-space limit, a parent-death signal, optional tmpfs/bind mounts
 over Weighbridge's data (when it runs in its own mount namespace) and an audit hook that
@@ -66,9 +70,19 @@ MEMORY_MARKERS = ("can't allocate memory", "not enough memory", "cannot allocate
 class Host:
     """Reads requests, runs the handler, writes answers; one process per dataset run."""
 
-    def __init__(self, rfd: int, wfd: int) -> None:
+    def __init__(self, rfd: int, wfd: int, *, forked: bool = False) -> None:
         self.rfd = rfd
         self.wfd = wfd
+        # Forked from the warm interpreter, the process starts with its pages resident (and
+        # shared): report the peak beyond them, as the parent's memory watch counts.
+        self.maxrss_base = (
+            (
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+            )
+            if forked
+            else (0, 0)
+        )
         self.guard: Guard | None = None
         self.entry = None
         self.context: Context | None = None
@@ -183,11 +197,11 @@ class Host:
             payload = json.dumps(outputs, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError, RecursionError):
             return self.encode(not_json(outputs, batch_id))
-        usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self.maxrss_base[0]
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss - self.maxrss_base[1]
         # Splice the already-encoded answers in rather than encoding them twice.
         head = json.dumps(
-            {"id": batch_id, "elapsed": elapsed, "maxrss_kb": usage + children},
+            {"id": batch_id, "elapsed": elapsed, "maxrss_kb": max(0, usage) + max(0, children)},
             separators=(",", ":"),
         )
         return (head[:-1] + ',"outputs":' + payload + "}").encode()
@@ -368,6 +382,14 @@ def load_handler(spec: str, model_dir: str, context: Context):
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--zygote"]:
+        # The warm interpreter: preloads torch/numpy, then forks one serve_stdio() per worker.
+        return _load_sibling("host_zygote").serve(sys.argv[2:], lambda: serve_stdio(forked=True))
+    return serve_stdio()
+
+
+def serve_stdio(*, forked: bool = False) -> int:
+    """Serve the parent over stdin/stdout (in an exec'd worker, or a child of the zygote)."""
     # Keep the protocol on private descriptors; the handler's stdout and stderr go to the log.
     rfd = os.dup(0)
     wfd = os.dup(1)
@@ -376,7 +398,7 @@ def main() -> int:
     os.close(devnull)
     os.dup2(2, 1)  # sys.stdout writes to fd 1 (unbuffered: the parent passes -u)
     sys.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the process
-    host = Host(rfd, wfd)
+    host = Host(rfd, wfd, forked=forked)
     try:
         return host.serve()
     except BrokenPipeError:

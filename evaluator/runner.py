@@ -336,6 +336,8 @@ async def run_dataset(
             "timeout_seconds": limits.timeout_seconds,
         },
         "network": sandbox.isolation.network,
+        # forked from the warm interpreter (evaluator.zygote), or a fresh interpreter
+        "start": "forked" if sandbox.forked_from is not None else "exec",
         "batch_size": task.eval.batch_size,
     }
     result = DatasetRun(

@@ -7,6 +7,10 @@ available, an audit hook that refuses network use, program starts, reads of that
 signals to other processes, an address-space limit, and two limits watched from here:
 wall-clock time per batch and resident memory of the whole process tree. Every way it can
 fail ends in a SandboxError whose `reason` a person can act on.
+
+When the build uses the evaluator's own interpreter and a warm interpreter is running
+(`evaluator.zygote`), the worker is forked from it (torch already imported) instead of
+started afresh; the isolation and limits above are the same either way.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from evaluator.isolation import Isolation, probe_isolation
+
+if TYPE_CHECKING:
+    from evaluator.zygote import ForkedProcess, Zygote
 
 HOST = Path(__file__).with_name("handler_host.py")
 HEADER = struct.Struct(">I")
@@ -161,6 +168,7 @@ class Sandbox:
         batch_size: int = 1,
         model_name: str = "model",
         server_name: str = "weighbridge-local",
+        zygote: Zygote | None = None,
     ) -> None:
         self.model_dir = model_dir
         self.handler = handler
@@ -173,11 +181,17 @@ class Sandbox:
         self.batch_size = batch_size
         self.model_name = model_name
         self.server_name = server_name
-        self.proc: asyncio.subprocess.Process | None = None
+        self.zygote = zygote
+        self.proc: Any = None  # an asyncio Process, or a ForkedProcess from the zygote
+        self.forked_from: int | None = None  # the zygote's pid when the worker was forked
         self.ready: dict[str, Any] = {}
         self.isolation = Isolation()
         self.peak_rss = 0
         self._reported_maxrss = 0
+        # A forked worker starts with the warm interpreter's pages (torch, numpy) resident and
+        # shared copy-on-write: the memory limit does not charge its anonymous ones to the
+        # handler (and the worker reports its own peak from where it started).
+        self.inherited_bytes = 0
         self._memory_exceeded: int | None = None
         self._watch: asyncio.Task | None = None
         self._log_file: Any = None
@@ -187,8 +201,12 @@ class Sandbox:
 
     @property
     def peak_memory_bytes(self) -> int:
-        """Peak resident memory of the worker and its children (watched, or self-reported)."""
-        return max(self.peak_rss, self._reported_maxrss)
+        """Peak resident memory of the worker and its children (watched, or self-reported).
+
+        A forked worker's includes the warm interpreter's pages it shares (torch, numpy), as
+        an exec'd worker's includes them once it imports them: the figure is comparable. The
+        memory limit counts only what the worker adds (`peak_rss`)."""
+        return max(self.peak_rss, self._reported_maxrss) + self.inherited_bytes
 
     def _env(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
@@ -215,23 +233,25 @@ class Sandbox:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.isolation = await probe_isolation()
-        command = [*self.isolation.prefix, self.python, "-I", "-u", "-B", str(HOST)]
-        self._note(
-            f"starting the handler worker: {' '.join(command)}; network: "
-            f"{self.isolation.network}; time limit {self.limits.timeout_seconds:g} s per batch; "
-            f"memory limit {self.limits.memory_mb} MB"
+        limits = (
+            f"network: {self.isolation.network}; time limit {self.limits.timeout_seconds:g} s "
+            f"per batch; memory limit {self.limits.memory_mb} MB"
         )
         self._log_file = self.log_path.open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=self._log_file,
-            cwd=str(self.workdir),
-            env=self._env(),
-            start_new_session=True,
-            preexec_fn=self.isolation.preexec,
-        )
+        self.proc = await self._fork(limits)
+        if self.proc is None:
+            command = [*self.isolation.prefix, self.python, "-I", "-u", "-B", str(HOST)]
+            self._note(f"starting the handler worker: {' '.join(command)}; {limits}")
+            self.proc = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=self._log_file,
+                cwd=str(self.workdir),
+                env=self._env(),
+                start_new_session=True,
+                preexec_fn=self.isolation.preexec,
+            )
         self._watch = asyncio.create_task(self._watch_memory())
         init = {
             "op": "init",
@@ -258,6 +278,35 @@ class Sandbox:
         self.ready = reply
         return reply
 
+    async def _fork(self, limits: str) -> ForkedProcess | None:
+        """The worker forked from the warm interpreter, or None (start a fresh one)."""
+        from evaluator.zygote import ZygoteUnavailable, current_zygote
+
+        zygote = self.zygote or current_zygote()
+        if zygote is None or not zygote.serves(self.python):
+            return None
+        try:
+            proc = await zygote.spawn_worker(
+                cwd=self.workdir, env=self._env(), stderr=self._log_file.fileno()
+            )
+        except ZygoteUnavailable as exc:
+            self._note(f"{exc}; starting a fresh interpreter instead")
+            return None
+        # The zygote was started inside the same isolation, and each child enters namespaces
+        # of its own, so the worker is isolated exactly as an exec'd one.
+        self.isolation = zygote.isolation
+        self.forked_from = zygote.pid
+        with contextlib.suppress(psutil.Error):
+            memory = psutil.Process(proc.pid).memory_info()
+            self.inherited_bytes = max(0, memory.rss - memory.shared)
+        self._note(
+            f"started the handler worker {proc.pid} ({HOST.name}), forked from the warm "
+            f"interpreter {zygote.pid} (preloaded: "
+            f"{', '.join(zygote.ready.get('preloaded') or []) or 'nothing'}; its "
+            f"{self.inherited_bytes / MiB:.0f} MB of shared memory are not counted); {limits}"
+        )
+        return proc
+
     async def close(self) -> None:
         """Ask the worker to exit, then make sure it and everything it started are gone."""
         proc = self.proc
@@ -283,12 +332,19 @@ class Sandbox:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
+        release = getattr(proc, "release", None)
+        if release is not None:
+            release()
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
 
     def _kill(self) -> None:
         if self.proc is None:
+            return
+        kill_group = getattr(self.proc, "kill_group", None)
+        if kill_group is not None:  # forked: the zygote reaps it, a pidfd signals it
+            kill_group()
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -308,7 +364,7 @@ class Sandbox:
             if polls % 10 == 0:  # listing children scans /proc: ~1 ms, so not every poll
                 tree = _tree(process)
             polls += 1
-            rss = _rss(tree)
+            rss = _rss(tree) - self.inherited_bytes
             self.peak_rss = max(self.peak_rss, rss)
             if rss > limit:
                 self._memory_exceeded = rss

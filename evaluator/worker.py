@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ProcessPoolExecutor
 
 from pydantic import ValidationError
 
@@ -20,7 +20,8 @@ from core.queue import Delivery, eval_queue
 from core.taskconfig import TaskConfig
 from core.worker import Consumer
 from evaluator.evaluation import EvaluatePayload, Evaluation, fail_submission
-from evaluator.scoring import make_pool
+from evaluator.scoring import make_pool, score_metric
+from evaluator.zygote import warm_interpreter
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ async def run_evaluator(services: Services, fleets: list[str], stop: asyncio.Eve
     if not fleets:
         raise ValueError("an evaluator needs at least one fleet to serve")
     pool = make_pool()
+    warming = _warm_pool(pool)
     consumer = Consumer(
         services.queue,
         [eval_queue(f) for f in fleets],
@@ -86,6 +88,25 @@ async def run_evaluator(services: Services, fleets: list[str], stop: asyncio.Eve
     )
     log.info("evaluator serving %s", ", ".join(eval_queue(f) for f in fleets))
     try:
-        await consumer.run(stop)
+        # Handler workers fork from one warm interpreter (torch already imported).
+        async with warm_interpreter():
+            await consumer.run(stop)
     finally:
+        warming.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _warm_pool(pool: ProcessPoolExecutor) -> asyncio.Future:
+    """Start every pool worker now and import the metric library in it, so the first
+    submission does not pay for spawning them (about half a second each)."""
+    loop = asyncio.get_running_loop()
+    jobs = [
+        loop.run_in_executor(
+            pool,
+            functools.partial(
+                score_metric, "accuracy", {}, [0, 1], [0, 1], confidence=0.95, resamples=10
+            ),
+        )
+        for _ in range(pool._max_workers)
+    ]
+    return asyncio.gather(*jobs, return_exceptions=True)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from builder.bundle import unpacked_bundle
 from builder.handlers import HandlerInfo, check_handler, find_handler
 from builder.processes import BuildLog
 from core.errors import JobFailed
+from evaluator.zygote import Zygote
 from tests.builder.bundles import HANDLER, make_mar, write_model_folder
 
 
@@ -137,3 +141,115 @@ def test_handle_with_the_wrong_signature_is_refused(tmp_path: Path) -> None:
 def test_handler_output_goes_to_the_log(tmp_path: Path) -> None:
     check(tmp_path, "print('loading tokenizer…')\n" + HANDLER)
     assert "loading tokenizer…" in (tmp_path / "log").read_text()
+
+
+# -- the same check forked from the warm interpreter -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def zygote() -> Iterator[Zygote]:
+    """A warm interpreter owned by an event loop in its own thread, as the build worker's is
+    (the check itself runs in a worker thread, not on the loop)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="zygote-loop", daemon=True)
+    thread.start()
+    warm = Zygote()
+    try:
+        assert asyncio.run_coroutine_threadsafe(warm.ensure(), loop).result(180)
+        yield warm
+    finally:
+        asyncio.run_coroutine_threadsafe(warm.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def check_forked(tmp_path: Path, source: str, zygote: Zygote, *, timeout: float = 20) -> str:
+    """The check through the zygote; returns the log (which shows that it forked)."""
+    folder = write_model_folder(tmp_path / "model", handler=source)
+    log = BuildLog(tmp_path / "log")
+    try:
+        check_handler(
+            folder, "handler.py", python=sys.executable, timeout=timeout, log=log, zygote=zygote
+        )
+    finally:
+        log.close()
+    text = (tmp_path / "log").read_text()
+    assert f"[forked from the warm interpreter {zygote.pid} as " in text
+    return text
+
+
+FORKED_FAILURES = {
+    "import_error": (
+        "import weighbridge_no_such_package\n",
+        "failed to import: ModuleNotFoundError: No module named 'weighbridge_no_such_package' "
+        "(add the package that provides 'weighbridge_no_such_package' to requirements.txt)",
+    ),
+    "exception": (
+        "raise RuntimeError('weights not found in /nowhere')\n",
+        "RuntimeError: weights not found in /nowhere",
+    ),
+    "syntax": ("def handle(data, context)\n    return data\n", "SyntaxError"),
+    "hangs": ("import time\ntime.sleep(600)\n", "did not finish importing within 1.5 s"),
+    "sigkill": ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n", "crashed (SIGKILL)"),
+    "sys_exit": ("import sys\nsys.exit(0)\n", "it called sys.exit(0) at import time"),
+    "os_exit": (
+        "import os\nprint('bye')\nos._exit(4)\n",
+        "exited with status 4 before reporting back: bye",
+    ),
+    "no_entry": ("x = 1\n", "defines neither a module-level handle(data, context) nor"),
+    "signature": ("def handle(data):\n    return data\n", "handle() must accept (data, context)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORKED_FAILURES))
+def test_forked_check_fails_with_the_same_reasons(
+    tmp_path: Path, zygote: Zygote, name: str
+) -> None:
+    source, reason = FORKED_FAILURES[name]
+    started = time.monotonic()
+    with pytest.raises(JobFailed) as caught:
+        check_forked(tmp_path, source, zygote, timeout=1.5 if name == "hangs" else 20)
+    assert reason in caught.value.reason
+    assert time.monotonic() - started < 15
+    # Whatever it did, the child is gone and the warm interpreter still serves.
+    assert zygote.usable
+
+
+def test_forked_check_finds_torch_already_imported(tmp_path: Path, zygote: Zygote) -> None:
+    out = tmp_path / "preloaded.txt"
+    source = (
+        f"import sys\nopen({str(out)!r}, 'w').write(str('torch' in sys.modules))\n"
+        "import torch\nprint('torch', torch.__version__)\n" + HANDLER
+    )
+    log = check_forked(tmp_path, source, zygote)
+    assert out.read_text() == "True"  # what makes the check fast
+    assert "torch 2." in log  # the handler's output went to the build log
+
+
+def test_forked_check_has_no_network(tmp_path: Path, zygote: Zygote) -> None:
+    out = tmp_path / "seen.txt"
+    source = (
+        "lines = open('/proc/self/net/dev').read().splitlines()[2:]\n"
+        f"open({str(out)!r}, 'w').write(','.join(sorted(l.split(':')[0].strip() for l in lines)))\n"
+        + HANDLER
+    )
+    check_forked(tmp_path, source, zygote)
+    assert out.read_text() == "lo"
+
+
+def test_another_interpreter_is_checked_in_a_fresh_process(tmp_path: Path, zygote: Zygote) -> None:
+    env = tmp_path / "env" / "bin"
+    env.mkdir(parents=True)
+    (env / "python").symlink_to(Path(sys.executable).resolve())  # like a requirements env
+    folder = write_model_folder(tmp_path / "model", handler=HANDLER)
+    log = BuildLog(tmp_path / "log")
+    try:
+        check_handler(
+            folder, "handler.py", python=str(env / "python"), timeout=20, log=log, zygote=zygote
+        )
+    finally:
+        log.close()
+    text = (tmp_path / "log").read_text()
+    assert "forked from the warm interpreter" not in text
+    assert f"$ {env / 'python'} -I -B -u" in text

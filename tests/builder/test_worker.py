@@ -8,7 +8,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from builder.worker import build_consumer, handle_build, record_dead_build
+from builder.worker import build_consumer, handle_build, record_dead_build, run_builder
 from core.accounts import create_user
 from core.context import Services
 from core.models import Event, Notification, QueueMessage, Submission, User, new_id
@@ -262,3 +262,31 @@ async def test_bundle_with_requirements_hands_on_its_environment(
     env = services.storage.local_path(f"envs/{sha}")
     assert env is not None and build["python"] == str(env / "bin" / "python")
     assert await asyncio.to_thread(Path(build["python"]).exists)
+
+
+async def test_the_worker_checks_handlers_in_its_warm_interpreter(
+    services: Services, tmp_path: Path
+) -> None:
+    own = await submit(services, good_bundle(tmp_path), name="own interpreter")
+    folder = write_model_folder(
+        tmp_path / "r", handler="import numpy\n" + HANDLER, files={"requirements.txt": b"numpy\n"}
+    )
+    with_env = await submit(services, tar_folder(folder, tmp_path / "r.tgz"), name="own env")
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_builder(services, stop))
+    try:
+        for _ in range(1200):
+            states = [(await load(services, sid))[0].status for sid in (own, with_env)]
+            if all(s != Status.UPLOADED and s != Status.BUILDING for s in states):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 60)
+    assert states == [Status.BUILT, Status.BUILT]
+    log = (await services.storage.read_bytes(f"submissions/{own}/build/log")).decode()
+    assert "[forked from the warm interpreter" in log
+    # A bundle with its own environment is checked by that environment's interpreter.
+    log = (await services.storage.read_bytes(f"submissions/{with_env}/build/log")).decode()
+    assert "forked from the warm interpreter" not in log
+    assert "/bin/python -I -B -u" in log

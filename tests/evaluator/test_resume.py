@@ -94,6 +94,7 @@ async def test_a_killed_evaluator_is_resumed_by_another(services: Services, tmp_
             process.wait(10)
     # The handler's worker dies with its evaluator (parent-death signal); nothing lingers.
     assert any("handler_host.py" in c for c in commands), commands
+    assert any("--zygote" in c for c in commands), commands  # the warm interpreter goes too
     _gone, alive = await asyncio.to_thread(psutil.wait_procs, workers, timeout=10)
     assert not alive
     assert await status_of(services, sid) == "evaluating"

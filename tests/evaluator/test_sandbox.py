@@ -232,7 +232,7 @@ def test_answers_are_checked_against_the_output_schema() -> None:
 
 def test_the_worker_script_needs_only_the_standard_library() -> None:
     folder = Path(__file__).parents[2] / "evaluator"
-    for name in ("handler_host.py", "host_guard.py", "host_context.py"):
+    for name in ("handler_host.py", "host_guard.py", "host_context.py", "host_zygote.py"):
         imports = {
             line.split()[1].split(".")[0]
             for line in (folder / name).read_text().splitlines()

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from core.context import Services
+from core.doorbell import Doorbell, RingingQueue
 from core.models import Notification, Run, Score, Submission
 from core.queue import eval_queue
 from core.states import Status, transition
@@ -109,6 +110,7 @@ async def test_a_model_is_evaluated_scored_and_receipted(
     )
     result = json.loads(await services.storage.read_bytes(f"{prefix}/result.json"))
     assert result["n_examples"] == 40 and result["sha256"] == dataset["sha256"]
+    assert result["worker"]["start"] == "forked"  # from the evaluator's warm interpreter
     assert {s["metric"] for s in result["scores"]} >= {"accuracy", "macro_f1"}
     log = (await services.storage.read_bytes(f"{prefix}/log")).decode()
     assert "loaded" in log and "batch size 16" in log  # the handler's own print went to the log
@@ -305,3 +307,34 @@ async def test_a_message_that_keeps_failing_ends_as_an_internal_error(
     async with services.db.session() as session:
         runs = (await session.scalars(sa.select(Run).where(Run.submission_id == sid))).all()
     assert [r.status for r in runs] == ["queued"]
+
+
+async def test_a_message_committed_in_this_process_wakes_the_idle_evaluator(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in `weighbridge up`: the queue rings a doorbell once a staged message is committed.
+    # Polling is set far beyond this test, so only the doorbell can wake the evaluator.
+    inner = services.queue
+    receive = inner.receive
+    claims = 0
+
+    async def counted(*args: object, **kwargs: object) -> list:
+        nonlocal claims
+        claims += 1
+        return await receive(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(inner, "poll_seconds", 600.0)
+    monkeypatch.setattr(inner, "receive", counted)
+    monkeypatch.setattr(services, "queue", RingingQueue(inner, Doorbell()))
+    dataset = await store_dataset(services, toy_rows(8))
+    user = await make_user(services)
+    mar = pack_mar(write_folder(tmp_path / "good", GOOD), tmp_path / "good.mar")
+
+    async with evaluator(services):
+        await asyncio.sleep(3.0)  # the evaluator finds its queue empty, then sleeps
+        assert claims == 1  # it does not poll while it sleeps
+        sid, _ = await make_built_submission(services, user, mar, [dataset])
+        await wait_terminal(services, [sid], within=60)
+
+    assert await status_of(services, sid) == "done"
+    assert claims <= 3  # woken by the commit: one claim for the message, one after it

@@ -1,0 +1,578 @@
+"""The warm interpreter ("zygote"): started once per process, it forks handler workers.
+
+Starting a handler worker used to mean a fresh `python -I` that imports torch (1.5-3 s on a
+small machine) for every dataset run and every build's handler check. The zygote
+(`handler_host.py --zygote`, see `host_zygote.py`) is started once by the evaluator and
+builder workers, inside the same isolation as a worker (`unshare --net --mount` where the
+system allows), imports torch and numpy, and then forks a child per worker in milliseconds.
+Each child enters its own network and mount namespaces, session and process group and gets a
+parent-death signal before anything else runs; the worker then applies the audit hook, the
+limits, the empty mounts and its cwd/HOME/environment exactly as an exec'd one does.
+
+The zygote serves only the evaluator's own interpreter: a build with its own environment (a
+requirements.txt) still gets a fresh interpreter. When the zygote is missing, still starting
+past its time limit, or dead, callers fall back to the exec path; a dead zygote is started
+again on the next use. `warm_interpreter()` shares one zygote between the workers of an event
+loop and makes it `current_zygote()` for everything they run (threads included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from evaluator.isolation import Isolation, probe_isolation
+
+log = logging.getLogger(__name__)
+
+HOST = Path(__file__).with_name("handler_host.py")
+STARTUP_SECONDS = 120.0  # importing torch on a loaded machine, with room to spare
+SPAWN_SECONDS = 30.0  # a fork answers in milliseconds; this only bounds a wedged zygote
+RETRY_SECONDS = 30.0  # after a failed start, use the exec path this long before trying again
+MESSAGE_BYTES = 1 << 16
+# Environment variables the zygote itself may see (its children get the caller's env).
+ZYGOTE_ENV = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "LD_LIBRARY_PATH",
+)
+
+
+class ZygoteUnavailable(Exception):
+    """No warm interpreter to fork from right now; the caller starts a fresh interpreter."""
+
+
+class _Child:
+    """A child of the zygote: its pid, a pidfd to signal it safely, and its exit status."""
+
+    def __init__(self, channel: socket.socket) -> None:
+        self.channel = channel
+        self.pid = 0
+        self.pidfd: int | None = None
+        self.returncode: int | None = None
+
+    def _take(self, data: bytes, fds: list[int]) -> None:
+        """One message from the zygote about this child."""
+        message = json.loads(data)
+        if "pid" in message:
+            self.pid = int(message["pid"])
+            if fds:
+                self.pidfd = fds[0]
+                for extra in fds[1:]:
+                    os.close(extra)
+        elif "exit" in message:
+            self.returncode = int(message["exit"])
+            for fd in fds:
+                os.close(fd)
+
+    def _lost(self) -> None:
+        """The channel closed without an exit status: the zygote died, and took the child
+        with it (its parent-death signal)."""
+        if self.returncode is None:
+            self.returncode = -signal.SIGKILL
+
+    def kill(self) -> None:
+        if self.returncode is not None:
+            return
+        if self.pidfd is not None:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        elif self.pid:
+            # No pidfd (an old kernel): the zygote has not reported its exit, so it has not
+            # reaped it, so the pid is still this child's.
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def kill_group(self) -> None:
+        """Kill the child and everything in its process group (what it started, which may
+        outlive it: the group's id stays reserved while any member lives)."""
+        if self.pid:
+            with contextlib.suppress(OSError):
+                os.killpg(self.pid, signal.SIGKILL)
+        self.kill()
+
+    def _close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.channel.close()
+        if self.pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
+            self.pidfd = None
+
+
+class ForkedProcess(_Child):
+    """A handler worker forked by the zygote, shaped like `asyncio.subprocess.Process`
+    (`pid`, `stdin`, `stdout`, `returncode`, `wait()`, `kill()`) plus `kill_group()`."""
+
+    stdin: asyncio.StreamWriter
+    stdout: asyncio.StreamReader
+
+    def __init__(self, channel: socket.socket) -> None:
+        super().__init__(channel)
+        self._loop = asyncio.get_running_loop()
+        self._started: asyncio.Future[None] = self._loop.create_future()
+        self._exited: asyncio.Future[None] = self._loop.create_future()
+        self._transports: list[asyncio.BaseTransport] = []
+        channel.setblocking(False)
+        self._loop.add_reader(channel.fileno(), self._on_channel)
+        self._reading = True
+
+    async def connect(self, stdin_fd: int, stdout_fd: int) -> None:
+        """Own the parent's ends of the worker's stdin and stdout as asyncio streams."""
+        loop = self._loop
+        reader = asyncio.StreamReader(loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: protocol, os.fdopen(stdout_fd, "rb", buffering=0)
+        )
+        self._transports.append(transport)
+        self.stdout = reader
+        wtransport, wprotocol = await loop.connect_write_pipe(
+            lambda: asyncio.streams.FlowControlMixin(loop=loop),
+            os.fdopen(stdin_fd, "wb", buffering=0),
+        )
+        self._transports.append(wtransport)
+        self.stdin = asyncio.StreamWriter(wtransport, wprotocol, None, loop)
+
+    def _on_channel(self) -> None:
+        try:
+            data, fds, _, _ = socket.recv_fds(self.channel, MESSAGE_BYTES, 2)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            self._stop_reading()
+            self._lost()
+            if not self._started.done():
+                self._started.set_exception(ZygoteUnavailable("the warm interpreter went away"))
+            self._settle()
+            return
+        self._take(data, fds)
+        if self.pid and not self._started.done():
+            self._started.set_result(None)
+        if self.returncode is not None:
+            self._stop_reading()
+            self._settle()
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self.channel.fileno())
+
+    def _settle(self) -> None:
+        if not self._exited.done():
+            self._exited.set_result(None)
+        self._close()
+
+    async def started(self) -> None:
+        await asyncio.shield(self._started)
+
+    async def wait(self) -> int:
+        await asyncio.shield(self._exited)
+        assert self.returncode is not None
+        return self.returncode
+
+    def release(self) -> None:
+        """Close the pipes and the channel (after the worker is gone)."""
+        for transport in self._transports:
+            transport.close()
+        self._stop_reading()
+        self._close()
+
+
+class ThreadChild(_Child):
+    """A child spawned from a worker thread (the builder's handler check): blocking waits."""
+
+    def started(self, timeout: float) -> None:
+        self._receive(timeout)
+        if not self.pid:
+            raise ZygoteUnavailable("the warm interpreter did not fork")
+
+    def wait(self, timeout: float | None) -> int | None:
+        """The exit status, or None if the child is still running after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            self._receive(left)
+        self._close()
+        return self.returncode
+
+    def _receive(self, timeout: float | None) -> None:
+        self.channel.settimeout(timeout)
+        try:
+            data, fds, _, _ = socket.recv_fds(self.channel, MESSAGE_BYTES, 2)
+        except TimeoutError:
+            return
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            self._lost()
+            return
+        self._take(data, fds)
+
+
+class Zygote:
+    """One warm interpreter: `ensure()` starts it (again), `spawn_worker` / `spawn_script`
+    fork from it, `close()` ends it and every child it still has."""
+
+    def __init__(self, *, python: str | None = None, startup_seconds: float = STARTUP_SECONDS):
+        self.python = python or sys.executable
+        self.startup_seconds = startup_seconds
+        self.isolation = Isolation()
+        self.unshare: list[str] = []
+        self.ready: dict[str, Any] = {}
+        self.starts = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._control: socket.socket | None = None
+        self._send_lock = threading.Lock()
+        self._starting: asyncio.Task[None] | None = None
+        self._stderr: asyncio.Task[None] | None = None
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
+        self._home: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._retry_at = 0.0
+        self._closed = False
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def usable(self) -> bool:
+        """Started, ready, able to give each child its own namespaces, and still alive."""
+        return (
+            not self._closed
+            and self._proc is not None
+            and self._proc.returncode is None
+            and self._control is not None
+            and bool(self.ready.get("namespaces"))
+        )
+
+    def serves(self, python: str | None) -> bool:
+        """Can a worker for `python` (None: the evaluator's own) be forked from here?
+
+        Paths are compared as given, never resolved: a virtualenv's python is a link to the
+        same binary, but its packages are another environment's."""
+        return python is None or os.path.abspath(python) == os.path.abspath(self.python)
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start_soon(self) -> None:
+        """Start warming up in the background (the caller goes on at once)."""
+        self._loop = asyncio.get_running_loop()
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.create_task(self._start(), name="warm-interpreter")
+
+    async def ensure(self) -> bool:
+        """True when a usable zygote is running; starts one (again) when it is not and no
+        recent start failed. Runs on the event loop's thread (the parent-death signal is
+        tied to the thread that forks)."""
+        self._loop = asyncio.get_running_loop()
+        if self._closed:
+            return False
+        if self.usable:
+            return True
+        if self._starting is None or self._starting.done():
+            if time.monotonic() < self._retry_at:
+                return False
+            self._starting = asyncio.create_task(self._start(), name="warm-interpreter")
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._starting)
+        return self.usable
+
+    def ensure_from_thread(self, timeout: float) -> bool:
+        """`ensure()` for a worker thread: runs it on the loop and waits."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return False
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            return self.usable  # on the loop's own thread: never block it
+        try:
+            return asyncio.run_coroutine_threadsafe(self.ensure(), loop).result(timeout)
+        except Exception:
+            return False
+
+    async def _start(self) -> None:
+        await self._stop_process()
+        self.starts += 1
+        self.isolation = await probe_isolation()
+        unshare = []
+        if self.isolation.prefix or self.isolation.preexec:
+            unshare.append("net")
+        if self.isolation.mount_namespace:
+            unshare.append("mount")
+        self.unshare = unshare
+        self._home = tempfile.mkdtemp(prefix="weighbridge-zygote-")
+        env = {k: os.environ[k] for k in ZYGOTE_ENV if k in os.environ}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env.setdefault("LANG", "C.UTF-8")
+        env.update(HOME=self._home, TMPDIR=self._home)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        command = [
+            *self.isolation.prefix,
+            self.python,
+            "-I",
+            "-u",
+            "-B",
+            str(HOST),
+            "--zygote",
+            str(theirs.fileno()),
+            str(os.getpid()),
+            ",".join(unshare),
+        ]
+        started = time.monotonic()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=self._home,
+                env=env,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+                preexec_fn=self.isolation.preexec,
+            )
+        except OSError as exc:
+            ours.close()
+            self._failed(f"cannot start it: {exc}")
+            return
+        finally:
+            theirs.close()
+        assert self._proc.stderr is not None
+        self._stderr = asyncio.create_task(self._forward(self._proc.stderr))
+        ours.setblocking(False)
+        try:
+            async with asyncio.timeout(self.startup_seconds):
+                data = await asyncio.get_running_loop().sock_recv(ours, MESSAGE_BYTES)
+            ready = json.loads(data) if data else {}
+        except (TimeoutError, OSError, ValueError) as exc:
+            ours.close()
+            await self._stop_process()
+            self._failed(f"no ready report within {self.startup_seconds:g} s ({exc!r})")
+            return
+        if not ready.get("ready"):
+            ours.close()
+            await self._stop_process()
+            self._failed("it exited while starting")
+            return
+        ours.settimeout(SPAWN_SECONDS)
+        self._control = ours
+        self.ready = ready
+        if not ready.get("namespaces"):
+            await self._stop_process()
+            self._failed(
+                "its children cannot enter namespaces of their own "
+                f"({', '.join(unshare)}); handler workers start fresh interpreters"
+            )
+            return
+        log.info(
+            "warm interpreter %s ready in %.1f s (preloaded %s; %s)",
+            self._proc.pid,
+            time.monotonic() - started,
+            ", ".join(ready.get("preloaded") or []) or "nothing",
+            self.isolation.network,
+        )
+
+    def _failed(self, why: str) -> None:
+        self._retry_at = time.monotonic() + RETRY_SECONDS
+        tail = " | ".join(self._stderr_tail)
+        log.warning("warm interpreter unavailable: %s%s", why, f": {tail}" if tail else "")
+
+    async def _forward(self, stream: asyncio.StreamReader) -> None:
+        """The zygote's own messages (its children write to their own logs) to the log."""
+        while line := await stream.readline():
+            text = line.decode("utf-8", "replace").rstrip()
+            self._stderr_tail.append(text)
+            log.debug("warm interpreter: %s", text)
+
+    async def _stop_process(self) -> None:
+        control, self._control = self._control, None
+        if control is not None:
+            control.close()  # the zygote sees EOF, kills its children and exits
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            try:
+                await asyncio.wait_for(proc.wait(), 3.0)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if self._stderr is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._stderr, 1.0)
+            self._stderr = None
+        if self._home is not None:
+            shutil.rmtree(self._home, ignore_errors=True)
+            self._home = None
+        self.ready = {}
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._starting
+        await self._stop_process()
+
+    # -- forking -------------------------------------------------------------------------------
+
+    def _send(self, request: dict[str, Any], fds: list[int]) -> socket.socket:
+        """Ask for a child; returns our end of its channel."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            with self._send_lock:
+                control = self._control
+                if control is None:
+                    raise ZygoteUnavailable("the warm interpreter is not running")
+                socket.send_fds(control, [json.dumps(request).encode()], [*fds, theirs.fileno()])
+        except OSError as exc:
+            ours.close()
+            with self._send_lock:
+                if self._control is not None:
+                    self._control.close()  # broken: the next ensure() starts a new one
+                    self._control = None
+            raise ZygoteUnavailable(
+                f"the warm interpreter did not take the request: {exc}"
+            ) from None
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return ours
+
+    def _request(self, mode: str, argv: list[str], cwd: Path | str, env: dict[str, str]) -> dict:
+        return {
+            "op": "spawn",
+            "mode": mode,
+            "argv": argv,
+            "cwd": str(cwd),
+            "env": env,
+            "unshare": self.unshare,
+        }
+
+    async def spawn_worker(self, *, cwd: Path, env: dict[str, str], stderr: int) -> ForkedProcess:
+        """A handler worker (`handler_host.py`'s serve loop) in a fresh child."""
+        if not await self.ensure():
+            raise ZygoteUnavailable("the warm interpreter is not available")
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        try:
+            channel = self._send(
+                self._request("host", [str(HOST)], cwd, env), [stdin_r, stdout_w, stderr]
+            )
+        except BaseException:
+            for fd in (stdin_w, stdout_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(stdin_r)
+            os.close(stdout_w)
+        process = ForkedProcess(channel)
+        try:
+            await process.connect(stdin_w, stdout_r)
+            async with asyncio.timeout(SPAWN_SECONDS):
+                await process.started()
+        except BaseException as exc:
+            process.kill_group()
+            process.release()
+            if isinstance(exc, TimeoutError):
+                raise ZygoteUnavailable(
+                    f"the warm interpreter did not fork within {SPAWN_SECONDS:g} s"
+                ) from None
+            raise
+        return process
+
+    def spawn_script(
+        self,
+        argv: list[str],
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        output: int,
+        ensure_seconds: float = STARTUP_SECONDS,
+    ) -> ThreadChild:
+        """`python -I -B -u SCRIPT ARGS` in a fresh child, from a worker thread; its stdout
+        and stderr go to the descriptor `output`, its stdin is /dev/null."""
+        if not self.ensure_from_thread(ensure_seconds):
+            raise ZygoteUnavailable("the warm interpreter is not available")
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        try:
+            channel = self._send(self._request("script", argv, cwd, env), [devnull, output, output])
+        finally:
+            os.close(devnull)
+        child = ThreadChild(channel)
+        try:
+            child.started(SPAWN_SECONDS)
+        except BaseException:
+            child.kill_group()
+            child._close()
+            raise
+        return child
+
+
+_current: contextvars.ContextVar[Zygote | None] = contextvars.ContextVar(
+    "weighbridge_zygote", default=None
+)
+_shared: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+
+
+def current_zygote() -> Zygote | None:
+    """The warm interpreter of the worker this code runs for, if it has one."""
+    return _current.get()
+
+
+@asynccontextmanager
+async def warm_interpreter(
+    factory: Callable[[], Zygote] = Zygote,
+) -> AsyncIterator[Zygote]:
+    """Share one zygote among the workers of this event loop (the builder and evaluator of
+    `weighbridge up`); it starts warming up at once and ends with the last worker."""
+    loop = asyncio.get_running_loop()
+    entry = _shared.get(loop)
+    if entry is None:
+        zygote = factory()
+        zygote.start_soon()
+        entry = _shared[loop] = [zygote, 0]
+    entry[1] += 1
+    token = _current.set(entry[0])
+    try:
+        yield entry[0]
+    finally:
+        _current.reset(token)
+        entry[1] -= 1
+        if entry[1] == 0:
+            _shared.pop(loop, None)
+            await entry[0].close()
