@@ -64,6 +64,11 @@ Context = _context.Context
 HEADER = struct.Struct(">I")
 MAX_MESSAGE = 1 << 30
 
+# One encoder for every batch's answers (json.dumps with options builds one per call). No
+# circularity check: a cyclic answer raises RecursionError instead, and not_json() then names
+# it with json's own message.
+ANSWER_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False)
+
 MEMORY_MARKERS = ("can't allocate memory", "not enough memory", "cannot allocate memory")
 
 
@@ -194,17 +199,17 @@ class Host:
                 }
             )
         try:
-            payload = json.dumps(outputs, separators=(",", ":"), allow_nan=False)
+            payload = ANSWER_ENCODER.encode(outputs)
         except (TypeError, ValueError, RecursionError):
             return self.encode(not_json(outputs, batch_id))
         usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self.maxrss_base[0]
         children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss - self.maxrss_base[1]
-        # Splice the already-encoded answers in rather than encoding them twice.
-        head = json.dumps(
-            {"id": batch_id, "elapsed": elapsed, "maxrss_kb": max(0, usage) + max(0, children)},
-            separators=(",", ":"),
-        )
-        return (head[:-1] + ',"outputs":' + payload + "}").encode()
+        # Written out by hand (the id is the parent's int, a float's repr is JSON), with the
+        # already-encoded answers spliced in rather than encoded twice.
+        return (
+            f'{{"id":{int(batch_id or 0)},"elapsed":{elapsed!r},'
+            f'"maxrss_kb":{max(0, usage) + max(0, children)},"outputs":{payload}}}'
+        ).encode()
 
     @staticmethod
     def encode(message: dict) -> bytes:

@@ -30,6 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+try:
+    import fcntl
+except ImportError:  # not on Windows
+    fcntl = None  # type: ignore[assignment]
+
 from evaluator.isolation import Isolation, probe_isolation
 
 if TYPE_CHECKING:
@@ -39,6 +44,7 @@ HOST = Path(__file__).with_name("handler_host.py")
 HEADER = struct.Struct(">I")
 MAX_ANSWER_BYTES = 1 << 30
 MiB = 1 << 20
+PIPE_BYTES = 1 << 20  # the request pipe's capacity, where the OS lets it grow
 # Environment variables a handler may see; everything else (database URLs, cloud credentials,
 # WEIGHBRIDGE_* settings) stays with the evaluator.
 PASSED_ENV = (
@@ -112,6 +118,18 @@ def batch_frame(batch_id: int, data: list[dict[str, Any]]) -> bytes:
     matters when a model takes about a millisecond a batch. Answers (untrusted) are JSON."""
     body = b"M" + marshal.dumps({"op": "batch", "id": batch_id, "data": data}, 4)
     return HEADER.pack(len(body)) + body
+
+
+def _widen_pipe(stream: Any) -> None:
+    """Let the request pipe hold several batches (Linux's default is 64 KiB, about one batch
+    of 64 8x8 images): the worker then reads whole frames without waiting for this process's
+    event loop to refill the pipe mid-frame."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", 1031) if fcntl is not None else None
+    if set_size is None or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(Exception):
+        pipe = stream.transport.get_extra_info("pipe")
+        fcntl.fcntl(pipe.fileno(), set_size, PIPE_BYTES)
 
 
 def _signal_name(number: int) -> str:
@@ -252,6 +270,7 @@ class Sandbox:
                 start_new_session=True,
                 preexec_fn=self.isolation.preexec,
             )
+        _widen_pipe(self.proc.stdin)
         self._watch = asyncio.create_task(self._watch_memory())
         init = {
             "op": "init",
