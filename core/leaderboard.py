@@ -260,17 +260,6 @@ TIE_ALPHA = 0.05
 TIE_RESAMPLES = 1000
 
 
-def _predicted(config: TaskConfig, outputs: Any) -> Any:
-    """What the metrics compare with the label: the label-named field, the only field, or all."""
-    if not isinstance(outputs, dict):
-        return outputs
-    if config.label_field in config.output_fields:
-        return outputs.get(config.label_field)
-    if len(config.output_fields) == 1:
-        return outputs.get(next(iter(config.output_fields)))
-    return outputs
-
-
 async def _jsonl(storage: Storage, key: str) -> list[dict[str, Any]] | None:
     import json
 
@@ -325,7 +314,7 @@ async def paired_pvalues(
         for name in datasets:
             lines = await _jsonl(storage, f"submissions/{sid}/results/{name}/predictions.jsonl")
             for line in lines or []:
-                answers[(name, line.get("uid"))] = _predicted(config, line.get("outputs"))
+                answers[(name, line.get("uid"))] = config.prediction_of(line.get("outputs"))
         if all(key in answers for key in uids):
             predictions[sid] = [answers[key] for key in uids]
 

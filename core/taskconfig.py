@@ -182,6 +182,17 @@ class TaskConfig(_Strict):
                 return d
         raise KeyError(name)
 
+    def prediction_of(self, answer: Any) -> Any:
+        """What the metrics compare with the label: the output field named like the label,
+        else the only output field, else (several fields) the whole answer."""
+        if not isinstance(answer, dict):
+            return answer
+        if self.label_field in self.output_fields:
+            return answer.get(self.label_field)
+        if len(self.output_fields) == 1:
+            return answer.get(next(iter(self.output_fields)))
+        return answer
+
     def metric_weights(self) -> dict[str, float]:
         """Dynabench's defaults (primary 4, others 1), overridden by the config."""
         weights = {m.name: (4.0 if i == 0 else 1.0) for i, m in enumerate(self.metrics)}

@@ -193,15 +193,8 @@ def reference_of(row: dict[str, Any], label_field: str) -> Any:
 
 
 def prediction_values(task: TaskConfig, answers: Sequence[dict[str, Any]]) -> list[Any]:
-    """What a metric compares with the references: the field named like the label, the only
-    output field, or (several fields) the whole answer."""
-    if task.label_field in task.output_fields:
-        name = task.label_field
-    elif len(task.output_fields) == 1:
-        name = next(iter(task.output_fields))
-    else:
-        return list(answers)
-    return [a[name] for a in answers]
+    """What the metrics compare with the references, one per answer (TaskConfig.prediction_of)."""
+    return [task.prediction_of(a) for a in answers]
 
 
 async def load_examples(storage: Storage, dataset: DatasetSpec) -> list[dict[str, Any]]:

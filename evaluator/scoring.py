@@ -17,6 +17,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from functools import partial
 from typing import Any
 
 from core.taskconfig import MetricConfig
@@ -118,30 +119,19 @@ async def score_metrics(
     jobs = [
         loop.run_in_executor(
             pool,
-            _call,
-            m.name,
-            dict(m.options),
-            predictions,
-            references,
-            confidence,
-            resamples,
+            partial(
+                score_metric,
+                m.name,
+                dict(m.options),
+                predictions,
+                references,
+                confidence=confidence,
+                resamples=resamples,
+            ),
         )
         for m in metrics
     ]
     return list(await asyncio.gather(*jobs))
-
-
-def _call(
-    name: str,
-    options: dict[str, Any],
-    predictions: list[Any],
-    references: list[Any],
-    confidence: float,
-    resamples: int,
-) -> dict[str, Any]:
-    return score_metric(
-        name, options, predictions, references, confidence=confidence, resamples=resamples
-    )
 
 
 # -- robustness and fairness (Dynaboard's deltas) ------------------------------------------
@@ -267,35 +257,15 @@ async def score_delta(
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(
         pool,
-        _call_delta,
-        metric,
-        primary.name,
-        dict(primary.options),
-        perturbed,
-        original,
-        groups,
-        confidence,
-        resamples,
-    )
-
-
-def _call_delta(
-    metric: str,
-    primary: str,
-    options: dict[str, Any],
-    perturbed: list[Any],
-    original: list[Any],
-    groups: list[int],
-    confidence: float,
-    resamples: int,
-) -> dict[str, Any]:
-    return delta_score(
-        metric,
-        primary,
-        options,
-        perturbed,
-        original,
-        groups,
-        confidence=confidence,
-        resamples=resamples,
+        partial(
+            delta_score,
+            metric,
+            primary.name,
+            dict(primary.options),
+            perturbed,
+            original,
+            groups,
+            confidence=confidence,
+            resamples=resamples,
+        ),
     )
