@@ -268,6 +268,11 @@ def _fresh_process_state() -> None:
     if numpy is not None:
         with contextlib.suppress(Exception):
             numpy.random.seed()  # the global generator would repeat the zygote's stream
+    torch = sys.modules.get("torch")
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if torch is not None and threads.isdigit() and int(threads) > 0:
+        with contextlib.suppress(Exception):
+            torch.set_num_threads(int(threads))  # torch read the zygote's at import
 
 
 def run_script(argv: list[str]) -> int:

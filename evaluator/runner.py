@@ -13,7 +13,9 @@ import asyncio
 import hashlib
 import json
 import math
+import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,25 +273,34 @@ async def run_dataset(
     log_path = folder / "log"
     log_path.write_text("")
     limits = SandboxLimits(timeout_seconds=task.eval.timeout_seconds, memory_mb=task.eval.memory_mb)
-    sandbox = Sandbox(
-        model_dir=model.model_dir,
-        handler=model.handler,
-        manifest=model.manifest,
-        workdir=folder / "work",
-        log_path=log_path,
-        limits=limits,
-        policy=policy,
-        python=model.python,
-        batch_size=task.eval.batch_size,
-        model_name=model.name,
-        server_name=server_name,
-    )
+    # `max_concurrent_transforms` handler workers serve the dataset side by side, as SageMaker
+    # sends that many requests at once to an instance (whose TorchServe runs one worker each).
+    n_workers = max(1, min(task.eval.max_concurrent_transforms, _n_batches(rows, task)))
+    sandboxes = [
+        Sandbox(
+            model_dir=model.model_dir,
+            handler=model.handler,
+            manifest=model.manifest,
+            workdir=folder / ("work" if n_workers == 1 else f"work-{i + 1}"),
+            log_path=log_path if n_workers == 1 else folder / f"worker-{i + 1}.log",
+            limits=limits,
+            policy=policy,
+            python=model.python,
+            batch_size=task.eval.batch_size,
+            model_name=model.name,
+            server_name=server_name,
+            threads=None if n_workers == 1 else max(1, usable_cpus() // n_workers),
+        )
+        for i in range(n_workers)
+    ]
     started_wall = time.time()
     try:
         try:
-            run = await _run_batches(sandbox, rows, task, dataset, should_stop)
+            run = await _run_batches(sandboxes, rows, task, dataset, should_stop)
         finally:
-            await sandbox.close()
+            await asyncio.gather(*(sandbox.close() for sandbox in sandboxes))
+            if n_workers > 1:
+                await asyncio.to_thread(_merge_logs, log_path, [s.log_path for s in sandboxes])
     except (SandboxError, InvalidAnswer) as exc:
         reason = exc.reason if isinstance(exc, SandboxError) else str(exc)
         with log_path.open("a", encoding="utf-8") as fh:
@@ -305,7 +316,8 @@ async def run_dataset(
         latencies,
         sizes,
         wall_time=max(inference_seconds, 1e-9),
-        peak_memory_bytes=sandbox.peak_memory_bytes,
+        # Per worker (what the model needs), so a score does not depend on the parallelism.
+        peak_memory_bytes=max(sandbox.peak_memory_bytes for sandbox in sandboxes),
     )
     uids = [row.get("uid", i) for i, row in enumerate(rows)]
     predictions_path = folder / "predictions.jsonl"
@@ -313,9 +325,10 @@ async def run_dataset(
     await storage.write_file(keys["predictions"], predictions_path)
     await _upload_log(storage, keys["log"], log_path)
 
+    sandbox = sandboxes[0]
     ready = sandbox.ready
     timings = {
-        "init_seconds": round(float(ready.get("init_seconds", 0.0)), 4),
+        "init_seconds": round(max(float(s.ready.get("init_seconds", 0.0)) for s in sandboxes), 4),
         "inference_seconds": round(inference_seconds, 4),
         "wall_seconds": round(time.time() - started_wall, 4),
         "round_trip_p50_ms": round(_median(round_trips) * 1000, 3),
@@ -333,6 +346,7 @@ async def run_dataset(
         # forked from the warm interpreter (evaluator.zygote), or a fresh interpreter
         "start": "forked" if sandbox.forked_from is not None else "exec",
         "batch_size": task.eval.batch_size,
+        "workers": n_workers,
     }
     result = DatasetRun(
         dataset=dataset.name,
@@ -389,8 +403,29 @@ def summarize_performance(
     return summarize(latencies, sizes, wall_time=wall_time, peak_memory_bytes=peak_memory_bytes)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+def _n_batches(rows: Sequence[Any], task: TaskConfig) -> int:
+    return -(-len(rows) // task.eval.batch_size)
+
+
+def _merge_logs(log_path: Path, parts: Sequence[Path]) -> None:
+    """One stored log for the dataset: each handler worker's log under its own heading."""
+    with log_path.open("ab") as out:
+        for i, part in enumerate(parts, start=1):
+            out.write(f"----- handler worker {i} of {len(parts)} -----\n".encode())
+            if part.exists():
+                body = part.read_bytes()
+                out.write(body if body.endswith(b"\n") or not body else body + b"\n")
+                part.unlink()
+
+
 async def _run_batches(
-    sandbox: Sandbox,
+    sandboxes: Sequence[Sandbox],
     rows: list[dict[str, Any]],
     task: TaskConfig,
     dataset: DatasetSpec,
@@ -416,39 +451,78 @@ async def _run_batches(
             frames.append(batch_frame(k, data))
         return frames
 
-    # The requests are encoded while the handler initialises (as the in-process baseline
-    # builds its items before its clock starts), so the loop below only moves bytes.
+    # The requests are encoded while the handlers initialise (as the in-process baseline
+    # builds its items before its clock starts), so the loops below only move bytes.
     encoding = asyncio.ensure_future(asyncio.to_thread(encode))
     try:
-        await sandbox.start()
+        await _first_failure([sandbox.start() for sandbox in sandboxes])
     finally:
         frames = await asyncio.shield(encoding)
 
-    answers: list[dict[str, Any]] = []
-    latencies: list[float] = []
-    sizes: list[int] = []
-    round_trips: list[float] = []
+    outputs: list[list[dict[str, Any]]] = [[] for _ in range(total)]
+    latencies = [0.0] * total
+    round_trips = [0.0] * total
+    sizes = [len(rows[start : start + size]) for start in starts]
+    next_batch = 0
     last_check = time.monotonic()
+
+    async def serve(sandbox: Sandbox) -> None:
+        # Each worker takes the next unsent batch whenever it has room: a slow worker (or a
+        # slow batch) never holds the others up, and answers land in their batch's slot.
+        nonlocal last_check
+        in_flight: deque[int] = deque()
+
+        async def take(limit: int) -> None:
+            nonlocal next_batch
+            while next_batch < total and len(in_flight) < limit:
+                k = next_batch
+                next_batch += 1
+                in_flight.append(k)
+                await sandbox.send_frame(frames[k], where=where(k))
+                frames[k] = b""  # sent: let it go
+
+        await take(1)  # one batch each first, so that every worker has work before any has more
+        if len(sandboxes) > 1:
+            await asyncio.sleep(0)
+        while True:
+            await take(PIPELINE_DEPTH)
+            if not in_flight:
+                return
+            k = in_flight.popleft()
+            answer = await sandbox.receive(where=where(k))
+            chunk = rows[starts[k] : starts[k] + size]
+            uids = [row.get("uid", starts[k] + i) for i, row in enumerate(chunk)]
+            outputs[k] = check_answers(answer.outputs, uids, task.output_fields, where=where(k))
+            latencies[k] = answer.elapsed
+            round_trips[k] = answer.round_trip
+            if should_stop is not None and time.monotonic() - last_check >= CANCEL_CHECK_SECONDS:
+                last_check = time.monotonic()
+                if await should_stop():
+                    raise EvaluationCancelled(dataset.name)
+
     began = time.perf_counter()
-    sent = 0
-    for k in range(total):
-        while sent < total and sent < k + PIPELINE_DEPTH:
-            await sandbox.send_frame(frames[sent], where=where(sent))
-            frames[sent] = b""  # sent: let it go
-            sent += 1
-        answer = await sandbox.receive(where=where(k))
-        chunk = rows[starts[k] : starts[k] + size]
-        uids = [row.get("uid", starts[k] + i) for i, row in enumerate(chunk)]
-        answers.extend(check_answers(answer.outputs, uids, task.output_fields, where=where(k)))
-        latencies.append(answer.elapsed)
-        round_trips.append(answer.round_trip)
-        sizes.append(len(chunk))
-        if should_stop is not None and time.monotonic() - last_check >= CANCEL_CHECK_SECONDS:
-            last_check = time.monotonic()
-            if await should_stop():
-                raise EvaluationCancelled(dataset.name)
+    await _first_failure([serve(sandbox) for sandbox in sandboxes])
     inference_seconds = time.perf_counter() - began
+    answers = [answer for batch in outputs for answer in batch]
     return answers, inference_seconds, latencies, sizes, round_trips
+
+
+async def _first_failure(jobs: Sequence[Awaitable[Any]]) -> None:
+    """Run `jobs` together; the first to fail stops the others and its exception is raised."""
+    if len(jobs) == 1:
+        await jobs[0]
+        return
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    # The first to fail, not one that failed because it was stopped.
+    for task in [t for t in tasks if t in done] + [t for t in tasks if t not in done]:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            raise error
 
 
 _ZERO = 0.0

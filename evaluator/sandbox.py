@@ -187,6 +187,7 @@ class Sandbox:
         model_name: str = "model",
         server_name: str = "weighbridge-local",
         zygote: Zygote | None = None,
+        threads: int | None = None,
     ) -> None:
         self.model_dir = model_dir
         self.handler = handler
@@ -200,6 +201,9 @@ class Sandbox:
         self.model_name = model_name
         self.server_name = server_name
         self.zygote = zygote
+        # Intra-op threads for the handler's torch (OMP_NUM_THREADS), unless the evaluator's
+        # own environment sets them: workers side by side share the cores.
+        self.threads = threads
         self.proc: Any = None  # an asyncio Process, or a ForkedProcess from the zygote
         self.forked_from: int | None = None  # the zygote's pid when the worker was forked
         self.ready: dict[str, Any] = {}
@@ -228,6 +232,8 @@ class Sandbox:
 
     def _env(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+        if self.threads is not None:
+            env.setdefault("OMP_NUM_THREADS", str(max(1, self.threads)))
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         env.setdefault("LANG", "C.UTF-8")
         tmp = self.workdir / "tmp"

@@ -36,6 +36,7 @@ def forked_sandbox(
     timeout: float = 5.0,
     memory_mb: int = 300,
     python: str | None = None,
+    threads: int | None = None,
     **constants: object,
 ) -> Sandbox:
     folder = write_folder(tmp_path / "model", source, **constants)
@@ -50,6 +51,7 @@ def forked_sandbox(
         batch_size=4,
         python=python,
         zygote=zygote,
+        threads=threads,
     )
 
 
@@ -186,6 +188,29 @@ async def test_broken_handlers_fail_the_same_way_when_forked(
     worker = sandbox.proc
     assert worker is not None and worker.returncode is not None
     assert not psutil.pid_exists(worker.pid) or psutil.Process(worker.pid).ppid() != zygote.pid
+
+
+THREADS = """
+import torch
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    return [{"label": 0, "threads": torch.get_num_threads()} for item in data]
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+async def test_a_forked_worker_takes_the_thread_count_it_is_given(
+    tmp_path: Path, zygote: Zygote, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torch read the zygote's thread count at import; workers side by side need their share.
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    sandbox = forked_sandbox(tmp_path, THREADS, zygote, threads=threads)
+    (reply,) = await answer(sandbox)
+    assert sandbox.forked_from == zygote.pid
+    assert reply["threads"] == threads
 
 
 async def test_a_worker_killed_by_a_signal_is_reported(tmp_path: Path, zygote: Zygote) -> None:

@@ -1,0 +1,125 @@
+"""The local runner on one dataset: several handler workers side by side (the task's
+`eval.max_concurrent_transforms`), their answers in order, their logs kept, their failures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from core.errors import JobFailed
+from core.storage import LocalStorage
+from core.taskconfig import TaskConfig
+from evaluator.runner import DatasetRun, DatasetSpec, ModelSpec, run_dataset
+from tests.evaluator.factories import toy_rows
+from tests.evaluator.models import write_folder
+
+# Each worker says who it is; a short sleep per batch lets every worker take batches.
+PID_HANDLER = """
+import os
+import time
+
+
+def initialize(context):
+    print(f"worker pid {os.getpid()}", flush=True)
+
+
+def handle(data, context):
+    time.sleep(0.02)
+    if any(item["body"]["x"] > FAIL_ABOVE for item in data):
+        raise ValueError("x is too large for this model")
+    return [{"label": item["body"]["x"] % 2, "pid": os.getpid()} for item in data]
+"""
+
+
+def toy_task(*, batch_size: int, workers: int) -> TaskConfig:
+    return TaskConfig.model_validate(
+        {
+            "slug": "toy",
+            "name": "Toy",
+            "input_fields": ["x"],
+            "output_fields": {"label": "int"},
+            "datasets": [{"name": "test", "source": "generator:toy"}],
+            "metrics": [{"name": "accuracy"}],
+            "eval": {
+                "batch_size": batch_size,
+                "max_concurrent_transforms": workers,
+                "timeout_seconds": 20,
+                "memory_mb": 300,
+            },
+        }
+    )
+
+
+async def run_toy(
+    tmp_path: Path, rows: list[dict[str, Any]], *, batch_size: int, workers: int, fail_above: int
+) -> tuple[DatasetRun, LocalStorage]:
+    storage = LocalStorage(tmp_path / "storage")
+    data = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+    sha = hashlib.sha256(data).hexdigest()
+    key = f"datasets/{sha}/test.jsonl"
+    await storage.write_bytes(key, data)
+    folder = write_folder(tmp_path / "model", PID_HANDLER, FAIL_ABOVE=fail_above)
+    run = await run_dataset(
+        storage,
+        submission_id="s1",
+        task=toy_task(batch_size=batch_size, workers=workers),
+        dataset=DatasetSpec(name="test", key=key, sha256=sha),
+        model=ModelSpec(model_dir=folder, handler="handler.py", manifest={}),
+        scratch=tmp_path / "scratch",
+    )
+    return run, storage
+
+
+async def test_concurrent_workers_answer_every_batch_in_order(tmp_path: Path) -> None:
+    rows = toy_rows(200)
+    run, storage = await run_toy(tmp_path, rows, batch_size=8, workers=3, fail_above=10**9)
+
+    assert run.uids == [r["uid"] for r in rows]
+    assert [a["label"] for a in run.answers] == [r["x"] % 2 for r in rows]
+    # Every batch went to one worker, and the work was shared.
+    pids = [a["pid"] for a in run.answers]
+    assert all(len(set(pids[i : i + 8])) == 1 for i in range(0, len(pids), 8))
+    assert len(set(pids)) == 3
+    assert run.worker["workers"] == 3
+    assert run.performance["examples_per_second"] > 0
+
+    stored = [
+        json.loads(line)
+        for line in (await storage.read_bytes(run.keys["predictions"])).splitlines()
+    ]
+    assert [p["uid"] for p in stored] == run.uids
+    log = (await storage.read_bytes(run.keys["log"])).decode()
+    for i in (1, 2, 3):
+        assert f"handler worker {i} of 3" in log
+    assert {int(p) for p in re.findall(r"worker pid (\d+)", log)} == set(pids)
+
+
+async def test_no_more_workers_than_batches(tmp_path: Path) -> None:
+    run, _ = await run_toy(tmp_path, toy_rows(10), batch_size=8, workers=4, fail_above=10**9)
+    assert run.worker["workers"] == 2
+    assert len({a["pid"] for a in run.answers}) == 2
+
+
+async def test_one_failing_worker_stops_the_others_and_names_its_batch(tmp_path: Path) -> None:
+    rows = toy_rows(200)
+    # x > 990 first appears at example 28 (uid t-027): batch 4 of 25 of 8 examples each.
+    first = next(i for i, r in enumerate(rows) if r["x"] > 990)
+    with pytest.raises(JobFailed) as caught:
+        await run_toy(tmp_path, rows, batch_size=8, workers=2, fail_above=990)
+
+    failure = caught.value
+    assert failure.stage == "evaluate:test"
+    assert f"batch {first // 8 + 1} of 25" in failure.reason
+    assert "x is too large for this model" in failure.reason
+    log = (tmp_path / "storage" / "submissions/s1/results/test/log").read_text()
+    assert "handler worker 1 of 2" in log and "handler worker 2 of 2" in log
+    assert "ValueError: x is too large" in log
+    # Both workers are gone, the one that did nothing wrong included.
+    for pid in {int(p) for p in re.findall(r"worker pid (\d+)", log)}:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
