@@ -194,6 +194,7 @@ async def local_runner(
 
 
 def main() -> None:
+    from core.heap import freeze_startup_heap
     from evaluator.runner import usable_cpus
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -225,6 +226,8 @@ def main() -> None:
         scratch = Path(tmp)
         folder = scratch / "model"
         make_model_folder(folder)
+        # As `weighbridge up` / `serve` do once started (every way below runs in this process).
+        freeze_startup_heap()
         for i in range(args.repeats):
             for n in settings:
                 torch.set_num_threads(n)
@@ -254,17 +257,23 @@ def main() -> None:
         f"batch {args.batch_size}, small CNN, torch {torch.__version__}, {cores} core(s), "
         f"best of {args.repeats}"
     )
-    print(f"{'way':<46}{'examples/s':>12}{'median':>10}{'ratio':>8}{'/tensors':>10}")
+    print(
+        f"{'way':<46}{'examples/s':>12}{'median':>10}{'ratio':>8}{'/tensors':>10}"
+        f"{'/same cores':>13}"
+    )
     for name, values in rates.items():
+        n = int(name.rsplit(", ", 1)[1].split()[0])
+        same = max(rates[f"bare handler in-process, {n} thread(s)"])
         print(
             f"{name:<46}{max(values):>12,.0f}{statistics.median(values):>10,.0f}"
             f"{max(values) / baseline:>8.2f}{max(values) / tensors:>10.2f}"
+            f"{max(values) / same:>13.2f}"
         )
     print(
         f"ratio: to the fastest bare loop over the same items, {baseline_name} "
         f"({baseline:,.0f} examples/s); /tensors: to the fastest loop over pre-built tensors, "
         f"{tensors_name} ({tensors:,.0f} examples/s), which skips the handler's own "
-        "list-to-tensor work"
+        "list-to-tensor work; /same cores: to the bare handler loop on as many cores"
     )
     for name, values in rates.items():
         if not name.startswith("local"):

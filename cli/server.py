@@ -212,6 +212,7 @@ async def run_plan(settings: Settings, plan: Plan) -> int:
     """Start the services and everything in the plan; stop cleanly on SIGINT/SIGTERM."""
     from core.context import start_services
     from core.doorbell import Doorbell, RingingQueue
+    from core.heap import freeze_startup_heap
 
     services = await start_services(settings)
     # Roles sharing this process hear of each other's messages at once, not at the next poll.
@@ -225,6 +226,7 @@ async def run_plan(settings: Settings, plan: Plan) -> int:
     helpers: list[asyncio.Task[Any]] = []
     try:
         jobs = _start_workers(services, plan, stop)
+        freeze_startup_heap()  # the workers' modules are imported: pauses stay short
         if "builder" in jobs:
             helpers.append(asyncio.create_task(_prepare_datasets(services), name="datasets"))
         if plan.api is not None:
