@@ -17,7 +17,7 @@ from core.storage import LocalStorage
 from core.taskconfig import TaskConfig
 from evaluator.runner import DatasetRun, DatasetSpec, ModelSpec, run_dataset
 from tests.evaluator.factories import toy_rows
-from tests.evaluator.models import write_folder
+from tests.evaluator.models import BROKEN, write_folder
 
 # Each worker says who it is; a short sleep per batch lets every worker take batches.
 PID_HANDLER = """
@@ -37,7 +37,9 @@ def handle(data, context):
 """
 
 
-def toy_task(*, batch_size: int, workers: int) -> TaskConfig:
+def toy_task(
+    *, batch_size: int, workers: int, timeout: float = 20, memory_mb: int = 300
+) -> TaskConfig:
     return TaskConfig.model_validate(
         {
             "slug": "toy",
@@ -49,26 +51,36 @@ def toy_task(*, batch_size: int, workers: int) -> TaskConfig:
             "eval": {
                 "batch_size": batch_size,
                 "max_concurrent_transforms": workers,
-                "timeout_seconds": 20,
-                "memory_mb": 300,
+                "timeout_seconds": timeout,
+                "memory_mb": memory_mb,
             },
         }
     )
 
 
 async def run_toy(
-    tmp_path: Path, rows: list[dict[str, Any]], *, batch_size: int, workers: int, fail_above: int
+    tmp_path: Path,
+    rows: list[dict[str, Any]],
+    *,
+    batch_size: int,
+    workers: int,
+    fail_above: int = 10**9,
+    source: str = PID_HANDLER,
+    time_limit: float = 20,
+    memory_mb: int = 300,
 ) -> tuple[DatasetRun, LocalStorage]:
     storage = LocalStorage(tmp_path / "storage")
     data = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
     sha = hashlib.sha256(data).hexdigest()
     key = f"datasets/{sha}/test.jsonl"
     await storage.write_bytes(key, data)
-    folder = write_folder(tmp_path / "model", PID_HANDLER, FAIL_ABOVE=fail_above)
+    folder = write_folder(tmp_path / "model", source, FAIL_ABOVE=fail_above, PORT=9, LABELS="")
     run = await run_dataset(
         storage,
         submission_id="s1",
-        task=toy_task(batch_size=batch_size, workers=workers),
+        task=toy_task(
+            batch_size=batch_size, workers=workers, timeout=time_limit, memory_mb=memory_mb
+        ),
         dataset=DatasetSpec(name="test", key=key, sha256=sha),
         model=ModelSpec(model_dir=folder, handler="handler.py", manifest={}),
         scratch=tmp_path / "scratch",
@@ -123,3 +135,23 @@ async def test_one_failing_worker_stops_the_others_and_names_its_batch(tmp_path:
     # Both workers are gone, the one that did nothing wrong included.
     for pid in {int(p) for p in re.findall(r"worker pid (\d+)", log)}:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+@pytest.mark.parametrize("name", ["import_error", "hangs", "memory_hog", "wrong_count", "exits"])
+async def test_a_broken_handler_fails_the_same_way_with_workers_side_by_side(
+    tmp_path: Path, name: str
+) -> None:
+    source, words = BROKEN[name]
+    with pytest.raises(JobFailed) as caught:
+        await run_toy(
+            tmp_path,
+            toy_rows(40),
+            batch_size=16,
+            workers=2,
+            source=source,
+            time_limit=1.5,
+            memory_mb=200,
+        )
+    for word in words:
+        assert word in caught.value.reason, caught.value.reason
+    assert caught.value.log_tail
