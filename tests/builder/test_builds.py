@@ -18,6 +18,7 @@ from builder.processes import BuildLog
 from core.errors import JobFailed
 from core.taskconfig import BuildConfig
 from tests.builder.bundles import HANDLER, TORCH_HANDLER, tar_folder, write_model_folder
+from tests.evaluator.models import TS_BASE_HANDLER, save_parity_model
 
 SUBMISSION = "0123456789abcdef0123456789abcdef"
 
@@ -114,6 +115,15 @@ def test_tiny_torch_model_builds_into_a_mar(tmp_path: Path) -> None:
         "config.properties",
         "specification.json",
     ]
+
+
+def test_a_torchserve_base_handler_subclass_passes_the_import_check(tmp_path: Path) -> None:
+    folder = write_model_folder(tmp_path / "ts", handler=TS_BASE_HANDLER, files={})
+    save_parity_model(folder)
+    result = build(folder, tmp_path, name="parity")
+    _, manifest = mar_members(result.folder / "model.mar")
+    assert manifest["model"]["serializedFile"] == "model.pt"
+    assert result.specification["handler"]["entry"] == "class ParityHandler"
 
 
 def test_ready_mar_is_kept_as_uploaded(tmp_path: Path) -> None:

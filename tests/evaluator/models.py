@@ -58,6 +58,21 @@ class ParityHandler:
         return self.postprocess(self.inference(self.preprocess(data)))
 """
 
+# TorchServe's own BaseHandler (the `ts` package): it loads the manifest's serializedFile as
+# TorchScript in initialize() and runs preprocess -> inference -> postprocess in handle().
+TS_BASE_HANDLER = """
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class ParityHandler(BaseHandler):
+    def preprocess(self, data):
+        return torch.tensor([item["body"]["x"] for item in data], dtype=torch.int64)
+
+    def postprocess(self, data):
+        return [{"label": int(v)} for v in data]
+"""
+
 ECHO = """
 import os
 

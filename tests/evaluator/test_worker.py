@@ -36,6 +36,7 @@ from tests.evaluator.models import (
     GOOD,
     SLOW,
     TORCH_CLASS,
+    TS_BASE_HANDLER,
     pack_mar,
     save_parity_model,
     write_folder,
@@ -66,6 +67,28 @@ def torch_model(tmp_path: Path) -> Path:
     folder = write_folder(tmp_path / "torch-model", TORCH_CLASS)
     serialized = save_parity_model(folder)
     return pack_mar(folder, tmp_path / "torch.mar", name="parity", serialized=serialized)
+
+
+async def test_a_torchserve_base_handler_subclass_runs_unchanged(
+    services: Services, tmp_path: Path
+) -> None:
+    # Dynabench's handlers subclass TorchServe's BaseHandler: its initialize() finds the
+    # TorchScript file through the manifest, its handle() chains preprocess/inference/postprocess.
+    rows = toy_rows(40)
+    dataset = await store_dataset(services, rows)
+    user = await make_user(services)
+    folder = write_folder(tmp_path / "ts-model", TS_BASE_HANDLER)
+    mar = pack_mar(folder, tmp_path / "ts.mar", name="parity", serialized=save_parity_model(folder))
+    sid, _ = await make_built_submission(services, user, mar, [dataset])
+
+    async with evaluator(services):
+        await wait_terminal(services, [sid], within=90)
+
+    submission = await get_submission(services, sid)
+    assert submission.status == "done", submission.error
+    async with services.db.session() as session:
+        scores = {s.metric: s.value for s in await list_scores(session, sid)}
+    assert scores["accuracy"] == 1.0
 
 
 async def test_a_model_is_evaluated_scored_and_receipted(
