@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from cli import render
 from core.context import Services
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,30 +162,6 @@ async def wait_until_finished(
     return final
 
 
-def leaderboard_table(board: dict[str, Any]) -> Table:
-    rows = board.get("rows", [])
-    metric_names: list[str] = list(rows[0]["metrics"]) if rows else []
-    table = Table(title=f"Leaderboard: {board.get('task', TASK)}")
-    table.add_column("rank", justify="right")
-    table.add_column("model")
-    table.add_column("owner")
-    table.add_column("score", justify="right")
-    for name in metric_names:
-        table.add_column(name, justify="right")
-    table.add_column("95% CI")
-    for row in rows:
-        ci = row.get("ci")
-        table.add_row(
-            f"{row['rank']}{'=' if row.get('tied') else ''}",
-            row["model"],
-            row.get("owner") or "",
-            f"{row['score']:.4f}",
-            *(f"{row['metrics'][n]:.4f}" for n in metric_names),
-            f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "",
-        )
-    return table
-
-
 async def run_demo(
     services: Services,
     base_url: str,
@@ -237,7 +213,7 @@ async def run_demo(
                     )
             response = await client.get(f"/api/v1/tasks/{TASK}/leaderboard")
             _check(response, "reading the leaderboard")
-            console.print(leaderboard_table(response.json()))
+            console.print(render.leaderboard_table(response.json()))
     except DemoError as exc:
         console.print(f"[red]Demo stopped:[/] {exc}")
         return

@@ -275,14 +275,25 @@ def leaderboard_table(board: dict[str, Any]) -> Table:
         for name in row.get("metrics") or {}:
             if name not in metric_names:
                 metric_names.append(name)
-    table = Table(title=f"leaderboard: {board.get('task', '')}", title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("model")
-    table.add_column("owner")
-    table.add_column("score", justify="right", style="bold")
+    table = Table(
+        title=f"leaderboard: {board.get('task', '')}",
+        title_justify="left",
+        # No rules: rich lays a boxed table out wider than the terminal once cells must wrap.
+        box=None,
+        show_edge=False,
+        collapse_padding=True,
+        header_style="bold underline",
+    )
+    # On a narrow terminal cells wrap rather than end in an ellipsis: a model's name and a
+    # metric's value are what a reader scans for.
+    longest = max((len(str(row.get("model") or "-")) for row in rows), default=5)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("model", min_width=min(longest, 16), overflow="fold")
+    table.add_column("owner", overflow="fold")
+    table.add_column("score", justify="right", style="bold", overflow="fold")
     for name in metric_names:
-        table.add_column(name, justify="right")
-    table.add_column("95% CI", justify="right")
+        table.add_column(name, justify="right", overflow="fold")
+    table.add_column("95% CI", justify="right", min_width=8, overflow="fold")
     for row in rows:
         ci = row.get("ci")
         rank = f"{row.get('rank', '-')}{'=' if row.get('tied') else ''}"
