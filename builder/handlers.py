@@ -219,7 +219,9 @@ def check_handler(
     if "import_error" in result:
         error = last_line(result["import_error"]) or result["import_error"]
         raise JobFailed(
-            "build", f"{file} failed to import: {error}{_hint(result)}", log_tail=run.tail
+            "build",
+            f"{file} failed to import: {error}{missing_module_hint(result)}",
+            log_tail=run.tail,
         )
     if "problem" in result:
         raise JobFailed("build", f"{file} {result['problem']}", log_tail=run.tail)
@@ -328,14 +330,20 @@ def _death(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
-def _hint(result: dict) -> str:
+def missing_module_hint(result: dict) -> str:
+    """What to do about an import of a module the build's interpreter does not have."""
     missing = result.get("missing_module")
     if not missing:
         return ""
     top = missing.split(".")[0]
-    if top == "ts":
+    if missing == "ts":
         return (
             " (the `ts` package is TorchServe's; add torchserve to requirements.txt, or "
             "write a module-level handle(data, context) that does not import it)"
+        )
+    if top == "ts":
+        return (
+            f" ({missing} is not in the TorchServe installed for this build: check the name, "
+            "or pin the torchserve release that has it in requirements.txt)"
         )
     return f" (add the package that provides {top!r} to requirements.txt)"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from builder.bundle import unpacked_bundle
-from builder.handlers import HandlerInfo, check_handler, find_handler
+from builder.handlers import HandlerInfo, check_handler, find_handler, missing_module_hint
 from builder.processes import BuildLog
 from core.errors import JobFailed
 from evaluator.zygote import Zygote
@@ -91,9 +91,15 @@ def test_exception_at_import_is_reported(tmp_path: Path) -> None:
     assert "RuntimeError: weights not found in /nowhere" in error.reason
 
 
-def test_torchserve_base_handler_import_gets_a_specific_hint(tmp_path: Path) -> None:
-    error = refused(tmp_path, "from ts.torch_handler.base_handler import BaseHandler\n")
-    assert "the `ts` package is TorchServe's" in error.reason
+def test_a_missing_torchserve_module_gets_a_specific_hint(tmp_path: Path) -> None:
+    error = refused(tmp_path, "from ts.torch_handler.no_such_handler import Handler\n")
+    assert "ts.torch_handler.no_such_handler is not in the TorchServe installed" in error.reason
+
+
+def test_a_build_without_torchserve_is_told_to_add_it() -> None:
+    # Weighbridge installs torchserve; a bundle's own requirements environment may not have it.
+    hint = missing_module_hint({"missing_module": "ts"})
+    assert "add torchserve to requirements.txt" in hint
 
 
 def test_syntax_error_is_reported(tmp_path: Path) -> None:

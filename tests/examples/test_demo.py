@@ -64,7 +64,7 @@ def test_up_demo_ranks_the_cnn_first_and_emails_both(tmp_path: Path) -> None:
     home = tmp_path / "home"
     output = run_up_demo(home, free_port(), emails=2)
     assert DONE_MARKER in output, output[-4000:]
-    board = output[output.index("Leaderboard: digits") :]
+    board = output[output.index("leaderboard: digits") :]
     assert board.index("digits-cnn") < board.index("digits-linear")
     emails = sorted((home / "outbox").glob("*.eml"))
     assert len(emails) == 2
