@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import email
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -99,6 +100,13 @@ async def test_two_models_are_built_evaluated_ranked_and_emailed(
                     "heldout-noisy": "done",
                 }
                 assert any(e["type"] == "receipt" for e in states[sid]["events"])
+                key = f"submissions/{sid}/results/heldout/result.json"
+                result = json.loads(await services.storage.read_bytes(key))
+                # digits.toml's eval.max_concurrent_transforms: two handler workers shared it
+                assert result["worker"]["workers"] == 2
+                assert (
+                    result["n_examples"] == 450 and result["performance"]["examples_per_second"] > 0
+                )
 
             results = {
                 n: (await client.get(f"/api/v1/submissions/{i}/results")).json()
