@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from core.db import Database
@@ -22,6 +23,9 @@ class Services:
     storage: Storage
     queue: Queue
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    # Roles sharing a process prepare datasets one at a time: the second finds them ready
+    # (across processes the content-addressed writes make racing harmless, only wasted).
+    datasets_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def close(self) -> None:
         await self.queue.close()

@@ -300,6 +300,13 @@ async def prepare_dataset(
     services: Services, config: TaskConfig, dataset: DatasetConfig
 ) -> PreparedDataset:
     """Produce one dataset, store it under its checksum (once) and record it on its row."""
+    async with services.datasets_lock:
+        return await _prepare_dataset(services, config, dataset)
+
+
+async def _prepare_dataset(
+    services: Services, config: TaskConfig, dataset: DatasetConfig
+) -> PreparedDataset:
     storage = services.storage
     where = f"task {config.slug!r}, dataset {dataset.name!r}"
     row = await _dataset_row(services, config, dataset)

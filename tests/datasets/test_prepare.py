@@ -77,6 +77,14 @@ async def test_two_preparers_at_once_agree(services: Services, settings: Setting
     assert {r.uri for r in rows.values()} == {p.key for p in a}
 
 
+async def test_roles_in_one_process_prepare_each_dataset_once(services: Services) -> None:
+    # `up` prepares at start while the demo (or a build) asks for the same datasets.
+    a, b = await asyncio.gather(prepare_datasets(services), prepare_datasets(services))
+    for first, second in zip(a, b, strict=True):
+        assert (first.key, first.sha256) == (second.key, second.sha256)
+        assert first.written and not second.written and not second.updated
+
+
 async def test_a_pinned_checksum_that_differs_fails_naming_task_and_dataset(
     services: Services,
 ) -> None:
