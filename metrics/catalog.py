@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -12,8 +13,15 @@ from metrics import generation as gen
 from metrics import qa, regression, scores, transcription
 from metrics.spec import MetricSpec, Resampleable, mean_resampleable
 
-_FRACTION = {"unit": "%", "scale": 100.0, "range": (0.0, 1.0)}
-_PRF = {"average": "macro", "pos_label": 1}
+
+class _Display(TypedDict):
+    unit: str
+    scale: float
+    range: tuple[float | None, float | None]
+
+
+_FRACTION: _Display = {"unit": "%", "scale": 100.0, "range": (0.0, 1.0)}
+_PRF: dict[str, Any] = {"average": "macro", "pos_label": 1}
 _AVERAGE_WORDS = {
     "macro": "unweighted mean over classes",
     "micro": "from global counts",
@@ -141,7 +149,7 @@ def _classification_specs() -> list[MetricSpec]:
 
 
 def _regression_specs() -> list[MetricSpec]:
-    common = {"unit": "", "family": "regression"}
+    common: dict[str, Any] = {"unit": "", "family": "regression"}
     return [
         MetricSpec(
             name="mse",
@@ -208,7 +216,7 @@ def _regression_specs() -> list[MetricSpec]:
 
 
 def _text_specs() -> list[MetricSpec]:
-    bleu_range = {"unit": "", "range": (0.0, 100.0), "family": "generation"}
+    bleu_range: dict[str, Any] = {"unit": "", "range": (0.0, 100.0), "family": "generation"}
     return [
         MetricSpec(
             name="exact_match",
@@ -310,7 +318,7 @@ def _text_specs() -> list[MetricSpec]:
 
 def _measured_specs() -> list[MetricSpec]:
     """Metrics the evaluator measures (performance) or derives from perturbed runs (delta)."""
-    perf = {"family": "performance", "range": (0.0, None)}
+    perf: dict[str, Any] = {"family": "performance", "range": (0.0, None)}
     latency = "latency of the batch an example was in, over examples"
     return [
         MetricSpec(
