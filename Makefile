@@ -42,6 +42,7 @@ browser:
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: install services browser lint
 	$(VENV)/bin/pytest -q
@@ -58,4 +59,4 @@ migrate: install
 	$(VENV)/bin/weighbridge db upgrade
 
 clean:
-	rm -rf .weighbridge .pytest_cache .ruff_cache
+	rm -rf .weighbridge .pytest_cache .ruff_cache .mypy_cache

@@ -8,6 +8,7 @@ import secrets
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core.errors import Conflict, Unauthorized, WeighbridgeError
 from core.models import ApiToken, User, utcnow
@@ -30,7 +31,7 @@ async def create_user(
         )
     if not EMAIL.match(email):
         raise WeighbridgeError(f"{email!r} is not an email address", field="email")
-    existing = await session.scalar(sa.select(User).where(User.name == name))
+    existing = await session.scalar(sa.select(User).where(col(User.name) == name))
     if existing is not None:
         raise Conflict(f"user {name!r} already exists", field="name")
     user = User(name=name, email=email, is_admin=is_admin)
@@ -58,8 +59,8 @@ async def authenticate(session: AsyncSession, token: str | None) -> User:
     row = (
         await session.execute(
             sa.select(User, ApiToken)
-            .join(ApiToken, ApiToken.user_id == User.id)
-            .where(ApiToken.token_sha256 == hash_token(token))
+            .join(ApiToken, col(ApiToken.user_id) == col(User.id))
+            .where(col(ApiToken.token_sha256) == hash_token(token))
         )
     ).first()
     if row is None:
@@ -70,4 +71,4 @@ async def authenticate(session: AsyncSession, token: str | None) -> User:
 
 
 async def get_user(session: AsyncSession, name: str) -> User | None:
-    return await session.scalar(sa.select(User).where(User.name == name))
+    return await session.scalar(sa.select(User).where(col(User.name) == name))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import sqlalchemy as sa
+from sqlmodel import col
 
 from core.models import Dataset, Task
 from core.storage import Storage
@@ -338,7 +339,7 @@ async def _prepare_dataset(
         async with services.db.session() as session:
             await session.execute(
                 sa.update(Dataset)
-                .where(Dataset.id == row.id)
+                .where(col(Dataset.id) == row.id)
                 .values(uri=key, sha256=sha, n_examples=n_examples)
             )
     if written or updated:
@@ -359,8 +360,8 @@ async def _dataset_row(services: Services, config: TaskConfig, dataset: DatasetC
     async with services.db.session() as session:
         row = await session.scalar(
             sa.select(Dataset)
-            .join(Task, Task.id == Dataset.task_id)
-            .where(Task.slug == config.slug, Dataset.name == dataset.name)
+            .join(Task, col(Task.id) == col(Dataset.task_id))
+            .where(col(Task.slug) == config.slug, col(Dataset.name) == dataset.name)
         )
         if row is None:
             from core.tasks import sync_tasks
@@ -368,8 +369,8 @@ async def _dataset_row(services: Services, config: TaskConfig, dataset: DatasetC
             await sync_tasks(session, {config.slug: config})
             row = await session.scalar(
                 sa.select(Dataset)
-                .join(Task, Task.id == Dataset.task_id)
-                .where(Task.slug == config.slug, Dataset.name == dataset.name)
+                .join(Task, col(Task.id) == col(Dataset.task_id))
+                .where(col(Task.slug) == config.slug, col(Dataset.name) == dataset.name)
             )
         assert row is not None
         return row

@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core.errors import WeighbridgeError
 from core.models import Dataset, Score, Submission, Task, User
@@ -64,14 +65,15 @@ def parse_weights(text: str) -> dict[str, float]:
 
 def _visible(task: Task, viewer: User | None) -> sa.ColumnElement[bool]:
     condition = sa.and_(
-        Submission.task_id == task.id,
-        Submission.status == Status.DONE.value,
+        col(Submission.task_id) == task.id,
+        col(Submission.status) == Status.DONE.value,
     )
     if viewer is None or viewer.id is None:
-        return sa.and_(condition, Submission.private == sa.false())
+        return sa.and_(condition, col(Submission.private) == sa.false())
     # Private submissions appear only to their owner (not even to admins: it is their board).
     return sa.and_(
-        condition, sa.or_(Submission.private == sa.false(), Submission.user_id == viewer.id)
+        condition,
+        sa.or_(col(Submission.private) == sa.false(), col(Submission.user_id) == viewer.id),
     )
 
 
@@ -121,10 +123,10 @@ async def read_leaderboard(
 
     submissions = (
         await session.execute(
-            sa.select(Submission, User.name)
-            .join(User, User.id == Submission.user_id)
+            sa.select(Submission, col(User.name))
+            .join(User, col(User.id) == col(Submission.user_id))
             .where(_visible(task, viewer))
-            .order_by(Submission.created_at, Submission.id)
+            .order_by(col(Submission.created_at), col(Submission.id))
         )
     ).all()
     # Robustness/fairness exist only on the perturbed datasets that measure them.
@@ -143,9 +145,9 @@ async def read_leaderboard(
     if ids and datasets:
         for score in await session.scalars(
             sa.select(Score).where(
-                Score.submission_id.in_(ids),
-                Score.dataset.in_(list(wanted)),
-                Score.metric.in_(metric_names),
+                col(Score.submission_id).in_(ids),
+                col(Score.dataset).in_(list(wanted)),
+                col(Score.metric).in_(metric_names),
             )
         ):
             scores[score.submission_id][score.dataset][score.metric] = score
@@ -160,12 +162,13 @@ async def read_leaderboard(
             # One value per model: the (dataset-weighted) mean over the datasets measuring it,
             # given to every scoring dataset so that the dataset average is that value.
             measured = [(values.get(d, {}).get(m), w) for d, w in sets.items()]
-            if measured and all(v is not None for v, _ in measured):
-                total = sum(w for _, w in measured)
+            known = [(v, w) for v, w in measured if v is not None]
+            if measured and len(known) == len(measured):
+                total = sum(w for _, w in known)
                 value = (
-                    sum(v * w for v, w in measured) / total
+                    sum(v * w for v, w in known) / total
                     if total > 0
-                    else sum(v for v, _ in measured) / len(measured)
+                    else sum(v for v, _ in known) / len(known)
                 )
                 for d in datasets:
                     values.setdefault(d, {})[m] = value
@@ -291,7 +294,9 @@ async def paired_pvalues(
     rows = {
         d.name: d
         for d in await session.scalars(
-            sa.select(Dataset).where(Dataset.task_id == task.id, Dataset.name.in_(list(datasets)))
+            sa.select(Dataset).where(
+                col(Dataset.task_id) == task.id, col(Dataset.name).in_(list(datasets))
+            )
         )
     }
     uids: list[tuple[str, Any]] = []

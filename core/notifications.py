@@ -18,10 +18,12 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core.errors import WeighbridgeError
 from core.mailers import (
@@ -32,7 +34,7 @@ from core.mailers import (
     build_email,
     mailer_from_url,
 )
-from core.models import Notification, Submission, Task, User, utcnow
+from core.models import Notification, Submission, Task, User, table_of, utcnow
 from core.settings import Settings
 from core.states import Status
 from core.storage import Storage
@@ -247,7 +249,7 @@ async def queue_submission_email(
         raise ValueError(f"no email for a submission that is {status!r} (only done or failed)")
     message_id = notification_message_id(submission.id, status)
     existing = await session.scalar(
-        sa.select(Notification).where(Notification.message_id == message_id)
+        sa.select(Notification).where(col(Notification.message_id) == message_id)
     )
     if existing is not None:
         return existing
@@ -318,7 +320,7 @@ async def queue_submission_email(
 
 async def _claim(services: Services, *, limit: int, lease_seconds: float) -> list[tuple[int, int]]:
     """Lease up to `limit` due pending rows; returns (id, attempt number) of those won."""
-    table = Notification.__table__
+    table = table_of(Notification)
     now = time.time()
     claimed = []
     async with services.db.session() as session:
@@ -343,13 +345,13 @@ async def _claim(services: Services, *, limit: int, lease_seconds: float) -> lis
                 )
                 .values(attempts=attempts + 1, available_at=now + lease_seconds)
             )
-        if result.rowcount == 1:
+        if cast(CursorResult[Any], result).rowcount == 1:  # an UPDATE's result
             claimed.append((row_id, attempts + 1))
     return claimed
 
 
 async def _finish(services: Services, row_id: int, attempt: int, **values: Any) -> None:
-    table = Notification.__table__
+    table = table_of(Notification)
     async with services.db.session() as session:
         await session.execute(
             sa.update(table)

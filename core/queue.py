@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from core.db import Database
 from core.envelope import Envelope
 from core.errors import WeighbridgeError
-from core.models import QueueMessage, new_id
+from core.models import QueueMessage, new_id, table_of
 
 
 def eval_queue(server_id: str) -> str:
@@ -132,7 +132,7 @@ class DbQueue:
     async def send(self, queue: str, message: Envelope, *, delay: float = 0.0) -> None:
         async with self._statement() as conn:
             await conn.execute(
-                sa.insert(QueueMessage.__table__), [self._values(queue, message, delay)]
+                sa.insert(table_of(QueueMessage)), [self._values(queue, message, delay)]
             )
 
     async def send_many(self, queue: str, messages: Sequence[Envelope]) -> None:
@@ -141,7 +141,7 @@ class DbQueue:
             return
         async with self.db.engine.begin() as conn:
             await conn.execute(
-                sa.insert(QueueMessage.__table__), [self._values(queue, m, 0.0) for m in messages]
+                sa.insert(table_of(QueueMessage)), [self._values(queue, m, 0.0) for m in messages]
             )
 
     async def receive(
@@ -163,7 +163,7 @@ class DbQueue:
             await asyncio.sleep(min(self.poll_seconds, max(0.0, deadline - time.monotonic())))
 
     async def _claim(self, queues: list[str], limit: int, lease: float) -> list[Delivery]:
-        qm = QueueMessage.__table__
+        qm = table_of(QueueMessage)
         now = time.time()
         token = new_id()
         # Oldest-available first, in the claim index's own order (queue, dead, available_at,
@@ -238,7 +238,7 @@ class DbQueue:
     async def _sweep_expired(self, queues: list[str]) -> None:
         """Dead-letter messages whose last allowed lease ran out (the worker died each time)."""
         self._last_sweep = time.monotonic()
-        qm = QueueMessage.__table__
+        qm = table_of(QueueMessage)
         now = time.time()
         expired = (
             qm.c.queue.in_(queues),
@@ -314,7 +314,7 @@ class DbQueue:
 
     async def extend(self, delivery: Delivery, seconds: float) -> bool:
         row_id, token = self._parse(delivery.receipt)
-        qm = QueueMessage.__table__
+        qm = table_of(QueueMessage)
         async with self._statement() as conn:
             result = await conn.execute(
                 sa.update(qm)
@@ -329,7 +329,7 @@ class DbQueue:
     async def ack_many(self, deliveries: Sequence[Delivery]) -> int:
         if not deliveries:
             return 0
-        qm = QueueMessage.__table__
+        qm = table_of(QueueMessage)
         # Grouped by lease token: a batch from one receive is one `token = ? AND id IN (...)`.
         by_token: dict[str, list[int]] = {}
         for d in deliveries:
@@ -342,7 +342,7 @@ class DbQueue:
 
     async def retry(self, delivery: Delivery, *, error: str, delay: float | None = None) -> bool:
         row_id, token = self._parse(delivery.receipt)
-        qm = QueueMessage.__table__
+        qm = table_of(QueueMessage)
         dead = delivery.attempts >= delivery.max_attempts
         if delay is None:
             delay = self.backoff_seconds * (2 ** max(0, delivery.attempts - 1))
@@ -358,7 +358,7 @@ class DbQueue:
         return dead
 
     async def dead_letters(self, queue: str) -> list[DeadLetter]:
-        qm = QueueMessage.__table__
+        qm = table_of(QueueMessage)
         async with self.db.session() as session:
             rows = (
                 await session.execute(
@@ -379,7 +379,7 @@ class DbQueue:
         ]
 
     async def depth(self, queue: str) -> int:
-        qm = QueueMessage.__table__
+        qm = table_of(QueueMessage)
         async with self.db.session() as session:
             return int(
                 (

@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core.envelope import Envelope, Visit
 from core.errors import Forbidden, NotFound, RateLimited, WeighbridgeError
@@ -42,14 +43,14 @@ async def check_submission_limit(session: AsyncSession, user: User, task: Task) 
     since = utcnow() - timedelta(hours=limits.window_hours)
     counted = list(
         await session.scalars(
-            sa.select(Submission.created_at)
+            sa.select(col(Submission.created_at))
             .where(
-                Submission.user_id == user.id,
-                Submission.task_id == task.id,
-                Submission.created_at >= since,
-                Submission.status.not_in(NOT_COUNTED),
+                col(Submission.user_id) == user.id,
+                col(Submission.task_id) == task.id,
+                col(Submission.created_at) >= since,
+                col(Submission.status).not_in(NOT_COUNTED),
             )
-            .order_by(Submission.created_at)
+            .order_by(col(Submission.created_at))
         )
     )
     if len(counted) >= limits.submissions_per_window:
@@ -174,24 +175,26 @@ async def list_submissions(
     limit: int = 50,
     offset: int = 0,
 ) -> list[Submission]:
-    query = sa.select(Submission).order_by(Submission.created_at.desc(), Submission.id)
+    query = sa.select(Submission).order_by(col(Submission.created_at).desc(), col(Submission.id))
     if mine:
-        query = query.where(Submission.user_id == viewer.id)
+        query = query.where(col(Submission.user_id) == viewer.id)
     elif not viewer.is_admin:
         query = query.where(
-            sa.or_(Submission.private == sa.false(), Submission.user_id == viewer.id)
+            sa.or_(col(Submission.private) == sa.false(), col(Submission.user_id) == viewer.id)
         )
     if task is not None:
-        query = query.where(Submission.task_id == task.id)
+        query = query.where(col(Submission.task_id) == task.id)
     if status:
-        query = query.where(Submission.status == status)
+        query = query.where(col(Submission.status) == status)
     return list(await session.scalars(query.limit(limit).offset(offset)))
 
 
 async def list_events(session: AsyncSession, submission_id: str) -> list[Event]:
     return list(
         await session.scalars(
-            sa.select(Event).where(Event.submission_id == submission_id).order_by(Event.id)
+            sa.select(Event)
+            .where(col(Event.submission_id) == submission_id)
+            .order_by(col(Event.id))
         )
     )
 
@@ -199,7 +202,7 @@ async def list_events(session: AsyncSession, submission_id: str) -> list[Event]:
 async def list_runs(session: AsyncSession, submission_id: str) -> list[Run]:
     return list(
         await session.scalars(
-            sa.select(Run).where(Run.submission_id == submission_id).order_by(Run.id)
+            sa.select(Run).where(col(Run.submission_id) == submission_id).order_by(col(Run.id))
         )
     )
 
@@ -208,8 +211,8 @@ async def list_scores(session: AsyncSession, submission_id: str) -> list[Score]:
     return list(
         await session.scalars(
             sa.select(Score)
-            .where(Score.submission_id == submission_id)
-            .order_by(Score.dataset, Score.id)
+            .where(col(Score.submission_id) == submission_id)
+            .order_by(col(Score.dataset), col(Score.id))
         )
     )
 
@@ -261,12 +264,12 @@ async def purge_submission(
     family = [
         submission.id,
         *await session.scalars(
-            sa.select(Submission.id).where(Submission.parent_id == submission.id)
+            sa.select(col(Submission.id)).where(col(Submission.parent_id) == submission.id)
         ),
     ]
     for table in (Score, Run, Event, Notification):
-        await session.execute(sa.delete(table).where(table.submission_id.in_(family)))
-    await session.execute(sa.delete(Submission).where(Submission.id.in_(family)))
+        await session.execute(sa.delete(table).where(col(table.submission_id).in_(family)))
+    await session.execute(sa.delete(Submission).where(col(Submission.id).in_(family)))
     files = 0
     for sid in family:
         files += await storage.delete_prefix(f"submissions/{sid}")

@@ -6,6 +6,7 @@ import difflib
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core.errors import NotFound
 from core.models import Dataset, Task, utcnow
@@ -16,7 +17,7 @@ async def sync_tasks(session: AsyncSession, configs: dict[str, TaskConfig]) -> l
     """Insert or update every configured task and its datasets (prepared checksums are kept)."""
     tasks = []
     for slug, config in configs.items():
-        task = await session.scalar(sa.select(Task).where(Task.slug == slug))
+        task = await session.scalar(sa.select(Task).where(col(Task.slug) == slug))
         digest = config.sha256()
         if task is None:
             task = Task(slug=slug, name=config.name, config_sha256="")
@@ -31,7 +32,9 @@ async def sync_tasks(session: AsyncSession, configs: dict[str, TaskConfig]) -> l
         await session.flush()
         existing = {
             d.name: d
-            for d in (await session.scalars(sa.select(Dataset).where(Dataset.task_id == task.id)))
+            for d in (
+                await session.scalars(sa.select(Dataset).where(col(Dataset.task_id) == task.id))
+            )
         }
         for dc in config.datasets:
             row = existing.get(dc.name)
@@ -51,11 +54,11 @@ async def sync_tasks(session: AsyncSession, configs: dict[str, TaskConfig]) -> l
 
 
 async def list_tasks(session: AsyncSession) -> list[Task]:
-    return list(await session.scalars(sa.select(Task).order_by(Task.slug)))
+    return list(await session.scalars(sa.select(Task).order_by(col(Task.slug))))
 
 
 async def get_task(session: AsyncSession, slug: str, *, field: str = "task") -> Task:
-    task = await session.scalar(sa.select(Task).where(Task.slug == slug))
+    task = await session.scalar(sa.select(Task).where(col(Task.slug) == slug))
     if task is None:
         known = [t.slug for t in await list_tasks(session)]
         close = difflib.get_close_matches(slug, known, n=1)
@@ -71,6 +74,6 @@ def task_config(task: Task) -> TaskConfig:
 async def list_datasets(session: AsyncSession, task: Task) -> list[Dataset]:
     return list(
         await session.scalars(
-            sa.select(Dataset).where(Dataset.task_id == task.id).order_by(Dataset.id)
+            sa.select(Dataset).where(col(Dataset.task_id) == task.id).order_by(col(Dataset.id))
         )
     )

@@ -111,7 +111,7 @@ def _recomputed_values(
         refs = _take(references, index)
         for j, preds in enumerate(predictions):
             try:
-                out[j, b] = spec.function(_take(preds, index), refs, **options)
+                out[j, b] = spec.apply(_take(preds, index), refs, **options)
             except MetricError:
                 continue
     return list(out)
@@ -133,7 +133,7 @@ def _distributions(
     try:
         if spec.resampleable is None:
             for preds in predictions:  # validate once, with the metric's own messages
-                spec.function(preds, references, **resolved)
+                spec.apply(preds, references, **resolved)
             values = _recomputed_values(spec, predictions, references, resolved, resamples, seed)
         else:
             views = [spec.resampleable(p, references, **resolved) for p in predictions]
@@ -217,7 +217,7 @@ def paired_bootstrap_pvalue(
         options=options,
     )
     try:
-        observed = spec.function(predictions_a, references, **resolved) - spec.function(
+        observed = spec.apply(predictions_a, references, **resolved) - spec.apply(
             predictions_b, references, **resolved
         )
     except MetricError as exc:

@@ -84,10 +84,19 @@ def prf_from_confusion(
     if average == "macro":
         # a class absent from both sides (possible in a bootstrap resample) is not averaged
         seen = (predicted + true) > 0
-        return tuple(_divide((v * seen).sum(-1), seen.sum(-1)) for v in (precision, recall, f1))
+        count = seen.sum(-1)
+        return (
+            _divide((precision * seen).sum(-1), count),
+            _divide((recall * seen).sum(-1), count),
+            _divide((f1 * seen).sum(-1), count),
+        )
     if average == "weighted":
         total = true.sum(-1)
-        return tuple(_divide((v * true).sum(-1), total) for v in (precision, recall, f1))
+        return (
+            _divide((precision * true).sum(-1), total),
+            _divide((recall * true).sum(-1), total),
+            _divide((f1 * true).sum(-1), total),
+        )
     return precision, recall, f1
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -74,7 +74,8 @@ def float_array(values: Any, what: str, *, ndim: int = 1) -> np.ndarray:
     return out
 
 
-def _explain_non_numbers(values: Any, what: str, ndim: int) -> None:
+def _explain_non_numbers(values: Any, what: str, ndim: int) -> NoReturn:
+    items: list[tuple[Any, Any]]
     if ndim == 1:
         items = list(enumerate(values))
     else:

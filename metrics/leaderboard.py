@@ -208,7 +208,7 @@ def _amrs(converted: np.ndarray, order: np.ndarray, primary_col: int) -> list[fl
 
 
 def _competition_ranks(scores: list[float]) -> list[int]:
-    ranks = []
+    ranks: list[int] = []
     for i, score in enumerate(scores):
         tied_above = i > 0 and math.isclose(score, scores[i - 1], rel_tol=1e-12, abs_tol=1e-12)
         ranks.append(ranks[-1] if tied_above else i + 1)

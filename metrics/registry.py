@@ -71,7 +71,7 @@ def compute(name: str, predictions: Any, references: Any, **options: Any) -> Any
     spec = computable(name)
     resolved = spec.resolve_options(options)
     try:
-        return spec.function(predictions, references, **resolved)
+        return spec.apply(predictions, references, **resolved)
     except MetricError as exc:
         raise exc.named(name) from None
 
@@ -89,7 +89,7 @@ def compute_detailed(name: str, predictions: Any, references: Any, **options: An
         if spec.detail is not None:
             value, extras = spec.detail(predictions, references, **resolved)
         else:
-            value, extras = spec.function(predictions, references, **resolved), {}
+            value, extras = spec.apply(predictions, references, **resolved), {}
     except MetricError as exc:
         raise exc.named(name) from None
     return MetricResult(name=name, value=value, options=resolved, extras=extras)

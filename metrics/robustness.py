@@ -71,9 +71,7 @@ def delta_metric(
         order = np.argsort(index, kind="stable")
         starts = np.flatnonzero(np.r_[True, index[order][1:] != index[order][:-1]])
         per_group = [
-            spec.function(
-                [perturbed[j] for j in members], [targets[j] for j in members], **resolved
-            )
+            spec.apply([perturbed[j] for j in members], [targets[j] for j in members], **resolved)
             for members in np.split(order, starts[1:])
         ]
         return float(np.mean(per_group))

@@ -104,6 +104,12 @@ class MetricSpec:
         """Whether `metrics.compute` can compute it from predictions and references."""
         return self.function is not None
 
+    def apply(self, predictions: Any, references: Any, **options: Any) -> Any:
+        """The metric's value on these inputs (options already resolved)."""
+        if self.function is None:
+            raise MetricError(self.name, "cannot be computed from predictions and references")
+        return self.function(predictions, references, **options)
+
     def resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults, then `options`, then the pinned ones; unknown or conflicting ones refused."""
         unknown = sorted(set(options) - set(self.options) - set(self.fixed))

@@ -37,7 +37,12 @@ def run_migrations_online() -> None:
     if connection is not None:
         _configure(connection)
     else:
-        asyncio.run(_run_async(config.get_main_option("sqlalchemy.url")))
+        url = config.get_main_option("sqlalchemy.url")
+        if not url:
+            raise SystemExit(
+                "no database URL: set WEIGHBRIDGE_DATABASE_URL, or run `weighbridge db upgrade`"
+            )
+        asyncio.run(_run_async(url))
 
 
 if context.is_offline_mode():

@@ -1,6 +1,6 @@
 """Every table, imported in one place so metadata and migrations see them all."""
 
-from core.models.base import SQLModel, new_id, utcnow
+from core.models.base import SQLModel, new_id, table_of, utcnow
 from core.models.notifications import Notification
 from core.models.queue import QueueMessage
 from core.models.submissions import Event, Run, Score, Submission
@@ -20,5 +20,6 @@ __all__ = [
     "Task",
     "User",
     "new_id",
+    "table_of",
     "utcnow",
 ]

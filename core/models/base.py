@@ -51,3 +51,10 @@ def created_at_column() -> sa.Column:
 
 def json_column(nullable: bool = False) -> sa.Column:
     return sa.Column(sa.JSON(), nullable=nullable)
+
+
+def table_of(model: type[SQLModel]) -> sa.Table:
+    """A table model's Core table, for bulk statements (SQLModel leaves `__table__` untyped)."""
+    table = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(table, sa.Table), f"{model.__name__} is not a table model"
+    return table
