@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from evaluator.answers import InvalidAnswer, check_answers
 from evaluator.isolation import probe_isolation
-from evaluator.runner import InvalidAnswer, check_answers
 from evaluator.sandbox import (
     Sandbox,
     SandboxError,
