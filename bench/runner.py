@@ -195,7 +195,7 @@ async def local_runner(
 
 def main() -> None:
     from core.heap import freeze_startup_heap
-    from evaluator.runner import usable_cpus
+    from evaluator.hwinfo import usable_cpus
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=64)

@@ -133,16 +133,21 @@ def _float(text: str | None) -> float | None:
         return None
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def core_counts(cpu_limit: float | None) -> dict[str, Any]:
     logical = os.cpu_count() or 1
     try:
         physical = psutil.cpu_count(logical=False)
     except Exception:
         physical = None
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = logical
+    usable = usable_cpus()
     effective = float(usable) if cpu_limit is None else min(float(usable), cpu_limit)
     return {
         "logical_cores": logical,

@@ -16,6 +16,21 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+# Environment variables a handler worker (and the warm interpreter it forks from) may see;
+# everything else (database URLs, cloud credentials, WEIGHBRIDGE_* settings) stays with the
+# evaluator.
+PASSED_ENV = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "LD_LIBRARY_PATH",
+)
+
 
 @dataclass
 class Isolation:

@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import json
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,6 +27,7 @@ from core.settings import Settings
 from core.storage import Storage
 from core.taskconfig import TaskConfig
 from evaluator.answers import InvalidAnswer, check_answers
+from evaluator.hwinfo import usable_cpus
 from evaluator.sandbox import (
     Sandbox,
     SandboxError,
@@ -323,12 +323,6 @@ def summarize_performance(
     return summarize(latencies, sizes, wall_time=wall_time, peak_memory_bytes=peak_memory_bytes)
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity where the OS has one)."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
-
-
 def _n_batches(rows: Sequence[Any], task: TaskConfig) -> int:
     return -(-len(rows) // task.eval.batch_size)
 
@@ -382,7 +376,7 @@ async def _run_batches(
     outputs: list[list[dict[str, Any]]] = [[] for _ in range(total)]
     latencies = [0.0] * total
     round_trips = [0.0] * total
-    sizes = [len(rows[start : start + size]) for start in starts]
+    sizes = [min(size, len(rows) - start) for start in starts]
     next_batch = 0
     last_check = time.monotonic()
 

@@ -35,7 +35,7 @@ try:
 except ImportError:  # not on Windows
     fcntl = None  # type: ignore[assignment]
 
-from evaluator.isolation import Isolation, probe_isolation
+from evaluator.isolation import PASSED_ENV, Isolation, probe_isolation
 
 if TYPE_CHECKING:
     from evaluator.zygote import ForkedProcess, Zygote
@@ -45,19 +45,6 @@ HEADER = struct.Struct(">I")
 MAX_ANSWER_BYTES = 1 << 30
 MiB = 1 << 20
 PIPE_BYTES = 1 << 20  # the request pipe's capacity, where the OS lets it grow
-# Environment variables a handler may see; everything else (database URLs, cloud credentials,
-# WEIGHBRIDGE_* settings) stays with the evaluator.
-PASSED_ENV = (
-    "PATH",
-    "LANG",
-    "LC_ALL",
-    "TZ",
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "CUDA_VISIBLE_DEVICES",
-    "NVIDIA_VISIBLE_DEVICES",
-    "LD_LIBRARY_PATH",
-)
 
 
 @dataclass(frozen=True)

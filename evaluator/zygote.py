@@ -37,7 +37,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from evaluator.isolation import Isolation, probe_isolation
+from evaluator.isolation import PASSED_ENV, Isolation, probe_isolation
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +46,6 @@ STARTUP_SECONDS = 120.0  # importing torch on a loaded machine, with room to spa
 SPAWN_SECONDS = 30.0  # a fork answers in milliseconds; this only bounds a wedged zygote
 RETRY_SECONDS = 30.0  # after a failed start, use the exec path this long before trying again
 MESSAGE_BYTES = 1 << 16
-# Environment variables the zygote itself may see (its children get the caller's env).
-ZYGOTE_ENV = (
-    "PATH",
-    "LANG",
-    "LC_ALL",
-    "TZ",
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "CUDA_VISIBLE_DEVICES",
-    "NVIDIA_VISIBLE_DEVICES",
-    "LD_LIBRARY_PATH",
-)
 
 
 class ZygoteUnavailable(Exception):
@@ -334,7 +322,7 @@ class Zygote:
             unshare.append("mount")
         self.unshare = unshare
         self._home = tempfile.mkdtemp(prefix="weighbridge-zygote-")
-        env = {k: os.environ[k] for k in ZYGOTE_ENV if k in os.environ}
+        env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         env.setdefault("LANG", "C.UTF-8")
         env.update(HOME=self._home, TMPDIR=self._home)

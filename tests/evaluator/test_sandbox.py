@@ -11,48 +11,9 @@ import pytest
 from evaluator.answers import InvalidAnswer, check_answers
 from evaluator.isolation import probe_isolation
 from evaluator.sandbox import (
-    Sandbox,
-    SandboxError,
-    SandboxLimits,
     SandboxPolicy,
 )
-from tests.evaluator.models import write_folder
-
-
-def make_sandbox(
-    tmp_path: Path,
-    source: str,
-    *,
-    policy: SandboxPolicy = SandboxPolicy(),
-    timeout: float = 5.0,
-    memory_mb: int = 300,
-    **constants: object,
-) -> Sandbox:
-    folder = write_folder(tmp_path / "model", source, **constants)
-    return Sandbox(
-        model_dir=folder,
-        handler="handler.py",
-        manifest={"model": {"modelName": "m", "handler": "handler.py"}},
-        workdir=tmp_path / "work",
-        log_path=tmp_path / "log",
-        limits=SandboxLimits(timeout_seconds=timeout, memory_mb=memory_mb),
-        policy=policy,
-        batch_size=4,
-    )
-
-
-async def answer(sandbox: Sandbox, data: list[dict] | None = None) -> list:
-    try:
-        await sandbox.start()
-        return (await sandbox.infer(data or [{"body": {"x": 1}}])).outputs
-    finally:
-        await sandbox.close()
-
-
-async def failure(sandbox: Sandbox, data: list[dict] | None = None) -> SandboxError:
-    with pytest.raises(SandboxError) as caught:
-        await answer(sandbox, data)
-    return caught.value
+from tests.evaluator.sandboxes import answer, failure, make_sandbox
 
 
 async def test_function_handler_is_initialised_like_torchserve(tmp_path: Path) -> None:

@@ -9,14 +9,16 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from evaluator.isolation import probe_isolation
-from evaluator.sandbox import Sandbox, SandboxError, SandboxLimits, SandboxPolicy
+from evaluator.sandbox import Sandbox, SandboxError, SandboxPolicy
 from evaluator.zygote import Zygote, current_zygote, warm_interpreter
-from tests.evaluator.models import BROKEN, write_folder
+from tests.evaluator.models import BROKEN
+from tests.evaluator.sandboxes import answer, failure, make_sandbox
 
 
 @pytest.fixture(scope="module")
@@ -27,46 +29,8 @@ async def zygote() -> AsyncIterator[Zygote]:
     await warm.close()
 
 
-def forked_sandbox(
-    tmp_path: Path,
-    source: str,
-    zygote: Zygote | None,
-    *,
-    policy: SandboxPolicy = SandboxPolicy(),
-    timeout: float = 5.0,
-    memory_mb: int = 300,
-    python: str | None = None,
-    threads: int | None = None,
-    **constants: object,
-) -> Sandbox:
-    folder = write_folder(tmp_path / "model", source, **constants)
-    return Sandbox(
-        model_dir=folder,
-        handler="handler.py",
-        manifest={"model": {"modelName": "m", "handler": "handler.py"}},
-        workdir=tmp_path / "work",
-        log_path=tmp_path / "log",
-        limits=SandboxLimits(timeout_seconds=timeout, memory_mb=memory_mb),
-        policy=policy,
-        batch_size=4,
-        python=python,
-        zygote=zygote,
-        threads=threads,
-    )
-
-
-async def answer(sandbox: Sandbox, data: list[dict] | None = None) -> list:
-    try:
-        await sandbox.start()
-        return (await sandbox.infer(data or [{"body": {"x": 1}}])).outputs
-    finally:
-        await sandbox.close()
-
-
-async def failure(sandbox: Sandbox) -> SandboxError:
-    with pytest.raises(SandboxError) as caught:
-        await answer(sandbox)
-    return caught.value
+def forked_sandbox(tmp_path: Path, source: str, zygote: Zygote | None, **options: Any) -> Sandbox:
+    return make_sandbox(tmp_path, source, zygote=zygote, **options)
 
 
 WHO_AM_I = """
