@@ -9,6 +9,13 @@ runs in a virtualenv (whose packages `--system-site-packages` does not reach), a
 that adds the builder's own site-packages after the env's. So torch and the rest are inherited,
 a requirement they already satisfy costs no download, and anything pip installs in the env
 takes precedence.
+
+`pip install` runs user-chosen code (build backends, setup.py), so it runs in the sandbox:
+with network (it needs the package index) but a clean environment (no WEIGHBRIDGE_* values,
+no cloud credentials, no tokens: only pip's own index settings), its own unprivileged uid,
+and no view of Weighbridge's home, storage or database; only the new environment is
+writable. Once built, the environment is owned by root again and mounted read-only into the
+jobs that use it.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pathlib import Path
 
 from builder.processes import BuildLog, last_line
 from core.errors import JobFailed
+from sandbox.jail import Job, Limits, Mount, current_jail
 
 MARKER = ".weighbridge-ready.json"
 PTH = "_weighbridge_base.pth"
@@ -167,30 +175,41 @@ def _build(
     lines = [f"import site; site.addsitedir({p!r})" for p in _base_site_packages()]
     (purelib / PTH).write_text("\n".join(lines) + "\n", encoding="utf-8")
     shutil.copyfile(requirements, env_dir / "requirements.txt")
-    env = {
-        **os.environ,
-        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-        "PIP_NO_INPUT": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    env.pop("PYTHONPATH", None)
-    env.pop("VIRTUAL_ENV", None)
-    pip = log.run(
-        [
-            str(env_python(env_dir)),
-            "-m",
-            "pip",
-            "install",
-            "--progress-bar",
-            "off",
-            "--no-warn-script-location",
-            "-r",
-            "requirements.txt",
-        ],
-        cwd=env_dir,
-        timeout=max(1.0, deadline - time.monotonic()),
-        env=env,
+    argv = [
+        str(env_python(env_dir)),
+        "-m",
+        "pip",
+        "install",
+        "--progress-bar",
+        "off",
+        "--no-warn-script-location",
+        "--no-cache-dir",
+        "-r",
+        str(env_dir / "requirements.txt"),
+    ]
+    job = Job(
+        python=str(env_python(env_dir)),
+        mounts=(Mount(str(env_dir), str(env_dir), writable=True),),
+        network=True,
+        limits=INSTALL_LIMITS,
+        env=pip_environment(),
+        cwd=str(env_dir),
     )
+    jail = current_jail()
+    with jail.cell(job) as cell:
+        _chown_tree(env_dir, cell.uid, cell.gid)
+        try:
+            pip = log.run(
+                cell.command(argv),
+                cwd=env_dir,
+                timeout=max(1.0, deadline - time.monotonic()),
+                env=cell.env() if not jail.isolated else {},
+                pass_fds=cell.pass_fds,
+                preexec_fn=cell.preexec,
+                shown=argv,
+            )
+        finally:
+            _chown_tree(env_dir, os.geteuid(), os.getegid())
     if pip.timed_out:
         raise JobFailed(
             "build",
@@ -205,6 +224,43 @@ def _build(
             f"{_pip_error(pip.tail) or f'exit status {pip.returncode}'}",
             log_tail=pip.tail,
         )
+
+
+# pip's own settings that may pass into the install sandbox (where to find packages); nothing
+# else of the builder's environment does.
+PIP_SETTINGS = (
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_FIND_LINKS",
+    "PIP_TRUSTED_HOST",
+    "PIP_CERT",
+    "PIP_DEFAULT_TIMEOUT",
+    "PIP_CONSTRAINT",
+    "PIP_NO_INDEX",
+    "PIP_PREFER_BINARY",
+)
+INSTALL_LIMITS = Limits(memory_mb=4096, pids=512, file_mb=4096, scratch_mb=2048, open_files=4096)
+
+
+def pip_environment() -> dict[str, str]:
+    """The install sandbox's environment: pip's index settings and quiet defaults only."""
+    env = {k: os.environ[k] for k in PIP_SETTINGS if k in os.environ}
+    env.update(
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PIP_NO_INPUT="1",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    return env
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    """Hand the environment to the install sandbox's user (and back to us afterwards)."""
+    if os.geteuid() != 0:
+        return
+    os.chown(root, uid, gid, follow_symlinks=False)
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
 
 
 def _env_purelib(env_dir: Path) -> Path:

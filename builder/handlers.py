@@ -1,17 +1,17 @@
 """The handler check: the bundle's TorchServe-style handler must exist and import.
 
-The import runs in a child process (the build environment's interpreter, cwd = the model
-folder, its own process group, a timeout), so a handler that hangs, crashes or exits at import
-cannot hurt the worker. With the builder's own interpreter the child is forked from the warm
-interpreter (`evaluator.zygote`: torch already imported, no network) instead of started
-afresh. The module must expose `handle(data, context)` or (TorchServe's rule) exactly one
-class of its own with a `handle` method, usually with `initialize(context)`.
+The import runs inside the sandbox (`sandbox.jail`: no network, its own uid, seccomp, limits,
+the model read-only at /model, a scratch tmpfs), with a timeout, so a handler that hangs,
+crashes, exits, allocates without end or attacks the machine at import time cannot hurt the
+builder or see anything but its own files. With the builder's own interpreter the child is
+forked from the warm interpreter (`sandbox.zygote`: torch already imported) and confines
+itself the same way. The module must expose `handle(data, context)` or (TorchServe's rule)
+exactly one class of its own with a `handle` method, usually with `initialize(context)`.
 """
 
 from __future__ import annotations
 
 import codecs
-import contextlib
 import json
 import os
 import re
@@ -25,91 +25,23 @@ from pathlib import Path
 from builder.bundle import Bundle
 from builder.processes import MAX_STEP_OUTPUT, TAIL_BYTES, BuildLog, ProcessResult, last_line
 from core.errors import JobFailed
-from evaluator.zygote import Zygote, ZygoteUnavailable, current_zygote
+from sandbox.jail import (
+    MODEL,
+    OUT,
+    Cell,
+    Jail,
+    Job,
+    Limits,
+    Mount,
+    current_jail,
+    host_file,
+    signalled,
+)
+from sandbox.jail import jobs_root as sandbox_jobs_root
+from sandbox.zygote import Zygote, ZygoteUnavailable, current_zygote
 
 DEFAULT_HANDLER = "handler.py"
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-# Runs in the child: import the handler the way TorchServe does (model folder on sys.path,
-# importlib.import_module), then describe its entry point. Written to a file so that whatever
-# the handler prints cannot be mistaken for the answer.
-_PROBE = r"""
-import importlib, importlib.metadata, inspect, json, platform, sys, time, traceback
-model_dir, module_name, function, out = sys.argv[1:5]
-sys.path.insert(0, model_dir)
-result = {"python": platform.python_version(), "executable": sys.executable}
-started = time.monotonic()
-try:
-    module = importlib.import_module(module_name)
-except BaseException as exc:
-    traceback.print_exc()
-    result["import_error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    if isinstance(exc, SystemExit):
-        result["import_error"] = f"it called sys.exit({exc.code!r}) at import time"
-
-    result["missing_module"] = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
-    json.dump(result, open(out, "w"))
-    sys.exit(3)
-result["import_seconds"] = round(time.monotonic() - started, 3)
-for dist in ("torch", "numpy"):
-    try:
-        result[dist] = importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        result[dist] = None
-
-def accepts_two(fn):
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return True
-    params = list(sig.parameters.values())
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return True
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    required = [p for p in positional if p.default is p.empty]
-    return len(required) <= 2 <= len(positional)
-
-if function:
-    fn = getattr(module, function, None)
-    if not callable(fn):
-        result["problem"] = f"defines no function {function}() (named by the .mar's manifest)"
-    elif not accepts_two(fn):
-        result["problem"] = f"{function}() must accept (data, context)"
-    else:
-        result["entry"] = function
-        result["initialize"] = callable(getattr(module, "initialize", None))
-elif callable(getattr(module, "handle", None)) and not inspect.isclass(module.handle):
-    if accepts_two(module.handle):
-        result["entry"] = "handle"
-        result["initialize"] = callable(getattr(module, "initialize", None))
-    else:
-        result["problem"] = "handle() must accept (data, context)"
-else:
-    classes = sorted(
-        name for name, c in inspect.getmembers(module, inspect.isclass)
-        if c.__module__ == module.__name__
-    )
-    if not classes:
-        result["problem"] = (
-            "defines neither a module-level handle(data, context) nor a handler class"
-        )
-    elif len(classes) > 1:
-        result["problem"] = (
-            f"defines {len(classes)} classes ({', '.join(classes)}) and no module-level "
-            "handle(data, context); TorchServe needs exactly one class or a handle function"
-        )
-    else:
-        cls = getattr(module, classes[0])
-        if not callable(getattr(cls, "handle", None)):
-            result["problem"] = (
-                f"class {classes[0]} has no handle(data, context) method "
-                "(subclass ts.torch_handler.base_handler.BaseHandler or define handle)"
-            )
-        else:
-            result["entry"] = f"class {classes[0]}"
-            result["initialize"] = callable(getattr(cls, "initialize", None))
-json.dump(result, open(out, "w"))
-"""
 
 
 @dataclass(frozen=True)
@@ -161,6 +93,10 @@ def find_handler(bundle: Bundle) -> str:
     return DEFAULT_HANDLER
 
 
+CHECK_LIMITS = Limits(memory_mb=4096, pids=128, file_mb=16, scratch_mb=256)
+RESULT_BYTES = 1 << 20  # the probe's answer is a few hundred bytes; more is not read
+
+
 def check_handler(
     model_dir: Path,
     handler: str,
@@ -169,11 +105,13 @@ def check_handler(
     timeout: float,
     log: BuildLog,
     zygote: Zygote | None = None,
+    jail: Jail | None = None,
 ) -> HandlerInfo:
-    """Import the handler in a child process; JobFailed says what is wrong and how to fix it.
+    """Import the handler in a sandboxed child; JobFailed says what is wrong and how to fix it.
 
     The child is forked from the warm interpreter (`zygote`, else the worker's current one)
-    when `python` is the builder's own interpreter, else started afresh."""
+    when `python` is the builder's own interpreter and the model lies in the jobs folder,
+    else a fresh interpreter is started in the sandbox."""
     file, _, function = handler.partition(":")
     if not file.endswith(".py"):
         file += ".py"
@@ -183,30 +121,58 @@ def check_handler(
             "build",
             f"the handler file {file!r} is not an importable module name; name it handler.py",
         )
-    log.step(f"importing {file} with {python} (timeout {timeout:g} s)")
-    with tempfile.TemporaryDirectory(prefix="weighbridge-probe-") as tmp:
-        out = Path(tmp) / "result.json"
-        probe = Path(tmp) / "weighbridge_handler_probe.py"
-        probe.write_text(_PROBE, encoding="utf-8")
-        # -I: no PYTHON* variables, no user site; -B: leave no __pycache__ in the model folder.
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp}
-        started = time.monotonic()
-        argv = [str(probe), str(model_dir), module, function, str(out)]
-        zygote = zygote or current_zygote()
-        run = None
-        if zygote is not None and zygote.serves(python):
-            run = _run_forked(zygote, argv, cwd=model_dir, env=env, timeout=timeout, log=log)
-        if run is None:
-            run = log.run(
-                [python, "-I", "-B", "-u", *argv], cwd=model_dir, timeout=timeout, env=env
-            )
-        seconds = time.monotonic() - started
-        result = _read_json(out)
+    log.step(f"importing {file} with {python} in the sandbox (timeout {timeout:g} s)")
+    jail = jail or current_jail()
+    with tempfile.TemporaryDirectory(prefix="probe-", dir=sandbox_jobs_root()) as tmp:
+        out = Path(tmp) / "out"
+        out.mkdir()
+        job = Job(
+            python=python,
+            mounts=(Mount(str(model_dir), MODEL), Mount(str(out), OUT, writable=True)),
+            limits=CHECK_LIMITS,
+        )
+        with jail.cell(job) as cell:
+            os.chown(out, cell.uid, cell.gid)
+            started = time.monotonic()
+            inside = jail.isolated
+            argv = [
+                host_file("handler_probe.py") if inside else str(_PROBE_SOURCE),
+                MODEL if inside else str(model_dir),
+                module,
+                function,
+                f"{OUT}/result.json" if inside else str(out / "result.json"),
+            ]
+            zygote = zygote or current_zygote()
+            run = None
+            if zygote is not None and cell.slot is not None and zygote.serves(python, model_dir):
+                run = _run_forked(
+                    zygote, argv, cell=cell, model=model_dir, out=out, timeout=timeout, log=log
+                )
+            if run is None:
+                run = log.run(
+                    cell.command([python, "-I", "-B", "-u", *argv]),
+                    cwd=model_dir if not inside else Path(tmp),
+                    timeout=timeout,
+                    env=cell.env() if not inside else {},
+                    pass_fds=cell.pass_fds,
+                    preexec_fn=cell.preexec,
+                    shown=[python, "-I", "-B", "-u", *argv],
+                )
+            seconds = time.monotonic() - started
+            killed_for_memory = cell.oom_killed()
+        result = _read_json(out / "result.json")
     if run.timed_out:
         raise JobFailed(
             "build",
             f"{file} did not finish importing within {timeout:g} s; do slow work (loading "
             "weights, downloads) in initialize(context), not at import time",
+            log_tail=run.tail,
+        )
+    if killed_for_memory:
+        raise JobFailed(
+            "build",
+            f"importing {file} used more than {CHECK_LIMITS.memory_mb} MB of memory and was "
+            "stopped; load weights in initialize(context), not at import time",
             log_tail=run.tail,
         )
     if result is None:
@@ -217,7 +183,7 @@ def check_handler(
             log_tail=run.tail,
         )
     if "import_error" in result:
-        error = last_line(result["import_error"]) or result["import_error"]
+        error = last_line(str(result["import_error"])) or str(result["import_error"])
         raise JobFailed(
             "build",
             f"{file} failed to import: {error}{missing_module_hint(result)}",
@@ -225,35 +191,53 @@ def check_handler(
         )
     if "problem" in result:
         raise JobFailed("build", f"{file} {result['problem']}", log_tail=run.tail)
+    if not isinstance(result.get("entry"), str):
+        raise JobFailed("build", f"importing {file} gave an unreadable report", log_tail=run.tail)
     info = HandlerInfo(
         handler=handler,
         file=file,
         entry=result["entry"],
         initialize=bool(result.get("initialize")),
-        python=result.get("python", ""),
-        executable=result.get("executable", python),
-        torch=result.get("torch"),
-        import_seconds=float(result.get("import_seconds", seconds)),
+        python=str(result.get("python", "")),
+        executable=str(result.get("executable", python)),
+        torch=result.get("torch") if isinstance(result.get("torch"), str) else None,
+        import_seconds=_number(result.get("import_seconds"), seconds),
     )
     log.write(f"handler entry point: {info.entry} (initialize: {info.initialize})\n")
     return info
+
+
+_PROBE_SOURCE = Path(__file__).resolve().parent.parent / "sandbox" / "host" / "handler_probe.py"
+
+
+def _number(value: object, default: float) -> float:
+    return float(value) if isinstance(value, int | float) else default
 
 
 def _run_forked(
     zygote: Zygote,
     argv: list[str],
     *,
-    cwd: Path,
-    env: dict[str, str],
+    cell: Cell,
+    model: Path,
+    out: Path,
     timeout: float,
     log: BuildLog,
 ) -> ProcessResult | None:
-    """`BuildLog.run` for a child of the warm interpreter (torch already imported): the same
-    log lines, output bounds, timeout and process-group kill. None: no warm interpreter now."""
+    """`BuildLog.run` for a confined child of the warm interpreter (torch already imported):
+    the same log lines, output bounds, timeout and kill. None: no warm interpreter now."""
     read_fd, write_fd = os.pipe()
     started = time.monotonic()
     try:
-        child = zygote.spawn_script(argv, cwd=cwd, env=env, output=write_fd, ensure_seconds=timeout)
+        child = zygote.spawn_script(
+            argv,
+            cell=cell,
+            model=model,
+            out=out,
+            env=cell.env(),
+            output=write_fd,
+            ensure_seconds=timeout,
+        )
     except ZygoteUnavailable as exc:
         os.close(read_fd)
         log.write(f"({exc}; starting a fresh interpreter)\n")
@@ -262,7 +246,7 @@ def _run_forked(
         os.close(write_fd)
     log.write(
         f"$ python -I -B -u {' '.join(argv)}  "
-        f"[forked from the warm interpreter {zygote.pid} as {child.pid}]\n"
+        f"[forked from the warm interpreter {zygote.pid} as {child.pid}, uid {cell.uid}]\n"
     )
     tail = bytearray()
     state = {"logged": 0, "dropped": 0}
@@ -293,9 +277,8 @@ def _run_forked(
         raise
     reader.join(timeout=2)
     if reader.is_alive():
-        # Something the handler started still holds the pipe: end its whole group.
-        with contextlib.suppress(OSError):
-            os.killpg(child.pid, signal.SIGKILL)
+        # Something the handler started still holds the pipe: end the cell's processes.
+        cell.close()
         reader.join(timeout=3)
     seconds = time.monotonic() - started
     if state["dropped"]:
@@ -313,14 +296,17 @@ def _run_forked(
 
 
 def _read_json(path: Path) -> dict | None:
+    """The probe's report (written by the sandboxed child: untrusted, and read bounded)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as fh:
+            data = json.loads(fh.read(RESULT_BYTES).decode("utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
 
 def _death(returncode: int | None) -> str:
+    returncode = signalled(returncode)
     if returncode is not None and returncode < 0:
         try:
             name = signal.Signals(-returncode).name

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,9 +77,15 @@ class BuildLog:
         cwd: Path,
         timeout: float,
         env: Mapping[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
+        preexec_fn: Callable[[], None] | None = None,
+        shown: Sequence[str] | None = None,
     ) -> ProcessResult:
-        """Run `command`, copying its output (stdout and stderr) into the log as it comes."""
-        self.write("$ " + " ".join(_quote(c) for c in command) + "\n")
+        """Run `command`, copying its output (stdout and stderr) into the log as it comes.
+
+        `shown` is what the log prints instead of `command` (a sandboxed command's own part,
+        without bubblewrap's long preamble); `pass_fds`/`preexec_fn` as for subprocess."""
+        self.write("$ " + " ".join(_quote(c) for c in (shown or command)) + "\n")
         started = time.monotonic()
         proc = subprocess.Popen(
             list(command),
@@ -89,6 +95,8 @@ class BuildLog:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
+            preexec_fn=preexec_fn,
         )
         tail: collections.deque[bytes] = collections.deque()
         state = {"tail_bytes": 0, "logged": 0, "dropped": 0, "stop": False}

@@ -32,7 +32,9 @@ from core.queue import BUILD_QUEUE, Delivery, eval_queue
 from core.states import Status, transition
 from core.taskconfig import TaskConfig
 from core.worker import Consumer
-from evaluator.zygote import warm_interpreter
+from sandbox.jail import configure as configure_sandbox
+from sandbox.jail import jobs_root
+from sandbox.zygote import warm_interpreter
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +195,7 @@ async def handle_build(
             parent=envelope,
         )
 
-    work = services.settings.home / "builds" / f"{submission_id}-{new_id()[:8]}"
+    work = jobs_root() / "builds" / f"{submission_id}-{new_id()[:8]}"
     work.mkdir(parents=True)
     build_log = BuildLog(work / "build" / LOG)
     try:
@@ -419,6 +421,7 @@ def build_consumer(services: Services, *, options: BuildOptions | None = None) -
 async def run_builder(services: Services, stop: asyncio.Event) -> None:
     """Build until `stop` is set. Handler checks fork from a warm interpreter (shared with
     the evaluator in `weighbridge up`)."""
+    configure_sandbox(services.settings.sandbox)  # refuses to start without one
     consumer = build_consumer(services)
     async with warm_interpreter():
         await consumer.run(stop)

@@ -208,11 +208,31 @@ async def _prepare_datasets(services: Services) -> None:
         log.info("datasets prepared: %s", ", ".join(written))
 
 
+def check_sandbox(settings: Settings, plan: Plan) -> None:
+    """Roles that run user code refuse to start without the sandbox, in one sentence."""
+    from sandbox.jail import UNSAFE, SandboxUnavailable, configure
+
+    if not {"builder", "evaluator"} & set(plan.workers):
+        return
+    try:
+        configure(settings.sandbox)
+    except SandboxUnavailable as exc:
+        raise CliError(f"the sandbox for user code is not available: {exc}") from None
+    if settings.sandbox == UNSAFE:
+        log.warning(
+            "WEIGHBRIDGE_SANDBOX=%s: user code runs WITHOUT isolation; every receipt and "
+            "leaderboard says so. Never use this with submissions you do not trust.",
+            UNSAFE,
+        )
+
+
 async def run_plan(settings: Settings, plan: Plan) -> int:
     """Start the services and everything in the plan; stop cleanly on SIGINT/SIGTERM."""
     from core.context import start_services
     from core.doorbell import Doorbell, RingingQueue
     from core.heap import freeze_startup_heap
+
+    check_sandbox(settings, plan)
 
     services = await start_services(settings)
     # Roles sharing this process hear of each other's messages at once, not at the next poll.

@@ -1,9 +1,10 @@
 """The model kit: scaffold a model folder for a task, and test its handler locally.
 
 `init_model_folder` writes a handler skeleton and a README for the task's inputs and outputs.
-`test_model_folder` runs the folder's handler in a separate, limited process (the
-evaluator's sandbox) on the task's public examples and checks every answer the way the
-evaluator will: one answer per input, each holding the declared output fields and types.
+`test_model_folder` runs the folder's handler in the same sandbox the evaluator uses
+(`sandbox.worker`: bubblewrap, its own uid, no network, seccomp, limits) on the task's
+public examples and checks every answer the way the evaluator will: one answer per input,
+each holding the declared output fields and types.
 """
 
 from __future__ import annotations
@@ -210,7 +211,8 @@ async def test_model_folder(
     The handler sees only the input fields. Batches have the task's eval batch size; the time
     and memory limits are the task's too (`timeout_seconds` overrides the time limit).
     """
-    from evaluator.sandbox import Sandbox, SandboxError, SandboxLimits
+    from sandbox.jail import SandboxUnavailable
+    from sandbox.worker import Sandbox, SandboxError, SandboxLimits
 
     started = time.perf_counter()
     folder, rows, has_handler = await asyncio.to_thread(_inputs, folder, config, limit)
@@ -256,6 +258,9 @@ async def test_model_folder(
         except SandboxError as exc:
             report.error = exc.reason
             report.error_kind = exc.kind
+        except SandboxUnavailable as exc:
+            report.error = f"cannot test the handler in the sandbox: {exc}"
+            report.error_kind = "sandbox"
         finally:
             await sandbox.close()
             report.log_tail = _tail(log_path)

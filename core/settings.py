@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     # Comma-separated fleet ids; empty means "default plus every eval_server_id in the tasks".
     fleets: str = ""
     max_upload_bytes: int = 10 * GIB
+    # How user code is isolated: "bwrap" (bubblewrap namespaces, an unprivileged uid per
+    # sandbox, seccomp, cgroups; the default and the only safe choice) or
+    # "unsafe-no-isolation" (plain processes; every receipt and leaderboard then says so).
+    sandbox: str = "bwrap"
+    # Submissions one evaluator process works on at once (0: as many as the machine has
+    # cores, at least 2), so one slow submission never holds a fleet.
+    evaluator_concurrency: int = Field(default=0, ge=0)
 
     # Queue behaviour (not part of the public contract, but tunable).
     lease_seconds: float = 60.0
@@ -52,6 +59,13 @@ class Settings(BaseSettings):
         if not self.email_url:
             self.email_url = f"file://{home / 'outbox'}"
         return self
+
+    def evaluations_at_once(self) -> int:
+        import os
+
+        if self.evaluator_concurrency:
+            return self.evaluator_concurrency
+        return max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
 
     def fleet_ids(self) -> list[str]:
         """The fleets named explicitly in WEIGHBRIDGE_FLEETS (empty list: not set)."""

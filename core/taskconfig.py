@@ -79,6 +79,10 @@ class EvalConfig(_Strict):
     batch_size: int = Field(default=32, ge=1, le=100_000)
     max_concurrent_transforms: int = Field(default=1, ge=1)
     timeout_seconds: float = Field(default=600, gt=0)
+    # One dataset's whole run, and a submission's whole evaluation: a handler that answers
+    # each batch just in time still cannot hold its fleet longer than these.
+    dataset_timeout_seconds: float = Field(default=3600, gt=0)
+    total_timeout_seconds: float = Field(default=4 * 3600, gt=0)
     memory_mb: int = Field(default=2048, ge=64)
     create_endpoint: bool = False
     confidence: float = Field(default=0.95, gt=0, lt=1)

@@ -101,40 +101,78 @@ class Consumer:
         return len(deliveries)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Loop until `stop` is set; errors talking to the queue are logged and retried.
+        """Loop until `stop` is set, with up to `concurrency` messages in hand at once; errors
+        talking to the queue are logged and retried.
 
-        When the queue can ring a doorbell (`core.doorbell.RingingQueue`, `weighbridge up`)
-        and is polled (the database queue), an idle consumer sleeps until a message for its
-        queues is committed in this process or the poll interval passes, whichever is first.
+        A slot is refilled as soon as its message is done, so one slow message never holds
+        the others back. When the queue can ring a doorbell (`core.doorbell.RingingQueue`,
+        `weighbridge up`) and is polled (the database queue), an idle consumer sleeps until a
+        message for its queues is committed in this process, a message in hand is done, or
+        the poll interval passes, whichever is first. On stop, messages in hand finish.
         """
         doorbell = getattr(self.queue, "doorbell", None)
         idle = float(getattr(self.queue, "poll_seconds", 0) or 0)
         bell = doorbell.subscribe(self.queues) if doorbell is not None and idle > 0 else None
+        in_hand: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
-                try:
-                    if bell is None:
-                        await self.run_once(wait_seconds=self.wait_seconds)
+                room = self.concurrency - len(in_hand)
+                received = 0
+                if room > 0:
+                    try:
+                        received = await self._take(room, in_hand, bell=bell)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        log.exception("%s: queue unavailable; retrying in 2 s", self.name)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), 2.0)
                         continue
-                    bell.clear()  # before claiming: a ring during the claim is kept
-                    if await self.run_once() == 0:
-                        await _first(bell.wait(), stop.wait(), seconds=idle)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("%s: queue unavailable; retrying in 2 s", self.name)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 2.0)
+                    if received == room or (received and bell is not None):
+                        continue  # there may be more waiting: fill the remaining slots
+                if bell is None and not in_hand and room > 0:
+                    continue  # the receive itself waited (long polling)
+                waits: list[Any] = [stop.wait()]
+                if bell is not None:
+                    waits.append(bell.wait())
+                await _first(*waits, seconds=idle or self.wait_seconds, also=in_hand)
+                in_hand = {t for t in in_hand if not t.done()}
         finally:
+            if in_hand:
+                await asyncio.gather(*in_hand, return_exceptions=True)
             if bell is not None and doorbell is not None:
                 doorbell.unsubscribe(bell)
 
+    async def _take(self, room: int, in_hand: set[asyncio.Task[None]], *, bell: Any) -> int:
+        """Receive up to `room` messages and start each in its own task."""
+        if bell is not None:
+            bell.clear()  # before claiming: a ring during the claim is kept
+        wait = 0.0 if bell is not None or in_hand else self.wait_seconds
+        deliveries = await self.queue.receive(
+            self.queues,
+            max_messages=room,
+            lease_seconds=self.lease_seconds,
+            wait_seconds=wait,
+        )
+        for delivery in deliveries:
+            in_hand.add(asyncio.create_task(self.process(delivery), name=f"{self.name}-job"))
+        for delivery, error in await self.queue.take_expired():
+            await self._record_dead(delivery, error)
+        return len(deliveries)
 
-async def _first(*waits: Coroutine[Any, Any, Any], seconds: float) -> None:
-    """Wait until the first of `waits` finishes or `seconds` pass; cancel the rest."""
+
+async def _first(
+    *waits: Coroutine[Any, Any, Any],
+    seconds: float,
+    also: set[asyncio.Task[None]] | None = None,
+) -> None:
+    """Wait until the first of `waits` (or of the running tasks `also`) finishes or `seconds`
+    pass; cancel the rest of `waits` (never `also`)."""
     tasks = [asyncio.ensure_future(w) for w in waits]
     try:
-        await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            [*tasks, *(also or ())], timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         for task in tasks:
             task.cancel()

@@ -44,10 +44,10 @@ from evaluator.runner import (
     prediction_values,
     results_prefix,
     run_dataset,
-    sandbox_policy,
     write_result,
 )
 from evaluator.scoring import PERFORMANCE_UNITS, score_delta, score_metrics
+from sandbox.jail import jobs_root
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class Evaluation:
     async def run(self) -> None:
         if not await self.begin():
             return
-        current: str | None = None
+        self.current: str | None = None
         try:
             if self.payload.submission.get("kind", "model") != "model":
                 raise JobFailed(
@@ -194,38 +194,60 @@ class Evaluation:
             if not self.payload.datasets:
                 raise JobFailed("evaluate", "the task has no prepared hidden dataset to run on")
             hwinfo.prefetch()  # collected once per process, while the model is fetched
-            with tempfile.TemporaryDirectory(prefix="weighbridge-eval-") as tmp:
-                scratch = Path(tmp)
-                build = self.payload.build
-                model, mar_sha256 = await fetch_model(
-                    self.services.storage,
-                    mar_key=build.mar_key,
-                    scratch=scratch,
-                    python=build.python,
-                    handler=build.handler,
-                    name=str(self.payload.submission.get("name") or "model"),
-                )
-                summaries: dict[str, dict[str, Any]] = {}
-                for ref in self.payload.datasets:
-                    if await self.stopped():
-                        return
-                    done = await self.completed(ref)
-                    if done is not None:
-                        summaries[ref.name] = done
-                        continue
-                    current = ref.name
-                    summaries[ref.name] = await self.evaluate_dataset(ref, model, scratch)
-                    current = None
-                if await self.stopped():
-                    return
-                deltas = await self.score_perturbations()
-                await self.finish(summaries, mar_sha256, deltas)
+            await self.run_within_budget()
         except EvaluationCancelled:
-            await self.note_cancelled(current)
+            await self.note_cancelled(self.current)
         except JobFailed as failure:
             await fail_submission(
-                self.services, self.submission_id, failure, parent=self.envelope, dataset=current
+                self.services,
+                self.submission_id,
+                failure,
+                parent=self.envelope,
+                dataset=self.current,
             )
+
+    async def run_within_budget(self) -> None:
+        """Every dataset, then the deltas and the receipt, within eval.total_timeout_seconds
+        (a redelivered message starts the budget again)."""
+        seconds = self.task.eval.total_timeout_seconds
+        try:
+            async with asyncio.timeout(seconds):
+                await self.run_datasets()
+        except TimeoutError:
+            raise JobFailed(
+                "evaluate",
+                f"the evaluation took longer than {seconds:g} s in all (the task's "
+                "eval.total_timeout_seconds); it was stopped",
+            ) from None
+
+    async def run_datasets(self) -> None:
+        # In the jobs folder: the warm interpreter forks workers only for models there.
+        with tempfile.TemporaryDirectory(prefix="eval-", dir=jobs_root()) as tmp:
+            scratch = Path(tmp)
+            build = self.payload.build
+            model, mar_sha256 = await fetch_model(
+                self.services.storage,
+                mar_key=build.mar_key,
+                scratch=scratch,
+                python=build.python,
+                handler=build.handler,
+                name=str(self.payload.submission.get("name") or "model"),
+            )
+            summaries: dict[str, dict[str, Any]] = {}
+            for ref in self.payload.datasets:
+                if await self.stopped():
+                    return
+                done = await self.completed(ref)
+                if done is not None:
+                    summaries[ref.name] = done
+                    continue
+                self.current = ref.name
+                summaries[ref.name] = await self.evaluate_dataset(ref, model, scratch)
+                self.current = None
+            if await self.stopped():
+                return
+            deltas = await self.score_perturbations()
+            await self.finish(summaries, mar_sha256, deltas)
 
     async def stopped(self) -> bool:
         """True when the submission was cancelled (or ended) elsewhere: stop working on it."""
@@ -303,7 +325,6 @@ class Evaluation:
             ),
             model=model,
             scratch=scratch,
-            policy=sandbox_policy(self.services.settings, self.services.storage),
             should_stop=self.stopped,
         )
         run.keys["hwinfo"] = f"{results_prefix(self.submission_id, ref.name)}/hwinfo.json"

@@ -61,6 +61,7 @@ def build_receipt(
         },
         "runner": runner,
         "sandbox": {
+            **(worker.get("sandbox") or {}),
             "network": worker.get("network"),
             "limits": worker.get("limits"),
         },

@@ -20,19 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
 from core.errors import JobFailed
-from core.settings import Settings
 from core.storage import Storage
 from core.taskconfig import TaskConfig
 from evaluator.answers import InvalidAnswer, check_answers
 from evaluator.hwinfo import usable_cpus
-from evaluator.sandbox import (
+from sandbox.worker import (
     Sandbox,
     SandboxError,
     SandboxLimits,
-    SandboxPolicy,
     batch_frame,
     read_tail,
 )
@@ -93,23 +89,6 @@ def results_prefix(submission_id: str, dataset: str) -> str:
     return f"submissions/{submission_id}/results/{dataset}"
 
 
-def sandbox_policy(settings: Settings, storage: Storage) -> SandboxPolicy:
-    """What a handler may not read: Weighbridge's home, its storage and its database file."""
-    forbidden: list[str] = [str(settings.home)]
-    hide: list[str] = []
-    root = storage.local_path("datasets")
-    if root is not None:
-        forbidden.append(str(root.parent))
-        hide.extend(str(storage.local_path(part)) for part in ("datasets", "submissions"))
-    url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        db_file = Path(url.database).absolute()
-        files = [str(db_file), *(f"{db_file}{suffix}" for suffix in ("-wal", "-shm", "-journal"))]
-        forbidden.extend(files)
-        hide.extend(files)
-    return SandboxPolicy(forbidden=tuple(forbidden), hide=tuple(hide))
-
-
 def reference_of(row: dict[str, Any], label_field: str) -> Any:
     return row.get(label_field)
 
@@ -165,7 +144,6 @@ async def run_dataset(
     dataset: DatasetSpec,
     model: ModelSpec,
     scratch: Path,
-    policy: SandboxPolicy = SandboxPolicy(),
     should_stop: StopCheck | None = None,
     server_name: str = "weighbridge-local",
 ) -> DatasetRun:
@@ -204,7 +182,6 @@ async def run_dataset(
             workdir=folder / ("work" if n_workers == 1 else f"work-{i + 1}"),
             log_path=log_path if n_workers == 1 else folder / f"worker-{i + 1}.log",
             limits=limits,
-            policy=policy,
             python=model.python,
             batch_size=task.eval.batch_size,
             model_name=model.name,
@@ -216,7 +193,11 @@ async def run_dataset(
     started_wall = time.time()
     try:
         try:
-            run = await _run_batches(sandboxes, rows, task, dataset, should_stop)
+            run = await _run_within(
+                task.eval.dataset_timeout_seconds,
+                _run_batches(sandboxes, rows, task, dataset, should_stop),
+                dataset=dataset.name,
+            )
         finally:
             await asyncio.gather(*(sandbox.close() for sandbox in sandboxes))
             if n_workers > 1:
@@ -262,8 +243,10 @@ async def run_dataset(
             "memory_mb": limits.memory_mb,
             "timeout_seconds": limits.timeout_seconds,
         },
-        "network": sandbox.isolation.network,
-        # forked from the warm interpreter (evaluator.zygote), or a fresh interpreter
+        # What isolated the handler: tool, namespaces, uid, limits, seccomp profile.
+        "sandbox": sandbox.sandbox,
+        "network": sandbox.sandbox.get("network", "none"),
+        # forked from the warm interpreter (sandbox.zygote), or a fresh interpreter
         "start": "forked" if sandbox.forked_from is not None else "exec",
         "batch_size": task.eval.batch_size,
         "workers": n_workers,
@@ -321,6 +304,22 @@ def summarize_performance(
     if summarize is None:  # the package's exports are still being written
         from metrics.performance import summarize_performance as summarize
     return summarize(latencies, sizes, wall_time=wall_time, peak_memory_bytes=peak_memory_bytes)
+
+
+async def _run_within(seconds: float, work: Awaitable[Any], *, dataset: str) -> Any:
+    """`work`, or a SandboxError once the dataset's whole run passes `seconds`
+    (eval.dataset_timeout_seconds): a handler that answers every batch just in time cannot
+    hold the fleet for longer than that."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await work
+    except TimeoutError:
+        raise SandboxError(
+            "timeout",
+            f"dataset {dataset}: the run took longer than {seconds:g} s "
+            "(the task's eval.dataset_timeout_seconds); it was stopped",
+            seconds=seconds,
+        ) from None
 
 
 def _n_batches(rows: Sequence[Any], task: TaskConfig) -> int:

@@ -21,7 +21,8 @@ from core.taskconfig import TaskConfig
 from core.worker import Consumer
 from evaluator.evaluation import EvaluatePayload, Evaluation, fail_submission
 from evaluator.scoring import make_pool, score_metric
-from evaluator.zygote import warm_interpreter
+from sandbox.jail import configure as configure_sandbox
+from sandbox.zygote import warm_interpreter
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ async def run_evaluator(services: Services, fleets: list[str], stop: asyncio.Eve
     """Serve `eval.<fleet>` for each of `fleets` (and nothing else) until `stop` is set."""
     if not fleets:
         raise ValueError("an evaluator needs at least one fleet to serve")
+    configure_sandbox(services.settings.sandbox)  # refuses to start without one
     pool = make_pool()
     warming = _warm_pool(pool)
     consumer = Consumer(
@@ -85,8 +87,13 @@ async def run_evaluator(services: Services, fleets: list[str], stop: asyncio.Eve
         name=f"evaluator[{','.join(fleets)}]",
         on_dead=functools.partial(record_dead, services),
         lease_seconds=services.settings.lease_seconds,
+        concurrency=services.settings.evaluations_at_once(),
     )
-    log.info("evaluator serving %s", ", ".join(eval_queue(f) for f in fleets))
+    log.info(
+        "evaluator serving %s, %d submissions at once",
+        ", ".join(eval_queue(f) for f in fleets),
+        consumer.concurrency,
+    )
     try:
         # Handler workers fork from one warm interpreter (torch already imported).
         async with warm_interpreter():

@@ -16,6 +16,7 @@ from core.queue import BUILD_QUEUE, eval_queue
 from core.states import Status, transition
 from core.submissions import build_message, create_submission
 from core.tasks import get_task
+from sandbox.jail import jobs_root
 from tests.builder.bundles import HANDLER, tar_file, tar_folder, tar_with, write_model_folder
 
 FLEET = eval_queue("toy-fleet")
@@ -81,7 +82,8 @@ async def test_upload_is_built_and_handed_to_the_task_fleet(
     for name in ("model.mar", "Dockerfile", "specification.json", "log", "config.properties"):
         assert await services.storage.exists(f"submissions/{submission_id}/build/{name}")
     assert await services.queue.depth(BUILD_QUEUE) == 0
-    assert list((services.settings.home / "builds").iterdir()) == []  # scratch removed
+    builds = jobs_root() / "builds"
+    assert not [p for p in builds.iterdir() if p.name.startswith(submission_id)]  # scratch gone
 
     [delivery] = await services.queue.receive([FLEET])
     message = delivery.envelope

@@ -185,13 +185,10 @@ BROKEN: dict[str, tuple[str, tuple[str, ...]]] = {
     "reads_labels": (
         _guarded(
             """
-            try:
-                open(LABELS).read()
-            except PermissionError:
-                pass  # caught or not, the attempt is reported
+            open(LABELS).read()  # the evaluator's path: not in the sandbox at all
             """
         ),
-        ("tried to read", "{labels}", "Weighbridge's own data"),
+        ("raised FileNotFoundError", "{labels}"),
     ),
     "opens_socket": (
         "import socket\n"
@@ -201,7 +198,7 @@ BROKEN: dict[str, tuple[str, tuple[str, ...]]] = {
             s.connect(("127.0.0.1", PORT))
             """
         ),
-        ("tried to use the network", "127.0.0.1:{port}"),
+        ("tried to use the network", "evaluation runs without network access"),
     ),
     "exits": (
         _guarded(

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
 from evaluator.answers import InvalidAnswer, check_answers
-from evaluator.isolation import probe_isolation
-from evaluator.sandbox import (
-    SandboxPolicy,
-)
-from tests.evaluator.sandboxes import answer, failure, make_sandbox
+from tests.sandbox.workers import answer, failure, make_sandbox
 
 
 async def test_function_handler_is_initialised_like_torchserve(tmp_path: Path) -> None:
@@ -49,7 +44,7 @@ async def test_a_class_handler_gets_initialize_then_handle(tmp_path: Path) -> No
     assert outputs == [{"y": 20, "name": "m"}, {"y": 30, "name": "m"}]
 
 
-async def test_a_symlink_to_forbidden_data_is_still_refused(tmp_path: Path) -> None:
+async def test_a_symlink_to_the_evaluators_data_finds_nothing(tmp_path: Path) -> None:
     secret = tmp_path / "data" / "labels.jsonl"
     secret.parent.mkdir()
     secret.write_text('{"label": 1}\n')
@@ -62,15 +57,14 @@ async def test_a_symlink_to_forbidden_data_is_still_refused(tmp_path: Path) -> N
         os.symlink(SECRET, "innocent.txt")
         return [{"text": open("innocent.txt").read()}]
     """
-    policy = SandboxPolicy(forbidden=(str(secret.parent),))
-    error = await failure(make_sandbox(tmp_path, source, policy=policy, SECRET=str(secret)))
-    assert error.kind == "violation" and str(secret) in error.reason
+    error = await failure(make_sandbox(tmp_path, source, SECRET=str(secret)))
+    # The path does not exist in the sandbox's root filesystem at all.
+    assert error.kind == "handler" and "FileNotFoundError" in error.reason
 
 
-async def test_hidden_folders_are_empty_inside_where_the_os_allows(tmp_path: Path) -> None:
-    isolation = await probe_isolation()
-    if not isolation.mount_namespace:
-        pytest.skip("no mount namespace here (needs root or unprivileged user namespaces)")
+async def test_the_evaluators_folders_are_not_there_and_there_is_no_network(
+    tmp_path: Path,
+) -> None:
     hidden = tmp_path / "storage" / "datasets"
     hidden.mkdir(parents=True)
     (hidden / "labels.jsonl").write_text("secret\n")
@@ -82,13 +76,14 @@ async def test_hidden_folders_are_empty_inside_where_the_os_allows(tmp_path: Pat
             return None
         lines = open("/proc/self/net/dev").read().splitlines()[2:]
         interfaces = sorted(line.split(":")[0].strip() for line in lines)
-        return [{"listing": os.listdir(HIDDEN), "interfaces": interfaces}]
+        return [{"exists": os.path.exists(HIDDEN), "root": sorted(os.listdir("/")),
+                 "interfaces": interfaces, "uid": os.getuid()}]
     """
-    # Not in `forbidden`, so the audit hook lets the listing through: only the mount hides it.
-    policy = SandboxPolicy(hide=(str(hidden),))
-    outputs = await answer(make_sandbox(tmp_path, source, policy=policy, HIDDEN=str(hidden)))
-    assert outputs[0]["listing"] == []
+    outputs = await answer(make_sandbox(tmp_path, source, HIDDEN=str(hidden)))
+    assert outputs[0]["exists"] is False
     assert outputs[0]["interfaces"] == ["lo"]  # a private network namespace
+    assert outputs[0]["uid"] != 0
+    assert "model" in outputs[0]["root"] and "scratch" in outputs[0]["root"]
     assert (hidden / "labels.jsonl").exists()  # outside, nothing changed
 
 
@@ -158,7 +153,8 @@ async def test_signalling_the_evaluator_is_refused(tmp_path: Path) -> None:
     """
     error = await failure(make_sandbox(tmp_path, source))
     assert error.kind == "violation" and "signal a process that is not its own" in error.reason
-    assert f"os.kill({os.getpid()})" in error.reason
+    # Its parent is the sandbox's own init: the evaluator is not even in its PID namespace.
+    assert "os.kill(1)" in error.reason
 
 
 async def test_the_worker_dies_with_a_signal(tmp_path: Path) -> None:
@@ -192,8 +188,10 @@ def test_answers_are_checked_against_the_output_schema() -> None:
 
 
 def test_the_worker_script_needs_only_the_standard_library() -> None:
-    folder = Path(__file__).parents[2] / "evaluator"
-    for name in ("handler_host.py", "host_guard.py", "host_context.py", "host_zygote.py"):
+    folder = Path(__file__).parents[2] / "sandbox" / "host"
+    names = sorted(p.name for p in folder.glob("*.py"))
+    assert "handler_host.py" in names and "confine.py" in names
+    for name in names:
         imports = {
             line.split()[1].split(".")[0]
             for line in (folder / name).read_text().splitlines()

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from evaluator.sandbox import Sandbox, SandboxError, SandboxLimits, SandboxPolicy
+from sandbox.jail import jobs_root
+from sandbox.worker import Sandbox, SandboxError, SandboxLimits
 from tests.evaluator.models import write_folder
 
 if TYPE_CHECKING:
-    from evaluator.zygote import Zygote
+    from sandbox.zygote import Zygote
 
 
 def make_sandbox(
     tmp_path: Path,
     source: str,
     *,
-    policy: SandboxPolicy = SandboxPolicy(),
     timeout: float = 5.0,
     memory_mb: int = 300,
     python: str | None = None,
@@ -26,8 +29,11 @@ def make_sandbox(
     threads: int | None = None,
     **constants: object,
 ) -> Sandbox:
-    """The handler (with module constants such as LABELS) in tmp_path/model, batch size 4."""
-    folder = write_folder(tmp_path / "model", source, **constants)
+    """The handler (with module constants such as LABELS) in a model folder, batch size 4.
+
+    The folder lies in the jobs folder (where the builder and evaluator put models, and the
+    only place the warm interpreter forks workers for); the log and workdir in tmp_path."""
+    folder = write_folder(job_folder(tmp_path) / "model", source, **constants)
     return Sandbox(
         model_dir=folder,
         handler="handler.py",
@@ -35,12 +41,18 @@ def make_sandbox(
         workdir=tmp_path / "work",
         log_path=tmp_path / "log",
         limits=SandboxLimits(timeout_seconds=timeout, memory_mb=memory_mb),
-        policy=policy,
         batch_size=4,
         python=python,
         zygote=zygote,
         threads=threads,
     )
+
+
+def job_folder(tmp_path: Path) -> Path:
+    """A folder in the jobs folder (named after the test), removed when the tests end."""
+    folder = Path(tempfile.mkdtemp(prefix=f"test-{tmp_path.name[:40]}-", dir=jobs_root()))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 async def answer(sandbox: Sandbox, data: list[dict] | None = None) -> list:

@@ -1,16 +1,16 @@
-"""A model's handler in its own limited worker process, and the protocol to talk to it.
+"""A model's handler in its own sandboxed worker process, and the protocol to talk to it.
 
-The worker (`evaluator/handler_host.py`) runs under the build's interpreter with its own
-temporary folder as cwd and HOME, a scrubbed environment, no network where the OS allows
-(`unshare --net`), Weighbridge's data covered by empty mounts where a mount namespace is
-available, an audit hook that refuses network use, program starts, reads of that data and
-signals to other processes, an address-space limit, and two limits watched from here:
-wall-clock time per batch and resident memory of the whole process tree. Every way it can
-fail ends in a SandboxError whose `reason` a person can act on.
+The worker (`sandbox/host/handler_host.py`) runs the build's interpreter inside the one
+sandbox of `sandbox.jail`: bubblewrap namespaces (no network), the cell's own unprivileged
+uid, seccomp, cgroup and rlimit limits, the model read-only at /model and a size-limited
+scratch at /scratch. Two limits are watched from here as well: wall-clock time per batch,
+and the resident memory of the worker's process tree (for a reason a person can act on
+before the kernel's harder limits strike). Every way it can fail ends in a SandboxError
+whose `reason` says what happened and what to do.
 
 When the build uses the evaluator's own interpreter and a warm interpreter is running
-(`evaluator.zygote`), the worker is forked from it (torch already imported) instead of
-started afresh; the isolation and limits above are the same either way.
+(`sandbox.zygote`), the worker is forked from it (torch already imported) and confines
+itself the same way before the handler is imported.
 """
 
 from __future__ import annotations
@@ -35,12 +35,23 @@ try:
 except ImportError:  # not on Windows
     fcntl = None  # type: ignore[assignment]
 
-from evaluator.isolation import PASSED_ENV, Isolation, probe_isolation
+from sandbox.jail import (
+    MODEL,
+    SCRATCH,
+    Cell,
+    Jail,
+    Job,
+    Limits,
+    Mount,
+    current_jail,
+    host_file,
+    signalled,
+)
 
 if TYPE_CHECKING:
-    from evaluator.zygote import ForkedProcess, Zygote
+    from sandbox.zygote import ForkedProcess, Zygote
 
-HOST = Path(__file__).with_name("handler_host.py")
+HOST = host_file("handler_host.py")
 HEADER = struct.Struct(">I")
 MAX_ANSWER_BYTES = 1 << 30
 MiB = 1 << 20
@@ -60,15 +71,20 @@ class SandboxLimits:
     memory_mb: int
     address_space_slack_mb: int = 1024
     poll_seconds: float = 0.05
+    scratch_mb: int = 512
+    pids: int = 256
+    output_mb: int = 64  # the handler's log (stdout + stderr); RLIMIT_FSIZE enforces it
 
-
-@dataclass(frozen=True)
-class SandboxPolicy:
-    """What the handler may not touch: `forbidden` paths (audit hook), `hide` (empty mounts)."""
-
-    forbidden: tuple[str, ...] = ()
-    hide: tuple[str, ...] = ()
-    allow_exec: bool = False
+    def kernel(self) -> Limits:
+        """The kernel's share: cgroup memory a little above the watched limit (the watch gives
+        the reason; the cgroup is the backstop), RLIMIT_AS with the slack for reservations."""
+        return Limits(
+            memory_mb=self.memory_mb + 256,
+            address_space_mb=self.memory_mb + self.address_space_slack_mb,
+            pids=self.pids,
+            file_mb=self.output_mb,
+            scratch_mb=self.scratch_mb,
+        )
 
 
 class SandboxError(Exception):
@@ -140,6 +156,27 @@ def _tree(process: psutil.Process) -> list[psutil.Process]:
     return [process]
 
 
+def _summary(cell: Cell) -> str:
+    """One line for the log: what isolates the worker."""
+    info = cell.describe()
+    if info.get("tool") == "none":
+        return str(info.get("warning"))
+    return (
+        f"sandbox: {info['tool']}, uid {info['uid']}, namespaces {','.join(info['namespaces'])}, "
+        f"network {info['network']}, seccomp {str(info['seccomp']['sha256'])[:12]}, cgroups "
+        f"{','.join(info['cgroups']) or 'none'}"
+    )
+
+
+def _below_init(reaper: psutil.Process) -> list[psutil.Process]:
+    """A forked worker's processes: the descendants of the reaper's child (the init)."""
+    found: list[psutil.Process] = []
+    with contextlib.suppress(psutil.Error):
+        for init in reaper.children():
+            found.extend(init.children(recursive=True))
+    return found
+
+
 def read_tail(path: Path, limit: int = 4000) -> str:
     """The last `limit` characters of a log file (empty if it does not exist)."""
     try:
@@ -168,13 +205,13 @@ class Sandbox:
         workdir: Path,
         log_path: Path,
         limits: SandboxLimits,
-        policy: SandboxPolicy = SandboxPolicy(),
         python: str | None = None,
         batch_size: int = 1,
         model_name: str = "model",
         server_name: str = "weighbridge-local",
         zygote: Zygote | None = None,
         threads: int | None = None,
+        jail: Jail | None = None,
     ) -> None:
         self.model_dir = model_dir
         self.handler = handler
@@ -182,7 +219,8 @@ class Sandbox:
         self.workdir = workdir
         self.log_path = log_path
         self.limits = limits
-        self.policy = policy
+        self.jail = jail
+        self.cell: Cell | None = None
         self.python = python or sys.executable
         self.batch_size = batch_size
         self.model_name = model_name
@@ -194,7 +232,6 @@ class Sandbox:
         self.proc: Any = None  # an asyncio Process, or a ForkedProcess from the zygote
         self.forked_from: int | None = None  # the zygote's pid when the worker was forked
         self.ready: dict[str, Any] = {}
-        self.isolation = Isolation()
         self.peak_rss = 0
         self._reported_maxrss = 0
         # A forked worker starts with the warm interpreter's pages (torch, numpy) resident and
@@ -217,25 +254,16 @@ class Sandbox:
         memory limit counts only what the worker adds (`peak_rss`)."""
         return max(self.peak_rss, self._reported_maxrss) + self.inherited_bytes
 
-    def _env(self) -> dict[str, str]:
-        env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-        if self.threads is not None:
-            env.setdefault("OMP_NUM_THREADS", str(max(1, self.threads)))
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        env.setdefault("LANG", "C.UTF-8")
-        tmp = self.workdir / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        env.update(
-            HOME=str(self.workdir),
-            TMPDIR=str(tmp),
-            PYTHONDONTWRITEBYTECODE="1",
-            PYTHONUNBUFFERED="1",
-        )
-        return env
-
     def _note(self, message: str) -> None:
         with self.log_path.open("a", encoding="utf-8") as fh:
             fh.write(f"[evaluator] {message}\n")
+
+    @property
+    def sandbox(self) -> dict[str, Any]:
+        """What isolated the worker, for its result and the receipt."""
+        if self.cell is None:
+            return {}
+        return {**self.cell.describe(), "start": "forked" if self.forked_from else "exec"}
 
     async def start(self) -> dict[str, Any]:
         """Start the worker and initialise the handler; returns the worker's `ready` report."""
@@ -243,43 +271,50 @@ class Sandbox:
             raise FileNotFoundError(f"the build's interpreter {self.python} does not exist here")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.isolation = await probe_isolation()
+        jail = self.jail or current_jail()
+        job = Job(
+            python=self.python,
+            mounts=(Mount(str(self.model_dir), MODEL),),
+            limits=self.limits.kernel(),
+        )
+        self.cell = await asyncio.to_thread(jail.cell, job)
         limits = (
-            f"network: {self.isolation.network}; time limit {self.limits.timeout_seconds:g} s "
-            f"per batch; memory limit {self.limits.memory_mb} MB"
+            f"time limit {self.limits.timeout_seconds:g} s per batch; memory limit "
+            f"{self.limits.memory_mb} MB; output limit {self.limits.output_mb} MB"
         )
         self._log_file = self.log_path.open("ab")
         self.proc = await self._fork(limits)
         if self.proc is None:
-            command = [*self.isolation.prefix, self.python, "-I", "-u", "-B", str(HOST)]
-            self._note(f"starting the handler worker: {' '.join(command)}; {limits}")
+            argv = [self.python, "-I", "-u", "-B", HOST]
+            command = self.cell.command(argv, threads=self.threads)
+            where = "sandbox: none (UNSAFE)" if not jail.isolated else _summary(self.cell)
+            self._note(f"starting the handler worker: {' '.join(argv)}; {where}; {limits}")
             self.proc = await asyncio.create_subprocess_exec(
                 *command,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=self._log_file,
                 cwd=str(self.workdir),
-                env=self._env(),
+                env=self.cell.env(threads=self.threads) if not jail.isolated else {},
                 start_new_session=True,
-                preexec_fn=self.isolation.preexec,
+                pass_fds=self.cell.pass_fds,
+                preexec_fn=self.cell.preexec,
             )
         _widen_pipe(self.proc.stdin)
         self._watch = asyncio.create_task(self._watch_memory())
+        inside = jail.isolated
         init = {
             "op": "init",
-            "model_dir": str(self.model_dir),
-            "workdir": str(self.workdir),
+            "model_dir": MODEL if inside else str(self.model_dir),
+            "workdir": SCRATCH if inside else str(self.workdir),
             "handler": self.handler,
             "manifest": self.manifest,
             "batch_size": self.batch_size,
             "model_name": self.model_name,
             "server_name": self.server_name,
-            "address_space_mb": self.limits.memory_mb + self.limits.address_space_slack_mb,
-            "forbidden": list(self.policy.forbidden),
-            "hide": list(self.policy.hide) if self.isolation.mount_namespace else [],
-            "mount_namespace": self.isolation.mount_namespace,
-            "private_network": bool(self.isolation.prefix or self.isolation.preexec),
-            "allow_exec": self.policy.allow_exec,
+            "forbidden": [],
+            "private_network": inside,
+            "allow_exec": False,
         }
         await self._write(_frame(init), "initialisation")
         self._sent_at.append(time.perf_counter())
@@ -292,30 +327,36 @@ class Sandbox:
 
     async def _fork(self, limits: str) -> ForkedProcess | None:
         """The worker forked from the warm interpreter, or None (start a fresh one)."""
-        from evaluator.zygote import ZygoteUnavailable, current_zygote
+        from sandbox.zygote import ZygoteUnavailable, current_zygote
 
         zygote = self.zygote or current_zygote()
-        if zygote is None or not zygote.serves(self.python):
+        assert self.cell is not None
+        if (
+            zygote is None
+            or self.cell.slot is None
+            or not zygote.serves(self.python, self.model_dir)
+        ):
             return None
         try:
             proc = await zygote.spawn_worker(
-                cwd=self.workdir, env=self._env(), stderr=self._log_file.fileno()
+                cell=self.cell,
+                model=self.model_dir,
+                env=self.cell.env(threads=self.threads),
+                stderr=self._log_file.fileno(),
             )
         except ZygoteUnavailable as exc:
             self._note(f"{exc}; starting a fresh interpreter instead")
             return None
-        # The zygote was started inside the same isolation, and each child enters namespaces
-        # of its own, so the worker is isolated exactly as an exec'd one.
-        self.isolation = zygote.isolation
         self.forked_from = zygote.pid
         with contextlib.suppress(psutil.Error):
             memory = psutil.Process(proc.pid).memory_info()
             self.inherited_bytes = max(0, memory.rss - memory.shared)
         self._note(
-            f"started the handler worker {proc.pid} ({HOST.name}), forked from the warm "
+            f"started the handler worker {proc.pid} ({Path(HOST).name}), forked from the warm "
             f"interpreter {zygote.pid} (preloaded: "
             f"{', '.join(zygote.ready.get('preloaded') or []) or 'nothing'}; its "
-            f"{self.inherited_bytes / MiB:.0f} MB of shared memory are not counted); {limits}"
+            f"{self.inherited_bytes / MiB:.0f} MB of shared memory are not counted); "
+            f"{_summary(self.cell)}; {limits}"
         )
         return proc
 
@@ -323,6 +364,7 @@ class Sandbox:
         """Ask the worker to exit, then make sure it and everything it started are gone."""
         proc = self.proc
         if proc is None:
+            await asyncio.to_thread(self._close_cell)
             return
         stray: list[psutil.Process] = []
         with contextlib.suppress(psutil.Error):
@@ -350,6 +392,12 @@ class Sandbox:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        await asyncio.to_thread(self._close_cell)
+
+    def _close_cell(self) -> None:
+        """End what is left in the cell's cgroups and under its uid; give the uid back."""
+        if self.cell is not None:
+            self.cell.close()
 
     def _kill(self) -> None:
         if self.proc is None:
@@ -370,11 +418,15 @@ class Sandbox:
             process = psutil.Process(self.proc.pid)
         except psutil.Error:
             return
-        tree: list[psutil.Process] = [process]
+        # A forked worker runs under a reaper and its namespace's init, both copies of the
+        # warm interpreter that only wait: count what is below them. An exec'd one runs under
+        # bubblewrap (small): count the whole tree.
+        forked = self.forked_from is not None
+        tree: list[psutil.Process] = [] if forked else [process]
         polls = 0
         while self.proc.returncode is None:
             if polls % 10 == 0:  # listing children scans /proc: ~1 ms, so not every poll
-                tree = _tree(process)
+                tree = _below_init(process) if forked else _tree(process)
             polls += 1
             rss = _rss(tree) - self.inherited_bytes
             self.peak_rss = max(self.peak_rss, rss)
@@ -474,7 +526,10 @@ class Sandbox:
             await asyncio.wait_for(self.proc.wait(), 5.0)
         if self._memory_exceeded is not None:
             return self._memory_error(where, watched=self._memory_exceeded)
-        code = self.proc.returncode
+        if self.cell is not None and self.cell.oom_killed():
+            self._note(f"{where}: the kernel stopped the worker at the sandbox's memory limit")
+            return self._memory_error(where, watched=None)
+        code = signalled(self.proc.returncode)
         if code is None:
             self._kill()
             how = "closed its connection"
@@ -516,11 +571,26 @@ class Sandbox:
             return error
         if kind == "violation":
             return self._violation(reply, where)
+        if "File too large" in message:
+            return SandboxError(
+                "output",
+                f"{where}: the handler wrote more than {self.limits.output_mb} MB of output "
+                "(the limit on its log); print less",
+                limit_mb=self.limits.output_mb,
+            )
         if kind == "init":
             return SandboxError(
                 "init",
                 f"the handler failed to initialise: {message}{at}",
                 traceback=reply.get("traceback", ""),
+            )
+        if kind == "handler" and "Address family not supported" in message:
+            return SandboxError(
+                "violation",
+                f"{where}: the handler tried to use the network ({message}{at}); evaluation "
+                "runs without network access, so a model must carry everything it needs",
+                violation="network",
+                target=message,
             )
         if kind == "handler":
             return SandboxError(

@@ -1,6 +1,6 @@
 """The worker process that hosts a model's TorchServe-style handler (standard library only).
 
-`evaluator.sandbox` starts this file with the build's interpreter, which may not have
+`sandbox.worker` starts this file with the build's interpreter, which may not have
 Weighbridge installed: it must import nothing but the standard library. It talks to its
 parent over its original stdin/stdout with length-prefixed JSON (a 4-byte big-endian length,
 then UTF-8 JSON); the handler's own prints go to the log (stderr), never into the protocol.
@@ -389,7 +389,9 @@ def load_handler(spec: str, model_dir: str, context: Context):
 def main() -> int:
     if sys.argv[1:2] == ["--zygote"]:
         # The warm interpreter: preloads torch/numpy, then forks one serve_stdio() per worker.
-        return _load_sibling("host_zygote").serve(sys.argv[2:], lambda: serve_stdio(forked=True))
+        return _load_sibling("host_zygote").serve(
+            sys.argv[2:], lambda: serve_stdio(forked=True), _load_sibling("confine")
+        )
     return serve_stdio()
 
 

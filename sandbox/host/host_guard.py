@@ -220,59 +220,19 @@ def _libc():
 
 
 def apply_limits(request: dict) -> dict:
-    """The limits that live in this process; returns what was applied, for the log and parent."""
+    """What the host adds in this process (the sandbox already set the kernel's limits):
+    no core files, and death with the parent. Returns the limits in force, for the log."""
     notes: dict = {}
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if sys.platform.startswith("linux"):
         try:
             _libc().prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the evaluator
-            if os.getppid() == 1:
-                os._exit(3)
             notes["parent_death_signal"] = True
         except (OSError, AttributeError):
             notes["parent_death_signal"] = False
-    address_mb = request.get("address_space_mb")
-    if address_mb and os.path.exists("/dev/nvidiactl"):
-        # CUDA maps tens of GB of address space at start: only the RSS watch applies there.
-        log("address-space limit skipped: a GPU is present (CUDA reserves address space)")
-        address_mb = None
-    if address_mb:
-        limit = int(address_mb) * MiB
-        try:
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-            notes["address_space_mb"] = int(address_mb)
-            log(f"address-space limit (RLIMIT_AS): {address_mb} MB")
-        except (ValueError, OSError) as exc:
-            log(f"address-space limit not applied: {exc}")
-    notes["hidden"] = hide_paths(request.get("hide") or [], bool(request.get("mount_namespace")))
+    for name in ("RLIMIT_AS", "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_FSIZE"):
+        with contextlib.suppress(ValueError, OSError):
+            soft, _ = resource.getrlimit(getattr(resource, name))
+            notes[name.lower()] = None if soft == resource.RLIM_INFINITY else soft
     return notes
-
-
-def hide_paths(paths: list[str], own_namespace: bool) -> list[str]:
-    """Cover Weighbridge's data with empty mounts (only inside a private mount namespace)."""
-    if not paths or not own_namespace or not sys.platform.startswith("linux"):
-        return []
-    libc = _libc()
-    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
-    ms_rdonly, ms_bind, ms_rec, ms_private = 1, 4096, 16384, 1 << 18
-    # Our mounts must never propagate back to the evaluator's namespace: make ours private
-    # first (util-linux's unshare already does; os.unshare does not), or hide nothing.
-    if libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
-        log(f"not hiding data: cannot make mounts private: {os.strerror(ctypes.get_errno())}")
-        return []
-    hidden = []
-    for path in paths:
-        if os.path.isdir(path):
-            rc = libc.mount(b"none", os.fsencode(path), b"tmpfs", ms_rdonly, b"size=4k,mode=0")
-        elif os.path.isfile(path):
-            rc = libc.mount(b"/dev/null", os.fsencode(path), None, ms_bind, None)
-        else:
-            continue
-        if rc == 0:
-            hidden.append(path)
-        else:
-            log(f"could not hide {path}: {os.strerror(ctypes.get_errno())}")
-    if hidden:
-        log(f"hidden from the handler by empty mounts: {', '.join(hidden)}")
-    return hidden

@@ -1,19 +1,22 @@
 """The warm interpreter ("zygote"): started once per process, it forks handler workers.
 
-Starting a handler worker used to mean a fresh `python -I` that imports torch (1.5-3 s on a
+Starting a handler worker afresh means a new interpreter that imports torch (1.5-3 s on a
 small machine) for every dataset run and every build's handler check. The zygote
-(`handler_host.py --zygote`, see `host_zygote.py`) is started once by the evaluator and
-builder workers, inside the same isolation as a worker (`unshare --net --mount` where the
-system allows), imports torch and numpy, and then forks a child per worker in milliseconds.
-Each child enters its own network and mount namespaces, session and process group and gets a
-parent-death signal before anything else runs; the worker then applies the audit hook, the
-limits, the empty mounts and its cwd/HOME/environment exactly as an exec'd one does.
+(`handler_host.py --zygote`, see `host/host_zygote.py`) is started once by the evaluator and
+builder workers inside bubblewrap (no network, its own PID namespace, read-only binds of the
+interpreter and the jobs folder), imports torch and numpy, and then forks a child per worker
+in milliseconds. Each child confines itself before anything of the user's runs
+(`host/confine.py`): the cell's cgroups, namespaces of its own with itself as PID 1, only its
+model and a size-limited scratch in view, rlimits, the cell's own uid with no capabilities,
+no_new_privs and the same seccomp program an exec'd worker gets. So two submissions forked from
+one zygote are as far apart as two exec'd ones.
 
-The zygote serves only the evaluator's own interpreter: a build with its own environment (a
-requirements.txt) still gets a fresh interpreter. When the zygote is missing, still starting
-past its time limit, or dead, callers fall back to the exec path; a dead zygote is started
-again on the next use. `warm_interpreter()` shares one zygote between the workers of an event
-loop and makes it `current_zygote()` for everything they run (threads included).
+The zygote serves only the evaluator's own interpreter and models under the jobs folder
+(`sandbox.jail.jobs_root`), and only where the sandbox runs as root (it hands out uids); other
+workers start a fresh sandboxed interpreter. When the zygote is missing, still starting past
+its time limit, or dead, callers fall back to the exec path; a dead zygote is started again
+on the next use. `warm_interpreter()` shares one zygote between the workers of an event loop
+and makes it `current_zygote()` for everything they run (threads included).
 """
 
 from __future__ import annotations
@@ -25,11 +28,9 @@ import contextvars
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -37,11 +38,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from evaluator.isolation import PASSED_ENV, Isolation, probe_isolation
+from sandbox.jail import Cell, Jail, current_jail, host_file, jobs_root, zygote_command
 
 log = logging.getLogger(__name__)
 
-HOST = Path(__file__).with_name("handler_host.py")
 STARTUP_SECONDS = 120.0  # importing torch on a loaded machine, with room to spare
 SPAWN_SECONDS = 30.0  # a fork answers in milliseconds; this only bounds a wedged zygote
 RETRY_SECONDS = 30.0  # after a failed start, use the exec path this long before trying again
@@ -65,9 +65,11 @@ class _Child:
         """One message from the zygote about this child."""
         message = json.loads(data)
         if "pid" in message:
-            self.pid = int(message["pid"])
+            # The zygote's number is in its own PID namespace; ours comes from the pidfd.
+            self.pid = 0
             if fds:
                 self.pidfd = fds[0]
+                self.pid = _pid_of(fds[0])
                 for extra in fds[1:]:
                     os.close(extra)
         elif "exit" in message:
@@ -87,11 +89,6 @@ class _Child:
         if self.pidfd is not None:
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        elif self.pid:
-            # No pidfd (an old kernel): the zygote has not reported its exit, so it has not
-            # reaped it, so the pid is still this child's.
-            with contextlib.suppress(OSError):
-                os.kill(self.pid, signal.SIGKILL)
 
     def kill_group(self) -> None:
         """Kill the child and everything in its process group (what it started, which may
@@ -108,6 +105,18 @@ class _Child:
             with contextlib.suppress(OSError):
                 os.close(self.pidfd)
             self.pidfd = None
+
+
+def _pid_of(pidfd: int) -> int:
+    """The process a pidfd refers to, as numbered in this process's PID namespace."""
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Pid:"):
+                    return max(0, int(line.split()[1]))
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 class ForkedProcess(_Child):
@@ -228,11 +237,16 @@ class Zygote:
     """One warm interpreter: `ensure()` starts it (again), `spawn_worker` / `spawn_script`
     fork from it, `close()` ends it and every child it still has."""
 
-    def __init__(self, *, python: str | None = None, startup_seconds: float = STARTUP_SECONDS):
+    def __init__(
+        self,
+        *,
+        python: str | None = None,
+        startup_seconds: float = STARTUP_SECONDS,
+        jail: Jail | None = None,
+    ):
         self.python = python or sys.executable
         self.startup_seconds = startup_seconds
-        self.isolation = Isolation()
-        self.unshare: list[str] = []
+        self.jail = jail
         self.ready: dict[str, Any] = {}
         self.starts = 0
         self._proc: asyncio.subprocess.Process | None = None
@@ -241,7 +255,6 @@ class Zygote:
         self._starting: asyncio.Task[None] | None = None
         self._stderr: asyncio.Task[None] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
-        self._home: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._retry_at = 0.0
         self._closed = False
@@ -263,12 +276,15 @@ class Zygote:
             and bool(self.ready.get("namespaces"))
         )
 
-    def serves(self, python: str | None) -> bool:
-        """Can a worker for `python` (None: the evaluator's own) be forked from here?
+    def serves(self, python: str | None, folder: Path | None = None) -> bool:
+        """Can a worker for `python` (None: the evaluator's own) on the model in `folder` be
+        forked from here? The folder must lie in the jobs folder the zygote has in view.
 
         Paths are compared as given, never resolved: a virtualenv's python is a link to the
         same binary, but its packages are another environment's."""
-        return python is None or os.path.abspath(python) == os.path.abspath(self.python)
+        if python is not None and os.path.abspath(python) != os.path.abspath(self.python):
+            return False
+        return folder is None or jobs_relative(folder) is not None
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -314,31 +330,26 @@ class Zygote:
     async def _start(self) -> None:
         await self._stop_process()
         self.starts += 1
-        self.isolation = await probe_isolation()
-        unshare = []
-        if self.isolation.prefix or self.isolation.preexec:
-            unshare.append("net")
-        if self.isolation.mount_namespace:
-            unshare.append("mount")
-        self.unshare = unshare
-        self._home = tempfile.mkdtemp(prefix="weighbridge-zygote-")
-        env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        env.setdefault("LANG", "C.UTF-8")
-        env.update(HOME=self._home, TMPDIR=self._home)
+        jail = self.jail or current_jail()
+        self.jail = jail
+        if not jail.isolated or not jail.privileged:
+            self._failed(
+                "the sandbox does not run as root here, so it cannot give each forked worker "
+                "a user of its own; handler workers start fresh sandboxed interpreters"
+            )
+            return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        command = [
-            *self.isolation.prefix,
+        argv = [
             self.python,
             "-I",
             "-u",
             "-B",
-            str(HOST),
+            host_file("handler_host.py"),
             "--zygote",
             str(theirs.fileno()),
-            str(os.getpid()),
-            ",".join(unshare),
+            "0",  # its parent (bubblewrap's) is outside its PID namespace
         ]
+        command, fds = zygote_command(jail, self.python, argv)
         started = time.monotonic()
         try:
             self._proc = await asyncio.create_subprocess_exec(
@@ -346,11 +357,10 @@ class Zygote:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
-                cwd=self._home,
-                env=env,
-                pass_fds=(theirs.fileno(),),
+                cwd="/",
+                env={"PATH": "/usr/bin:/bin"},
+                pass_fds=(theirs.fileno(), *fds),
                 start_new_session=True,
-                preexec_fn=self.isolation.preexec,
             )
         except OSError as exc:
             ours.close()
@@ -358,6 +368,8 @@ class Zygote:
             return
         finally:
             theirs.close()
+            for fd in fds:
+                os.close(fd)
         assert self._proc.stderr is not None
         self._stderr = asyncio.create_task(self._forward(self._proc.stderr))
         ours.setblocking(False)
@@ -381,16 +393,15 @@ class Zygote:
         if not ready.get("namespaces"):
             await self._stop_process()
             self._failed(
-                "its children cannot enter namespaces of their own "
-                f"({', '.join(unshare)}); handler workers start fresh interpreters"
+                "its children cannot enter namespaces of their own; handler workers start "
+                "fresh sandboxed interpreters"
             )
             return
         log.info(
-            "warm interpreter %s ready in %.1f s (preloaded %s; %s)",
+            "warm interpreter %s ready in %.1f s (preloaded %s; in bubblewrap)",
             self._proc.pid,
             time.monotonic() - started,
             ", ".join(ready.get("preloaded") or []) or "nothing",
-            self.isolation.network,
         )
 
     def _failed(self, why: str) -> None:
@@ -421,9 +432,6 @@ class Zygote:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._stderr, 1.0)
             self._stderr = None
-        if self._home is not None:
-            shutil.rmtree(self._home, ignore_errors=True)
-            self._home = None
         self.ready = {}
 
     async def close(self) -> None:
@@ -437,14 +445,19 @@ class Zygote:
     # -- forking -------------------------------------------------------------------------------
 
     def _send(self, request: dict[str, Any], fds: list[int]) -> socket.socket:
-        """Ask for a child; returns our end of its channel."""
+        """Ask for a child; returns our end of its channel. `fds`: stdin, stdout, stderr,
+        then the cgroup descriptors (the channel is put fourth)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             with self._send_lock:
                 control = self._control
                 if control is None:
                     raise ZygoteUnavailable("the warm interpreter is not running")
-                socket.send_fds(control, [json.dumps(request).encode()], [*fds, theirs.fileno()])
+                socket.send_fds(
+                    control,
+                    [json.dumps(request).encode()],
+                    [*fds[:3], theirs.fileno(), *fds[3:]],
+                )
         except OSError as exc:
             ours.close()
             with self._send_lock:
@@ -461,33 +474,51 @@ class Zygote:
             theirs.close()
         return ours
 
-    def _request(self, mode: str, argv: list[str], cwd: Path | str, env: dict[str, str]) -> dict:
+    @staticmethod
+    def _request(
+        mode: str,
+        argv: list[str],
+        cwd: str,
+        env: dict[str, str],
+        cell: Cell,
+        *,
+        model: Path,
+        out: Path | None,
+    ) -> dict:
+        model_rel = jobs_relative(model)
+        out_rel = jobs_relative(out) if out is not None else None
+        if model_rel is None or (out is not None and out_rel is None):
+            raise ZygoteUnavailable("the model is not in the warm interpreter's jobs folder")
         return {
             "op": "spawn",
             "mode": mode,
             "argv": argv,
-            "cwd": str(cwd),
+            "cwd": cwd,
             "env": env,
-            "unshare": self.unshare,
+            **cell.zygote_request(model=model_rel, out=out_rel),
         }
 
-    async def spawn_worker(self, *, cwd: Path, env: dict[str, str], stderr: int) -> ForkedProcess:
-        """A handler worker (`handler_host.py`'s serve loop) in a fresh child."""
+    async def spawn_worker(
+        self, *, cell: Cell, model: Path, env: dict[str, str], stderr: int
+    ) -> ForkedProcess:
+        """A handler worker (`handler_host.py`'s serve loop) in a fresh, confined child."""
         if not await self.ensure():
             raise ZygoteUnavailable("the warm interpreter is not available")
+        request = self._request(
+            "host", [host_file("handler_host.py")], "/scratch", env, cell, model=model, out=None
+        )
+        cgroups = cell.cgroup_fds()
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         try:
-            channel = self._send(
-                self._request("host", [str(HOST)], cwd, env), [stdin_r, stdout_w, stderr]
-            )
+            channel = self._send(request, [stdin_r, stdout_w, stderr, *cgroups])
         except BaseException:
             for fd in (stdin_w, stdout_r):
                 os.close(fd)
             raise
         finally:
-            os.close(stdin_r)
-            os.close(stdout_w)
+            for fd in (stdin_r, stdout_w, *cgroups):
+                os.close(fd)
         process = ForkedProcess(channel)
         try:
             await process.connect(stdin_w, stdout_r)
@@ -507,20 +538,25 @@ class Zygote:
         self,
         argv: list[str],
         *,
-        cwd: Path,
+        cell: Cell,
+        model: Path,
+        out: Path,
         env: dict[str, str],
         output: int,
         ensure_seconds: float = STARTUP_SECONDS,
     ) -> ThreadChild:
-        """`python -I -B -u SCRIPT ARGS` in a fresh child, from a worker thread; its stdout
-        and stderr go to the descriptor `output`, its stdin is /dev/null."""
+        """`python -I -B -u SCRIPT ARGS` in a fresh, confined child, from a worker thread;
+        its stdout and stderr go to the descriptor `output`, its stdin is /dev/null."""
         if not self.ensure_from_thread(ensure_seconds):
             raise ZygoteUnavailable("the warm interpreter is not available")
+        request = self._request("script", argv, "/scratch", env, cell, model=model, out=out)
+        cgroups = cell.cgroup_fds()
         devnull = os.open(os.devnull, os.O_RDONLY)
         try:
-            channel = self._send(self._request("script", argv, cwd, env), [devnull, output, output])
+            channel = self._send(request, [devnull, output, output, *cgroups])
         finally:
-            os.close(devnull)
+            for fd in (devnull, *cgroups):
+                os.close(fd)
         child = ThreadChild(channel)
         try:
             child.started(SPAWN_SECONDS)
@@ -529,6 +565,15 @@ class Zygote:
             child._close()
             raise
         return child
+
+
+def jobs_relative(folder: Path) -> str | None:
+    """`folder` relative to the jobs folder, or None when it lies elsewhere."""
+    root = os.path.realpath(jobs_root())
+    real = os.path.realpath(folder)
+    if real == root or not real.startswith(root + "/"):
+        return None
+    return os.path.relpath(real, root)
 
 
 _current: contextvars.ContextVar[Zygote | None] = contextvars.ContextVar(

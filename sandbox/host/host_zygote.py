@@ -2,24 +2,26 @@
 per handler worker or handler check (standard library only).
 
 `handler_host.py --zygote` loads this file by path and calls `serve`. The zygote is started
-once per evaluator/builder process by `evaluator.zygote`, inside the same isolation as a
-handler worker (`unshare --net --mount`), so every child starts in a namespace without a
-network. A child then enters namespaces of its own (a fresh network namespace and a private
-mount namespace), its own session and process group, a parent-death signal, its own cwd,
-environment and descriptors, and only then runs the handler worker (or a script): the audit
-hook and the limits are applied by the worker exactly as in an exec'd one.
+once per evaluator/builder process by `sandbox.zygote`, inside bubblewrap (its own PID,
+network, IPC, UTS and mount namespaces; a root filesystem of read-only binds and the jobs
+folder), as root so that it can give each child a user of its own. It never runs user code
+itself. Each child is confined by `confine.py` (cgroups, new namespaces with the child as PID
+1 of its own, its model and scratch only, rlimits, its own uid, no capabilities,
+no_new_privs, seccomp) before the handler worker (or a script) starts in it.
 
 Protocol, over a SOCK_SEQPACKET unix socket from the parent (one datagram per message):
 
-    parent -> {"op": "spawn", "mode": "host" | "script", "argv", "cwd", "env", "unshare"}
-              with four descriptors: stdin, stdout, stderr, and a per-child channel socket
+    parent -> {"op": "spawn", "mode": "host" | "script", "argv", "cwd", "env", "uid", "gid",
+               "rlimits", "scratch_bytes", "model", "out", "seccomp"}
+              with descriptors: stdin, stdout, stderr, a per-child channel socket, then one
+              `cgroup.procs` per cgroup the child joins
     zygote -> (channel) {"pid": N} with a pidfd for the child, then {"exit": code}
               (code as subprocess reports it: negative for a signal), then closes it
 
 The zygote starts no threads and never touches a GPU; OpenBLAS' worker thread (started when
 numpy is imported) is stopped by OpenBLAS' own fork handler at the first fork, which the
-namespace probe at start-up performs. When its parent goes away the zygote dies
-(parent-death signal), and its children with it (theirs).
+namespace probe at start-up performs. When its parent goes away the zygote dies (bubblewrap's
+--die-with-parent), and its children with it (their parent-death signals).
 """
 
 from __future__ import annotations
@@ -39,31 +41,22 @@ import sys
 import time
 import traceback
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 PRELOAD = ("numpy", "torch")
 MAX_MESSAGE = 1 << 20
-EXIT_NAMESPACE = 71  # a child could not enter its own namespaces
+confine = None  # confine.py, loaded by path by handler_host.py and handed to serve()
+EXIT_CONFINE = 71  # a child could not be confined: it ran nothing of the user's
 
 
 def _libc():
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
-def _flags(names: list[str]) -> int:
-    flags = 0
-    if "net" in names:
-        flags |= CLONE_NEWNET
-    if "mount" in names:
-        flags |= CLONE_NEWNS
-    return flags
-
-
 def _die_with_parent(parent: int) -> None:
+    """A parent-death signal; `parent` 0: the parent is outside this PID namespace."""
     if sys.platform.startswith("linux"):
         _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
+    if parent and os.getppid() != parent:
         os._exit(3)
 
 
@@ -79,10 +72,9 @@ def _send(channel: socket.socket, message: dict, fds: list[int] | None = None) -
 class Zygote:
     """The fork server: one control socket, one channel per live child."""
 
-    def __init__(self, control: socket.socket, run_host, unshare: list[str]) -> None:
+    def __init__(self, control: socket.socket, run_host) -> None:
         self.control = control
         self.run_host = run_host
-        self.unshare = unshare
         self.children: dict[int, socket.socket] = {}
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -111,12 +103,13 @@ class Zygote:
 
     def probe_namespaces(self) -> bool:
         """Can a child enter namespaces of its own? (Also makes OpenBLAS stop its thread.)"""
-        flags = _flags(self.unshare)
         pid = os.fork()
         if pid == 0:
             code = 0
-            if flags:
-                code = 0 if _libc().unshare(flags) == 0 else 1
+            try:
+                confine.enter_namespaces()
+            except Exception:
+                code = 1
             os._exit(code)
         _, status = os.waitpid(pid, 0)
         return os.waitstatus_to_exitcode(status) == 0
@@ -157,7 +150,7 @@ class Zygote:
             request = json.loads(data)
         except ValueError:
             request = {}
-        if request.get("op") != "spawn" or len(fds) != 4:
+        if request.get("op") != "spawn" or len(fds) < 4:
             for fd in fds:
                 os.close(fd)
             return True
@@ -236,6 +229,12 @@ class Zygote:
         os.dup2(stdin, 0)
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
+        try:
+            # Into the cell's cgroups first: everything after is counted and limited.
+            confine.join_cgroups(fds[4:])
+        except OSError as exc:
+            os.write(2, f"[weighbridge] cannot join the sandbox's cgroups: {exc}\n".encode())
+            return EXIT_CONFINE
         # Forget the zygote's sockets without closing them twice, then close every other
         # descriptor: the child holds nothing but its own three.
         self.control.detach()
@@ -243,14 +242,35 @@ class Zygote:
         for other in self.children.values():
             other.detach()
         os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
-        flags = _flags(list(request.get("unshare") or []))
-        if flags and _libc().unshare(flags) != 0:
-            err = ctypes.get_errno()
-            os.write(2, f"[weighbridge] cannot enter a namespace: {os.strerror(err)}\n".encode())
-            return EXIT_NAMESPACE
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
+        try:
+            confine.enter_namespaces()
+            pid = os.fork()
+        except (confine.ConfineError, OSError) as exc:
+            os.write(2, f"[weighbridge] cannot enter the sandbox's namespaces: {exc}\n".encode())
+            return EXIT_CONFINE
+        if pid:
+            # The reaper: holds none of the worker's pipes, ends with its status.
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.close(devnull)
+            return confine.reap(pid)
+        try:
+            confine.build_view(request)
+            worker = os.fork()  # PID 2 runs the user's code; this PID 1 only reaps
+        except (confine.ConfineError, OSError) as exc:
+            os.write(2, f"[weighbridge] cannot confine the worker: {exc}\n".encode())
+            return EXIT_CONFINE
+        if worker:
+            return confine.init(worker)
+        try:
+            os.chdir(request.get("cwd") or "/scratch")
+            os.environ.clear()
+            os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
+            confine.drop_privileges(request)
+        except (confine.ConfineError, OSError) as exc:
+            os.write(2, f"[weighbridge] cannot confine the worker: {exc}\n".encode())
+            return EXIT_CONFINE
         _fresh_process_state()
         argv = [str(a) for a in request.get("argv") or []]
         if request.get("mode") == "script":
@@ -304,12 +324,14 @@ def _flush() -> None:
             stream.flush()
 
 
-def serve(argv: list[str], run_host) -> int:
-    """`handler_host.py --zygote CONTROL_FD PARENT_PID UNSHARE`: preload, report, serve."""
-    control_fd, parent, unshare = int(argv[0]), int(argv[1]), argv[2]
+def serve(argv: list[str], run_host, confinement) -> int:
+    """`handler_host.py --zygote CONTROL_FD PARENT_PID`: preload, report, serve."""
+    global confine
+    confine = confinement
+    control_fd, parent = int(argv[0]), int(argv[1])
     _die_with_parent(parent)
     control = socket.socket(fileno=control_fd)
-    zygote = Zygote(control, run_host, [n for n in unshare.split(",") if n])
+    zygote = Zygote(control, run_host)
     ready = zygote.preload()
     ready["namespaces"] = zygote.probe_namespaces()
     ready["threads"] = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc") else None
