@@ -8,9 +8,17 @@ TORCH ?= torch==2.13.0
 PORT ?= 8000
 SHELL := /bin/bash
 
-.PHONY: install up test lint bench migrate services browser clean
+.PHONY: install up test lint bench migrate services browser sandbox-tools clean
 
-install: $(VENV)/.installed
+install: sandbox-tools $(VENV)/.installed
+
+# bubblewrap builds the sandbox user code runs in (libseccomp2 serves its seccomp filter);
+# installed with apt where this machine lets us, else the workers say what to install.
+sandbox-tools:
+	@command -v bwrap >/dev/null && ldconfig -p 2>/dev/null | grep -q libseccomp.so.2 \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2 >/dev/null) \
+	  || echo "bubblewrap is absent and cannot be installed here: install it (apt-get install bubblewrap); the builder and evaluator refuse to run user code without it"; }
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

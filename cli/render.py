@@ -275,8 +275,12 @@ def leaderboard_table(board: dict[str, Any]) -> Table:
         for name in row.get("metrics") or {}:
             if name not in metric_names:
                 metric_names.append(name)
+    unsafe = any(row.get("unsandboxed") for row in rows)
     table = Table(
         title=f"leaderboard: {board.get('task', '')}",
+        caption="⚠ unsandboxed: evaluated without the sandbox; its scores cannot be trusted"
+        if unsafe
+        else None,
         title_justify="left",
         # No rules: rich lays a boxed table out wider than the terminal once cells must wrap.
         box=None,
@@ -300,7 +304,7 @@ def leaderboard_table(board: dict[str, Any]) -> Table:
         metrics = row.get("metrics") or {}
         table.add_row(
             rank,
-            str(row.get("model") or "-"),
+            str(row.get("model") or "-") + (" ⚠ unsandboxed" if row.get("unsandboxed") else ""),
             str(row.get("owner") or "-"),
             fmt_value(row.get("score")),
             *(fmt_value(metrics.get(name)) for name in metric_names),

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from core.errors import WeighbridgeError
-from core.models import Dataset, Score, Submission, Task, User
+from core.models import Dataset, Run, Score, Submission, Task, User
 from core.states import Status
 from core.storage import Storage
 from core.taskconfig import DELTA_METRICS, TaskConfig
@@ -151,6 +151,7 @@ async def read_leaderboard(
             )
         ):
             scores[score.submission_id][score.dataset][score.metric] = score
+    unsandboxed = await _unsandboxed(session, ids)
 
     models = []
     incomplete: dict[str, str] = {}
@@ -243,6 +244,9 @@ async def read_leaderboard(
                 "pvalue": pvalue,
                 "private": row.info["private"],
                 "datasets": row.datasets,
+                # Evaluated with WEIGHBRIDGE_SANDBOX=unsafe-no-isolation: its code could have
+                # read the hidden labels, so the row says so wherever it is shown.
+                "unsandboxed": row.model in unsandboxed,
             }
         )
         previous_ci, previous_rank = ci, row.rank
@@ -257,6 +261,23 @@ async def read_leaderboard(
         for sid, reason in {**board.unranked, **incomplete}.items()
     ]
     return result
+
+
+async def _unsandboxed(session: AsyncSession, ids: list[str]) -> set[str]:
+    """The submissions any of whose runs went without the sandbox (the runner records the
+    sandbox it used in each run's summary)."""
+    if not ids:
+        return set()
+    found: set[str] = set()
+    for submission_id, summary in await session.execute(
+        sa.select(col(Run.submission_id), col(Run.summary)).where(
+            col(Run.submission_id).in_(ids), col(Run.status) == "done"
+        )
+    ):
+        sandbox = ((summary or {}).get("worker") or {}).get("sandbox") or {}
+        if sandbox.get("tool") == "none":
+            found.add(submission_id)
+    return found
 
 
 TIE_ALPHA = 0.05

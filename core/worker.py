@@ -128,7 +128,7 @@ class Consumer:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), 2.0)
                         continue
-                    if received == room or (received and bell is not None):
+                    if received == room:
                         continue  # there may be more waiting: fill the remaining slots
                 if bell is None and not in_hand and room > 0:
                     continue  # the receive itself waited (long polling)
