@@ -15,6 +15,7 @@ import codecs
 import json
 import os
 import re
+import shutil
 import signal
 import tempfile
 import threading
@@ -35,6 +36,7 @@ from sandbox.jail import (
     Mount,
     current_jail,
     host_file,
+    readable_view,
     signalled,
 )
 from sandbox.jail import jobs_root as sandbox_jobs_root
@@ -123,6 +125,40 @@ def check_handler(
         )
     log.step(f"importing {file} with {python} in the sandbox (timeout {timeout:g} s)")
     jail = jail or current_jail()
+    copy = None
+    if jail.isolated:
+        model_dir, copy = readable_view(model_dir)
+    try:
+        return _check_in_sandbox(
+            model_dir,
+            handler,
+            file,
+            module,
+            function,
+            python=python,
+            timeout=timeout,
+            log=log,
+            zygote=zygote,
+            jail=jail,
+        )
+    finally:
+        if copy is not None:
+            shutil.rmtree(copy, ignore_errors=True)
+
+
+def _check_in_sandbox(
+    model_dir: Path,
+    handler: str,
+    file: str,
+    module: str,
+    function: str,
+    *,
+    python: str,
+    timeout: float,
+    log: BuildLog,
+    zygote: Zygote | None,
+    jail: Jail,
+) -> HandlerInfo:
     with tempfile.TemporaryDirectory(prefix="probe-", dir=sandbox_jobs_root()) as tmp:
         out = Path(tmp) / "out"
         out.mkdir()

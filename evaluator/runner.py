@@ -377,12 +377,10 @@ async def _run_batches(
     round_trips = [0.0] * total
     sizes = [min(size, len(rows) - start) for start in starts]
     next_batch = 0
-    last_check = time.monotonic()
 
     async def serve(sandbox: Sandbox) -> None:
         # Each worker takes the next unsent batch whenever it has room: a slow worker (or a
         # slow batch) never holds the others up, and answers land in their batch's slot.
-        nonlocal last_check
         in_flight: deque[int] = deque()
 
         async def take(limit: int) -> None:
@@ -408,26 +406,37 @@ async def _run_batches(
             outputs[k] = check_answers(answer.outputs, uids, task.output_fields, where=where(k))
             latencies[k] = answer.elapsed
             round_trips[k] = answer.round_trip
-            if should_stop is not None and time.monotonic() - last_check >= CANCEL_CHECK_SECONDS:
-                last_check = time.monotonic()
-                if await should_stop():
-                    raise EvaluationCancelled(dataset.name)
+
+    async def watch() -> None:
+        # Asked every second, whatever the handler is doing: a cancelled submission's
+        # workers stop at once, not when their current batch (maybe never) answers.
+        assert should_stop is not None
+        while True:
+            await asyncio.sleep(CANCEL_CHECK_SECONDS)
+            if await should_stop():
+                raise EvaluationCancelled(dataset.name)
 
     began = time.perf_counter()
-    await _first_failure([serve(sandbox) for sandbox in sandboxes])
+    work = _first_failure([serve(sandbox) for sandbox in sandboxes])
+    if should_stop is None:
+        await work
+    else:
+        await _first_failure([work, watch()], until_first_done=True)
     inference_seconds = time.perf_counter() - began
     answers = [answer for batch in outputs for answer in batch]
     return answers, inference_seconds, latencies, sizes, round_trips
 
 
-async def _first_failure(jobs: Sequence[Awaitable[Any]]) -> None:
-    """Run `jobs` together; the first to fail stops the others and its exception is raised."""
+async def _first_failure(jobs: Sequence[Awaitable[Any]], *, until_first_done: bool = False) -> None:
+    """Run `jobs` together; the first to fail stops the others and its exception is raised
+    (with `until_first_done`, the first to finish at all stops the others)."""
     if len(jobs) == 1:
         await jobs[0]
         return
     tasks = [asyncio.ensure_future(job) for job in jobs]
+    when = asyncio.FIRST_COMPLETED if until_first_done else asyncio.FIRST_EXCEPTION
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        done, _ = await asyncio.wait(tasks, return_when=when)
     finally:
         for task in tasks:
             task.cancel()

@@ -148,6 +148,23 @@ class Cgroup:
                         return int((d / file).read_text())
         return None
 
+    def anon_bytes(self) -> int | None:
+        """Anonymous (non-file) memory charged to the group: what its processes allocated,
+        counted once however many of them map it. None without a memory controller."""
+        d = self.dirs.get("unified") or self.dirs.get("memory")
+        if d is None:
+            return None
+        key = "anon" if "unified" in self.dirs else "total_rss"
+        try:
+            with open(d / "memory.stat", "rb") as fh:
+                for line in fh:
+                    name, _, value = line.partition(b" ")
+                    if name.decode() == key:
+                        return int(value)
+        except (OSError, ValueError):
+            return None
+        return None
+
     def oom_killed(self) -> bool:
         """Did the kernel kill something in this group for going over its memory limit?"""
         d = self.dirs.get("unified") or self.dirs.get("memory")

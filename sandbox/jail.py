@@ -184,6 +184,50 @@ def jobs_root() -> Path:
     return root
 
 
+def _readable_by_all(folder: Path) -> bool:
+    for root, dirs, files in os.walk(folder):
+        for name in [root, *(os.path.join(root, d) for d in dirs)]:
+            if os.stat(name).st_mode & 0o005 != 0o005:
+                return False
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path) and os.stat(path).st_mode & 0o004 == 0:
+                return False
+    return True
+
+
+def _open_up(folder: Path) -> None:
+    """o+r on files, o+rx on folders (the sandbox's user is nobody's owner or group)."""
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, os.stat(root).st_mode | 0o755)
+        for name in dirs:
+            path = os.path.join(root, name)
+            os.chmod(path, os.stat(path).st_mode | 0o755)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, os.stat(path).st_mode | 0o444)
+
+
+def readable_view(folder: Path) -> tuple[Path, Path | None]:
+    """A folder the sandbox's unprivileged user can read, with the contents of `folder`:
+    `folder` itself when it already is readable by all or lies in the jobs folder (its
+    permissions are opened up there: the jobs folder is ours), else a copy in the jobs folder
+    (a user's own 0700 folder for `weighbridge test`: their permissions are left alone).
+    Returns (the folder, the copy to remove afterwards or None)."""
+    if os.geteuid() != 0 or _readable_by_all(folder):
+        return folder, None
+    root = os.path.realpath(jobs_root())
+    if os.path.realpath(folder).startswith(root + "/"):
+        _open_up(folder)
+        return folder, None
+    copy = Path(tempfile.mkdtemp(prefix="view-", dir=root))
+    target = copy / "model"
+    shutil.copytree(folder, target, symlinks=True)
+    _open_up(copy)
+    return target, copy
+
+
 def _passwd(uid: int, gid: int) -> bytes:
     return (
         f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
@@ -418,6 +462,10 @@ class Cell:
 
     def oom_killed(self) -> bool:
         return self.cgroup is not None and self.cgroup.oom_killed()
+
+    def memory_in_use(self) -> int | None:
+        """Anonymous memory charged to the cell (None: no memory cgroup here)."""
+        return self.cgroup.anon_bytes() if self.cgroup is not None else None
 
     def pids_refused(self) -> bool:
         return self.cgroup is not None and self.cgroup.pids_refused()

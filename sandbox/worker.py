@@ -20,6 +20,7 @@ import contextlib
 import json
 import marshal
 import os
+import shutil
 import signal
 import struct
 import sys
@@ -45,6 +46,7 @@ from sandbox.jail import (
     Mount,
     current_jail,
     host_file,
+    readable_view,
     signalled,
 )
 
@@ -53,7 +55,11 @@ if TYPE_CHECKING:
 
 HOST = host_file("handler_host.py")
 HEADER = struct.Struct(">I")
-MAX_ANSWER_BYTES = 1 << 30
+# One batch's answers, as JSON. The worker writes the frame, so its size is the user's choice;
+# decoding a frame of empty lists costs ~20 times its size in objects here. SageMaker's own
+# payload limit is 6 MB per request; 16 MB leaves room for long generated texts.
+MAX_ANSWER_BYTES = 16 << 20
+DECODE_IN_THREAD_BYTES = 1 << 20  # larger answers are decoded off the event loop
 MiB = 1 << 20
 PIPE_BYTES = 1 << 20  # the request pipe's capacity, where the OS lets it grow
 
@@ -221,6 +227,10 @@ class Sandbox:
         self.limits = limits
         self.jail = jail
         self.cell: Cell | None = None
+        # The model as the sandbox's user can read it (a copy when its permissions are
+        # private and it is not Weighbridge's to open up), and that copy, to remove.
+        self._view: Path = model_dir
+        self._view_copy: Path | None = None
         self.python = python or sys.executable
         self.batch_size = batch_size
         self.model_name = model_name
@@ -272,9 +282,11 @@ class Sandbox:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         jail = self.jail or current_jail()
+        if jail.isolated:
+            self._view, self._view_copy = await asyncio.to_thread(readable_view, self.model_dir)
         job = Job(
             python=self.python,
-            mounts=(Mount(str(self.model_dir), MODEL),),
+            mounts=(Mount(str(self._view), MODEL),),
             limits=self.limits.kernel(),
         )
         self.cell = await asyncio.to_thread(jail.cell, job)
@@ -331,16 +343,12 @@ class Sandbox:
 
         zygote = self.zygote or current_zygote()
         assert self.cell is not None
-        if (
-            zygote is None
-            or self.cell.slot is None
-            or not zygote.serves(self.python, self.model_dir)
-        ):
+        if zygote is None or self.cell.slot is None or not zygote.serves(self.python, self._view):
             return None
         try:
             proc = await zygote.spawn_worker(
                 cell=self.cell,
-                model=self.model_dir,
+                model=self._view,
                 env=self.cell.env(threads=self.threads),
                 stderr=self._log_file.fileno(),
             )
@@ -398,6 +406,9 @@ class Sandbox:
         """End what is left in the cell's cgroups and under its uid; give the uid back."""
         if self.cell is not None:
             self.cell.close()
+        if self._view_copy is not None:
+            shutil.rmtree(self._view_copy, ignore_errors=True)
+            self._view_copy = None
 
     def _kill(self) -> None:
         if self.proc is None:
@@ -428,7 +439,10 @@ class Sandbox:
             if polls % 10 == 0:  # listing children scans /proc: ~1 ms, so not every poll
                 tree = _below_init(process) if forked else _tree(process)
             polls += 1
-            rss = _rss(tree) - self.inherited_bytes
+            anon = self.cell.memory_in_use() if self.cell is not None else None
+            # The cgroup's anonymous memory is what the handler's processes added, counted
+            # once however many of them share it; without one, their resident memory.
+            rss = anon if anon is not None else _rss(tree) - self.inherited_bytes
             self.peak_rss = max(self.peak_rss, rss)
             if rss > limit:
                 self._memory_exceeded = rss
@@ -492,8 +506,9 @@ class Sandbox:
                     self._kill()
                     raise SandboxError(
                         "protocol",
-                        f"{where}: the answer is {size} bytes, more than the "
-                        f"{MAX_ANSWER_BYTES} allowed",
+                        f"{where}: the answers to one batch are {size / MiB:.1f} MB of JSON, "
+                        f"more than the {MAX_ANSWER_BYTES / MiB:g} MB allowed; return smaller "
+                        "answers or use a smaller eval.batch_size",
                     )
                 body = await stdout.readexactly(size)
         except TimeoutError:
@@ -501,9 +516,15 @@ class Sandbox:
         except (asyncio.IncompleteReadError, ConnectionResetError):
             raise await self._died(where) from None
         try:
-            return json.loads(body)
-        except ValueError as exc:
+            if size > DECODE_IN_THREAD_BYTES:
+                decoded = await asyncio.to_thread(json.loads, body)
+            else:
+                decoded = json.loads(body)
+        except (ValueError, RecursionError) as exc:
             raise SandboxError("protocol", f"{where}: unreadable answer: {exc}") from None
+        if not isinstance(decoded, dict):
+            raise SandboxError("protocol", f"{where}: the worker sent no answer object")
+        return decoded
 
     async def _timed_out(self, where: str) -> SandboxError:
         self._kill()

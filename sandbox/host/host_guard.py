@@ -204,8 +204,13 @@ def _describe_address(address: object) -> str:
 
 
 def log(message: str) -> None:
-    sys.stderr.write(f"[weighbridge] {message}\n")
-    sys.stderr.flush()
+    # The log may be full (RLIMIT_FSIZE caps it): a note that cannot be written is dropped,
+    # never a reason for the worker to crash before it reports what happened.
+    try:
+        sys.stderr.write(f"[weighbridge] {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def interpreter_paths() -> list[str]:

@@ -237,8 +237,7 @@ def test_forked_check_finds_torch_already_imported(tmp_path: Path, zygote: Zygot
 def test_forked_check_has_no_network(tmp_path: Path, zygote: Zygote) -> None:
     source = (
         "lines = open('/proc/self/net/dev').read().splitlines()[2:]\n"
-        "print('interfaces:', ','.join(sorted(l.split(':')[0].strip() for l in lines)))\n"
-        + HANDLER
+        "print('interfaces:', ','.join(sorted(l.split(':')[0].strip() for l in lines)))\n" + HANDLER
     )
     log = check_forked(tmp_path, source, zygote)
     assert "interfaces: lo\n" in log

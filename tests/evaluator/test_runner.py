@@ -19,21 +19,25 @@ from evaluator.runner import DatasetRun, DatasetSpec, ModelSpec, run_dataset
 from tests.evaluator.factories import toy_rows
 from tests.evaluator.models import BROKEN, write_folder
 
-# Each worker says who it is; a short sleep per batch lets every worker take batches.
+# Each worker says who it is (every sandboxed worker is the same pid in a namespace of its
+# own, so a name drawn at start and its uid); a short sleep per batch lets every worker take
+# batches.
 PID_HANDLER = """
 import os
 import time
 
+NAME = os.urandom(6).hex()
+
 
 def initialize(context):
-    print(f"worker pid {os.getpid()}", flush=True)
+    print(f"worker {NAME} uid {os.getuid()}", flush=True)
 
 
 def handle(data, context):
     time.sleep(0.02)
     if any(item["body"]["x"] > FAIL_ABOVE for item in data):
         raise ValueError("x is too large for this model")
-    return [{"label": item["body"]["x"] % 2, "pid": os.getpid()} for item in data]
+    return [{"label": item["body"]["x"] % 2, "pid": NAME} for item in data]
 """
 
 
@@ -109,7 +113,7 @@ async def test_concurrent_workers_answer_every_batch_in_order(tmp_path: Path) ->
     log = (await storage.read_bytes(run.keys["log"])).decode()
     for i in (1, 2, 3):
         assert f"handler worker {i} of 3" in log
-    assert {int(p) for p in re.findall(r"worker pid (\d+)", log)} == set(pids)
+    assert set(re.findall(r"worker ([0-9a-f]{12}) uid", log)) == set(pids)
 
 
 async def test_no_more_workers_than_batches(tmp_path: Path) -> None:
@@ -132,9 +136,12 @@ async def test_one_failing_worker_stops_the_others_and_names_its_batch(tmp_path:
     log = (tmp_path / "storage" / "submissions/s1/results/test/log").read_text()
     assert "handler worker 1 of 2" in log and "handler worker 2 of 2" in log
     assert "ValueError: x is too large" in log
-    # Both workers are gone, the one that did nothing wrong included.
-    for pid in {int(p) for p in re.findall(r"worker pid (\d+)", log)}:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    # Both workers are gone, the one that did nothing wrong included: nothing runs as
+    # their users any more.
+    uids = {int(u) for u in re.findall(r"worker [0-9a-f]{12} uid (\d+)", log)}
+    assert len(uids) == 2 and 0 not in uids
+    left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real in uids]
+    assert not left
 
 
 @pytest.mark.parametrize("name", ["import_error", "hangs", "memory_hog", "wrong_count", "exits"])
