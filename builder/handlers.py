@@ -172,7 +172,7 @@ def _check_in_sandbox(
             started = time.monotonic()
             inside = jail.isolated
             argv = [
-                host_file("handler_probe.py") if inside else str(_PROBE_SOURCE),
+                host_file("handler_probe.py", jail),
                 MODEL if inside else str(model_dir),
                 module,
                 function,
@@ -241,9 +241,6 @@ def _check_in_sandbox(
     )
     log.write(f"handler entry point: {info.entry} (initialize: {info.initialize})\n")
     return info
-
-
-_PROBE_SOURCE = Path(__file__).resolve().parent.parent / "sandbox" / "host" / "handler_probe.py"
 
 
 def _number(value: object, default: float) -> float:

@@ -349,7 +349,10 @@ class Cell:
         return tuple(self._fds)
 
     def env(self, *, threads: int | None = None) -> dict[str, str]:
-        return sandbox_env(self.job.env, threads=threads)
+        env = sandbox_env(self.job.env, threads=threads)
+        if not self.jail.isolated:  # no /scratch without a sandbox
+            env.update(HOME=tempfile.gettempdir(), TMPDIR=tempfile.gettempdir())
+        return env
 
     def command(self, argv: list[str], *, threads: int | None = None) -> list[str]:
         """The full command line: bwrap, its options, setpriv (as root), then `argv`."""
@@ -509,11 +512,11 @@ def _base_filesystem(python: str, *, network: bool, targets: Iterable[str] = ())
     """/usr and friends, /etc's few files, the interpreter, the host modules, /proc, /dev."""
     args: list[str] = ["--ro-bind", "/usr", "/usr"]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        path = Path("/") / name
-        if path.is_symlink():
-            args += ["--symlink", os.readlink(path), str(path)]
-        elif path.is_dir():
-            args += ["--ro-bind", str(path), str(path)]
+        top = Path("/") / name
+        if top.is_symlink():
+            args += ["--symlink", os.readlink(top), str(top)]
+        elif top.is_dir():
+            args += ["--ro-bind", str(top), str(top)]
     for path in NETWORK_ETC if network else ETC_FILES:
         args += _bind_args(path, path, optional=True)
     if network:
@@ -587,8 +590,11 @@ def signalled(code: int | None) -> int | None:
     return code
 
 
-def host_file(name: str) -> str:
-    """A host module's path inside the sandbox (sandbox/host/<name>)."""
+def host_file(name: str, jail: Jail | None = None) -> str:
+    """A host module's path as the sandboxed process sees it (sandbox/host/<name>): bound at
+    /run/weighbridge inside the sandbox, its own path without one."""
+    if jail is not None and not jail.isolated:
+        return str(HOST_SOURCE / name)
     return f"{HOST_FILES}/{name}"
 
 

@@ -53,7 +53,7 @@ from sandbox.jail import (
 if TYPE_CHECKING:
     from sandbox.zygote import ForkedProcess, Zygote
 
-HOST = host_file("handler_host.py")
+HOST = "handler_host.py"
 HEADER = struct.Struct(">I")
 # One batch's answers, as JSON. The worker writes the frame, so its size is the user's choice;
 # decoding a frame of empty lists costs ~20 times its size in objects here. SageMaker's own
@@ -78,7 +78,7 @@ class SandboxLimits:
     address_space_slack_mb: int = 1024
     poll_seconds: float = 0.05
     scratch_mb: int = 512
-    pids: int = 256
+    pids: int = 512
     output_mb: int = 64  # the handler's log (stdout + stderr); RLIMIT_FSIZE enforces it
 
     def kernel(self) -> Limits:
@@ -231,6 +231,7 @@ class Sandbox:
         # private and it is not Weighbridge's to open up), and that copy, to remove.
         self._view: Path = model_dir
         self._view_copy: Path | None = None
+        self._described: dict[str, Any] = {}
         self.python = python or sys.executable
         self.batch_size = batch_size
         self.model_name = model_name
@@ -271,9 +272,9 @@ class Sandbox:
     @property
     def sandbox(self) -> dict[str, Any]:
         """What isolated the worker, for its result and the receipt."""
-        if self.cell is None:
+        if not self._described:
             return {}
-        return {**self.cell.describe(), "start": "forked" if self.forked_from else "exec"}
+        return {**self._described, "start": "forked" if self.forked_from else "exec"}
 
     async def start(self) -> dict[str, Any]:
         """Start the worker and initialise the handler; returns the worker's `ready` report."""
@@ -290,6 +291,7 @@ class Sandbox:
             limits=self.limits.kernel(),
         )
         self.cell = await asyncio.to_thread(jail.cell, job)
+        self._described = self.cell.describe()  # the cell's uid is given back at close
         limits = (
             f"time limit {self.limits.timeout_seconds:g} s per batch; memory limit "
             f"{self.limits.memory_mb} MB; output limit {self.limits.output_mb} MB"
@@ -297,7 +299,7 @@ class Sandbox:
         self._log_file = self.log_path.open("ab")
         self.proc = await self._fork(limits)
         if self.proc is None:
-            argv = [self.python, "-I", "-u", "-B", HOST]
+            argv = [self.python, "-I", "-u", "-B", host_file(HOST, jail)]
             command = self.cell.command(argv, threads=self.threads)
             where = "sandbox: none (UNSAFE)" if not jail.isolated else _summary(self.cell)
             self._note(f"starting the handler worker: {' '.join(argv)}; {where}; {limits}")
@@ -360,7 +362,7 @@ class Sandbox:
             memory = psutil.Process(proc.pid).memory_info()
             self.inherited_bytes = max(0, memory.rss - memory.shared)
         self._note(
-            f"started the handler worker {proc.pid} ({Path(HOST).name}), forked from the warm "
+            f"started the handler worker {proc.pid} ({HOST}), forked from the warm "
             f"interpreter {zygote.pid} (preloaded: "
             f"{', '.join(zygote.ready.get('preloaded') or []) or 'nothing'}; its "
             f"{self.inherited_bytes / MiB:.0f} MB of shared memory are not counted); "

@@ -332,7 +332,10 @@ class Zygote:
         self.starts += 1
         jail = self.jail or current_jail()
         self.jail = jail
-        if not jail.isolated or not jail.privileged:
+        if not jail.isolated:
+            self._failed(f"not used with WEIGHBRIDGE_SANDBOX={jail.mode}")
+            return
+        if not jail.privileged:
             self._failed(
                 "the sandbox does not run as root here, so it cannot give each forked worker "
                 "a user of its own; handler workers start fresh sandboxed interpreters"

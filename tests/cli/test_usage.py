@@ -85,3 +85,24 @@ def test_version(cli: Cli) -> None:
     result = cli.installed("--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"weighbridge {__version__}"
+
+
+@pytest.mark.parametrize("role", ["evaluator", "builder"])
+def test_roles_running_user_code_refuse_to_start_without_the_sandbox(
+    tmp_path: Path, role: str
+) -> None:
+    # No bubblewrap on PATH: one sentence saying what to install, exit 1, nothing started.
+    cli = Cli(env=clean_env(tmp_path), cwd=tmp_path)
+    result = cli.installed("serve", role, PATH=str(tmp_path / "empty-bin"), timeout=60)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    output = result.stdout + result.stderr
+    assert "the sandbox for user code is not available" in output
+    assert "apt-get install bubblewrap" in output
+    assert "Traceback" not in output
+
+
+def test_an_unknown_sandbox_setting_is_refused(tmp_path: Path) -> None:
+    cli = Cli(env=clean_env(tmp_path), cwd=tmp_path)
+    result = cli.installed("serve", "evaluator", WEIGHBRIDGE_SANDBOX="docker", timeout=60)
+    assert result.returncode == 1
+    assert "WEIGHBRIDGE_SANDBOX is 'docker'" in result.stdout + result.stderr

@@ -153,6 +153,34 @@ async def test_a_model_is_evaluated_scored_and_receipted(
     assert receipt["hardware"]["cpu_model"]
     assert receipt["timings"]["test"]["examples_per_second"] > 0
     assert receipt["timings"]["test"]["init_seconds"] > 0
+    # The sandbox that ran it: tool, namespaces, its own uid, limits, the seccomp profile.
+    sandbox = receipt["sandbox"]
+    assert sandbox["tool"].startswith("bubblewrap ") and sandbox["uid"] >= 424_200
+    assert {"pid", "net", "mount", "ipc", "uts"} <= set(sandbox["namespaces"])
+    assert len(sandbox["seccomp"]["sha256"]) == 64 and "ptrace" in sandbox["seccomp"]["denied"]
+    assert sandbox["limits"]["memory_mb"] and sandbox["network"] == "none"
+
+
+async def test_without_the_sandbox_the_receipt_and_the_leaderboard_say_so(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.leaderboard import read_leaderboard
+    from sandbox import jail
+
+    monkeypatch.setattr(services.settings, "sandbox", jail.UNSAFE)
+    monkeypatch.setattr(jail, "_MODE", [jail.UNSAFE])
+    dataset = await store_dataset(services, toy_rows(16))
+    user = await make_user(services)
+    mar = pack_mar(write_folder(tmp_path / "good", GOOD), tmp_path / "good.mar")
+    sid, _ = await make_built_submission(services, user, mar, [dataset])
+    async with evaluator(services):
+        await wait_terminal(services, [sid], within=90)
+    assert await status_of(services, sid) == "done"
+    receipt = (await events_of(services, sid))[-1].envelope["payload"]
+    assert receipt["sandbox"]["tool"] == "none" and "UNSAFE" in receipt["sandbox"]["warning"]
+    async with services.db.session() as session:
+        board = await read_leaderboard(session, "toy")
+    assert [row["unsandboxed"] for row in board["rows"]] == [True]
 
 
 async def test_labels_never_reach_the_handler(
