@@ -51,6 +51,36 @@ def available_controllers() -> list[str]:
     return [c for c in ("memory", "pids", "cpu") if _writable(ROOT / c)]
 
 
+STALE_SECONDS = 3600.0
+_swept_at = [0.0]
+
+
+def sweep_stale(*, now: float | None = None) -> int:
+    """Remove empty groups left behind (a process killed before it removed its own, or one
+    whose last member took longer to die than `close` waited), once every few minutes;
+    only groups older than an hour, so a group just made for a starting sandbox is never
+    touched. Returns how many were removed."""
+    now = time.time() if now is None else now
+    if now - _swept_at[0] < 600:
+        return 0
+    _swept_at[0] = now
+    removed = 0
+    parents = [ROOT / PARENT] if _v2() else [ROOT / c / PARENT for c in ("memory", "pids", "cpu")]
+    for parent in parents:
+        with contextlib.suppress(OSError):
+            for folder in parent.iterdir():
+                if not folder.name.startswith("job-") or not folder.is_dir():
+                    continue
+                with contextlib.suppress(OSError, ValueError):
+                    if now - folder.stat().st_mtime < STALE_SECONDS:
+                        continue
+                    if (folder / "cgroup.procs").read_text().strip():
+                        continue
+                    folder.rmdir()
+                    removed += 1
+    return removed
+
+
 def _write(path: Path, value: str) -> bool:
     try:
         path.write_text(value)
@@ -73,6 +103,7 @@ class Cgroup:
         controllers = available_controllers()
         if not controllers:
             return group
+        sweep_stale()
         if _v2():
             parent = ROOT / PARENT
             with contextlib.suppress(OSError):
@@ -208,7 +239,7 @@ class Cgroup:
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.02)
         for d in self.dirs.values():
-            for _ in range(50):
+            for _ in range(150):  # up to 3 s: a large process takes a while to be torn down
                 try:
                     d.rmdir()
                     break

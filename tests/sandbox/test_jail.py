@@ -209,3 +209,24 @@ def test_a_listener_on_the_host_hears_nothing() -> None:
     with pytest.raises(TimeoutError):
         server.accept()
     server.close()
+
+
+def test_empty_groups_left_behind_are_swept_later() -> None:
+    from sandbox import cgroups
+
+    group = cgroups.Cgroup.create(cgroups.CgroupLimits(memory_mb=64, pids=8))
+    if not group.active:
+        pytest.skip("no writable cgroup controller here")
+    old = 0.0
+    for folder in group.dirs.values():
+        os.utime(folder, (old, old))
+    cgroups._swept_at[0] = 0.0
+    assert cgroups.sweep_stale(now=cgroups.STALE_SECONDS + 10) >= len(group.dirs)
+    assert not [d for d in group.dirs.values() if d.exists()]
+    fresh = cgroups.Cgroup.create(cgroups.CgroupLimits(memory_mb=64, pids=8))
+    try:
+        cgroups._swept_at[0] = 0.0
+        cgroups.sweep_stale()  # a group just made is never touched
+        assert all(d.exists() for d in fresh.dirs.values())
+    finally:
+        fresh.close()
