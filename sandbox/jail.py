@@ -536,8 +536,12 @@ def _base_filesystem(python: str, *, network: bool, targets: Iterable[str] = ())
 def _root_filesystem(job: Job) -> list[str]:
     """The base, a size-limited tmpfs at /scratch (and /tmp in it), the job's mounts."""
     args = _base_filesystem(job.python, network=job.network, targets=[m.target for m in job.mounts])
-    args += ["--perms", "1777", "--size", str(job.limits.scratch_mb * MiB), "--tmpfs", SCRATCH]
+    size = str(job.limits.scratch_mb * MiB)
+    args += ["--perms", "1777", "--size", size, "--tmpfs", SCRATCH]
     args += ["--perms", "1777", "--dir", f"{SCRATCH}/tmp"]
+    # A /dev/shm of its own (POSIX semaphores and shared memory: multiprocessing, DataLoader
+    # workers); its pages count against the cell's memory cgroup.
+    args += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
     targets = [*interpreter_roots(job.python), *(m.target for m in job.mounts)]
     if not any(t == "/tmp" or t.startswith("/tmp/") for t in targets):
         args += ["--symlink", f"{SCRATCH}/tmp", "/tmp"]  # else /tmp holds a mount point

@@ -9,7 +9,7 @@ plus the jobs folder at /jobs. Before any user code runs, each child:
    of a namespace of its own; the child stays outside as its reaper and reports its exit
    status;
 3. PID 1 mounts a fresh /proc, the model read-only at /model (and, for a check, its output
-   folder at /out), a size-limited tmpfs at /scratch, and an empty read-only tmpfs over
+   folder at /out), size-limited tmpfs at /scratch and /dev/shm, and an empty tmpfs over
    /jobs, so no other submission's files are in view; then it forks the worker (PID 2) and
    only reaps, as bubblewrap's own init does (so the worker is an ordinary process that
    signals reach, and when it ends everything it started ends with the namespace);
@@ -134,6 +134,8 @@ def build_view(spec: dict) -> None:
         _mount(None, "/out", None, MS_REMOUNT | MS_BIND | nosuid)
     size = int(spec.get("scratch_bytes") or 64 << 20)
     _mount("tmpfs", "/scratch", "tmpfs", nosuid, f"size={size},mode=1777")
+    # Its own /dev/shm (POSIX semaphores and shared memory), never shared with a sibling.
+    _mount("tmpfs", "/dev/shm", "tmpfs", nosuid | MS_NOEXEC, f"size={size},mode=1777")
     os.mkdir("/scratch/tmp", 0o1777)
     os.chmod("/scratch/tmp", 0o1777)
     _mount("tmpfs", JOBS, "tmpfs", nosuid | MS_RDONLY | MS_NOEXEC, "size=4k,mode=0755")

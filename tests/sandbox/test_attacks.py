@@ -819,7 +819,6 @@ def handle(data, context):
         "/etc": "/etc/planted",
         "/etc/passwd": "/etc/passwd",
         "/dev": "/dev/planted",
-        "/dev/shm": "/dev/shm/planted",
         "host modules": HOST + "/handler_host.py",
         "interpreter": sys.prefix + "/planted",
         "stdlib": os.path.dirname(os.__file__) + "/planted.py",
@@ -828,7 +827,9 @@ def handle(data, context):
     seen = {name: attempt(lambda: create(target)) for name, target in targets.items()}
     seen["chmod /model"] = attempt(lambda: os.chmod("/model/handler.py", 0o777))
     seen["rename /model"] = attempt(lambda: os.rename("/model/handler.py", "/model/x.py"))
-    seen["scratch"] = attempt(lambda: create("/scratch/mine"))  # the one writable place
+    seen["scratch"] = attempt(lambda: create("/scratch/mine"))  # the writable places
+    seen["shm"] = attempt(lambda: create("/dev/shm/mine"))  # its own, for multiprocessing
+    seen["shm listing"] = sorted(os.listdir("/dev/shm"))
     return [seen]
 """
 )
@@ -837,7 +838,8 @@ def handle(data, context):
 async def test_writes_outside_scratch_are_refused(path: StartPath) -> None:
     sandbox = path.sandbox(WRITES, HOST=HOST_FILES)
     (seen,) = await answer(sandbox)
-    assert seen.pop("scratch") == "ok: None"
+    assert seen.pop("scratch") == "ok: None" and seen.pop("shm") == "ok: None"
+    assert seen.pop("shm listing") == ["mine"]  # nothing of another sandbox's
     # Read-only binds answer EROFS; the root tmpfs, /dev and /proc's files belong to root.
     assert_all_refused(seen, {"*": {"EROFS", "EACCES"}, "chmod /model": {"EROFS", "EPERM"}})
     assert sorted(p.name for p in sandbox.model_dir.iterdir()) == ["handler.py"]

@@ -87,6 +87,25 @@ async def test_the_evaluators_folders_are_not_there_and_there_is_no_network(
     assert (hidden / "labels.jsonl").exists()  # outside, nothing changed
 
 
+async def test_a_handler_may_use_multiprocessing(tmp_path: Path) -> None:
+    # Pools and queues need POSIX semaphores in /dev/shm: each sandbox has its own.
+    source = """
+    import multiprocessing
+
+    def square(x):
+        return x * x
+
+    def handle(data, context):
+        if data is None:
+            return None
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            squares = pool.map(square, [item["body"]["x"] for item in data])
+        return [{"label": s} for s in squares]
+    """
+    outputs = await answer(make_sandbox(tmp_path, source), [{"body": {"x": 3}}])
+    assert outputs == [{"label": 9}]
+
+
 async def test_slow_initialisation_hits_the_time_limit(tmp_path: Path) -> None:
     source = """
     import time

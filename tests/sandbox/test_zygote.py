@@ -326,3 +326,22 @@ async def test_a_handler_calling_sys_exit_ends_as_when_exec(tmp_path: Path, zygo
         == results[1]
         == ("died", "batch: the handler's worker process exited with code 5")
     )
+
+
+async def test_a_forked_handler_may_use_multiprocessing(tmp_path: Path, zygote: Zygote) -> None:
+    # Its own /dev/shm (semaphores for the pool's queues), mounted by the child itself.
+    source = """
+    import multiprocessing
+
+    def square(x):
+        return x * x
+
+    def handle(data, context):
+        if data is None:
+            return None
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            return [{"label": s} for s in pool.map(square, [item["body"]["x"] for item in data])]
+    """
+    sandbox = forked_sandbox(tmp_path, source, zygote)
+    assert await answer(sandbox, [{"body": {"x": 4}}]) == [{"label": 16}]
+    assert sandbox.forked_from == zygote.pid
