@@ -542,12 +542,19 @@ def _root_filesystem(job: Job) -> list[str]:
     # A /dev/shm of its own (POSIX semaphores and shared memory: multiprocessing, DataLoader
     # workers); its pages count against the cell's memory cgroup.
     args += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
-    targets = [*interpreter_roots(job.python), *(m.target for m in job.mounts)]
-    if not any(t == "/tmp" or t.startswith("/tmp/") for t in targets):
-        args += ["--symlink", f"{SCRATCH}/tmp", "/tmp"]  # else /tmp holds a mount point
+    args += _tmp_link([*interpreter_roots(job.python), *(m.target for m in job.mounts)])
     for mount in job.mounts:
         args += _bind_args(mount.source, mount.target, writable=mount.writable)
     return args
+
+
+def _tmp_link(targets: Iterable[str]) -> list[str]:
+    """/tmp as a link into /scratch, unless something is mounted below /tmp (an interpreter
+    or a project checked out there): then /tmp is a plain read-only folder, and TMPDIR still
+    points into /scratch."""
+    if any(t == "/tmp" or t.startswith("/tmp/") for t in targets):
+        return []
+    return ["--symlink", f"{SCRATCH}/tmp", "/tmp"]
 
 
 def zygote_command(jail: Jail, python: str, argv: list[str]) -> tuple[list[str], list[int]]:
@@ -576,7 +583,7 @@ def zygote_command(jail: Jail, python: str, argv: list[str]) -> tuple[list[str],
     args += ["--bind", str(jobs_root()), JOBS]
     for folder in (MODEL, OUT, SCRATCH):
         args += ["--perms", "0755", "--dir", folder]
-    args += ["--symlink", f"{SCRATCH}/tmp", "/tmp"]
+    args += _tmp_link(interpreter_roots(python))
     args += ["--ro-bind-data", str(passwd), "/etc/passwd"]
     args += ["--ro-bind-data", str(group), "/etc/group"]
     args += ["--chdir", "/", "--clearenv"]
