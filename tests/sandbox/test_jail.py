@@ -230,3 +230,25 @@ def test_empty_groups_left_behind_are_swept_later() -> None:
         assert all(d.exists() for d in fresh.dirs.values())
     finally:
         fresh.close()
+
+
+def links(args: list[str]) -> dict[str, str]:
+    """bubblewrap's `--symlink TARGET LINK` options, as {link: target}."""
+    return {args[i + 2]: args[i + 1] for i, a in enumerate(args) if a == "--symlink"}
+
+
+def test_a_checkout_below_tmp_keeps_tmp_a_folder(monkeypatch) -> None:
+    # CI may clone the project (and its .venv) into /tmp: /tmp then holds mount points and
+    # cannot also be the link into /scratch, for exec'd workers and the warm interpreter.
+    monkeypatch.setattr(jail_module, "interpreter_roots", lambda python: ["/tmp/ci/.venv"])
+    args = jail_module._root_filesystem(Job(python="/tmp/ci/.venv/bin/python"))
+    assert "/tmp" not in links(args)
+    assert "/tmp" in [args[i + 1] for i, a in enumerate(args) if a == "--dir"]
+    command, fds = jail_module.zygote_command(probe(), "/tmp/ci/.venv/bin/python", ["python"])
+    for fd in fds:
+        os.close(fd)
+    assert "/tmp" not in links(command)
+    # Elsewhere /tmp is the link into the scratch.
+    monkeypatch.setattr(jail_module, "interpreter_roots", lambda python: ["/opt/venv"])
+    args = jail_module._root_filesystem(Job(python="/opt/venv/bin/python"))
+    assert links(args)["/tmp"] == "/scratch/tmp"
