@@ -82,10 +82,16 @@ def test(
 ) -> None:
     """Run the handler on the task's public examples, as the evaluator would, and check it."""
     from core.modelkit import test_model_folder_sync
+    from core.settings import Settings
+    from sandbox.jail import SandboxUnavailable, configure
 
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder")
     config = _task(task)
+    try:  # the same sandbox (and WEIGHBRIDGE_SANDBOX) as the evaluator
+        configure(Settings().sandbox)
+    except SandboxUnavailable as exc:
+        raise CliError(f"cannot test the handler in the sandbox: {exc}") from None
     with render.stderr().status(f"running {folder}/handler.py on the public examples…"):
         report = test_model_folder_sync(folder, config, limit=limit, timeout_seconds=timeout)
     if json_output:
