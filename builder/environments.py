@@ -37,7 +37,8 @@ from pathlib import Path
 
 from builder.processes import BuildLog, last_line
 from core.errors import JobFailed
-from sandbox.jail import Job, Limits, Mount, current_jail
+from sandbox.jail import Job, Limits, current_jail
+from sandbox.rootfs import Mount
 
 MARKER = ".weighbridge-ready.json"
 PTH = "_weighbridge_base.pth"

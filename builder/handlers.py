@@ -26,20 +26,9 @@ from pathlib import Path
 from builder.bundle import Bundle
 from builder.processes import MAX_STEP_OUTPUT, TAIL_BYTES, BuildLog, ProcessResult, last_line
 from core.errors import JobFailed
-from sandbox.jail import (
-    MODEL,
-    OUT,
-    Cell,
-    Jail,
-    Job,
-    Limits,
-    Mount,
-    current_jail,
-    host_file,
-    readable_view,
-    signalled,
-)
-from sandbox.jail import jobs_root as sandbox_jobs_root
+from sandbox.jail import Cell, Jail, Job, Limits, current_jail, host_file, signalled
+from sandbox.rootfs import MODEL, OUT, Mount, readable_view
+from sandbox.rootfs import jobs_root as sandbox_jobs_root
 from sandbox.zygote import Zygote, ZygoteUnavailable, current_zygote
 
 DEFAULT_HANDLER = "handler.py"

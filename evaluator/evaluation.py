@@ -47,7 +47,7 @@ from evaluator.runner import (
     write_result,
 )
 from evaluator.scoring import PERFORMANCE_UNITS, score_delta, score_metrics
-from sandbox.jail import jobs_root
+from sandbox.rootfs import jobs_root
 
 log = logging.getLogger(__name__)
 

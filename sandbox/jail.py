@@ -32,12 +32,27 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sandbox.cgroups import Cgroup, CgroupLimits, available_controllers
+from sandbox.rootfs import (
+    HOST_FILES,
+    HOST_SOURCE,
+    JOBS,
+    MODEL,
+    OUT,
+    SCRATCH,
+    MiB,
+    Mount,
+    base_filesystem,
+    gpu_devices,
+    interpreter_roots,
+    jobs_root,
+    root_filesystem,
+    tmp_link,
+)
 from sandbox.seccomp import Filter, SeccompUnavailable, compile_filter
 from sandbox.uids import UidSlot, acquire_uid, uid_range
 
@@ -54,32 +69,11 @@ PASSED_ENV = (
 )
 UNSAFE = "unsafe-no-isolation"
 MODES = ("bwrap", UNSAFE)
-MODEL = "/model"
-JOBS = "/jobs"
-SCRATCH = "/scratch"
-OUT = "/out"
-HOST_FILES = "/run/weighbridge"
-HOST_SOURCE = Path(__file__).parent / "host"
-MiB = 1 << 20
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-# Read-only pieces of /etc a Python process needs (shared libraries, time zone, certificates);
-# the whole of /etc only where the job installs packages (pip reads its configuration there).
-ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/nsswitch.conf", "/etc/alternatives")
-NETWORK_ETC = ("/etc",)
-NETWORK_EXTRA = ("/opt",)  # local package indexes and wheel folders named in pip's config
 
 
 class SandboxUnavailable(Exception):
     """The sandbox cannot be built on this machine; the message says what to install."""
-
-
-@dataclass(frozen=True)
-class Mount:
-    """A host path bound into the sandbox (read-only unless `writable`)."""
-
-    source: str
-    target: str
-    writable: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,100 +126,6 @@ class Job:
     limits: Limits = Limits()
     env: dict[str, str] = field(default_factory=dict)
     cwd: str = SCRATCH
-
-
-def gpu_devices() -> list[str]:
-    """The NVIDIA device nodes present (bound into the sandbox when there are any)."""
-    return device_nodes(Path("/dev"))
-
-
-def device_nodes(dev: Path) -> list[str]:
-    names = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
-    found = [str(dev / n) for n in names if (dev / n).exists()]
-    with contextlib.suppress(OSError):
-        found += sorted(
-            str(p) for p in dev.iterdir() if p.name.startswith("nvidia") and p.name[6:].isdigit()
-        )
-    if (dev / "dxg").exists():
-        found.append(str(dev / "dxg"))
-    return found
-
-
-def interpreter_roots(python: str) -> list[str]:
-    """The folders an interpreter needs: its own prefix, its virtualenv (and the evaluator's,
-    whose site-packages a build environment adds through a .pth file)."""
-    roots = {sys.base_prefix, sys.prefix}
-    path = Path(python)
-    venv = path.parent.parent
-    if (venv / "pyvenv.cfg").is_file():
-        roots.add(str(venv))
-        with contextlib.suppress(OSError):
-            for line in (venv / "pyvenv.cfg").read_text().splitlines():
-                key, _, value = line.partition("=")
-                if key.strip() == "home" and value.strip():
-                    roots.add(str(Path(value.strip()).parent))
-    real = Path(os.path.realpath(python))
-    roots.add(str(real.parent.parent))
-    roots.add(os.path.abspath(path.parent))  # the interpreter's own folder, wherever it is
-    # Keep the outermost folders only, and never a bare / or /usr (bound anyway).
-    kept: list[str] = []
-    for root in sorted({os.path.realpath(r) for r in roots} | roots, key=len):
-        if root in ("/", "/usr") or any(root == k or root.startswith(k + "/") for k in kept):
-            continue
-        kept.append(root)
-    return kept
-
-
-def jobs_root() -> Path:
-    """Where the builder and evaluator keep the folders they hand to sandboxes (models, probe
-    output): the warm interpreter binds it, and each child sees only its own part."""
-    root = Path(tempfile.gettempdir()) / f"weighbridge-jobs-{os.geteuid()}"
-    root.mkdir(mode=0o711, exist_ok=True)
-    return root
-
-
-def _readable_by_all(folder: Path) -> bool:
-    for root, dirs, files in os.walk(folder):
-        for name in [root, *(os.path.join(root, d) for d in dirs)]:
-            if os.stat(name).st_mode & 0o005 != 0o005:
-                return False
-        for name in files:
-            path = os.path.join(root, name)
-            if not os.path.islink(path) and os.stat(path).st_mode & 0o004 == 0:
-                return False
-    return True
-
-
-def _open_up(folder: Path) -> None:
-    """o+r on files, o+rx on folders (the sandbox's user is nobody's owner or group)."""
-    for root, dirs, files in os.walk(folder):
-        os.chmod(root, os.stat(root).st_mode | 0o755)
-        for name in dirs:
-            path = os.path.join(root, name)
-            os.chmod(path, os.stat(path).st_mode | 0o755)
-        for name in files:
-            path = os.path.join(root, name)
-            if not os.path.islink(path):
-                os.chmod(path, os.stat(path).st_mode | 0o444)
-
-
-def readable_view(folder: Path) -> tuple[Path, Path | None]:
-    """A folder the sandbox's unprivileged user can read, with the contents of `folder`:
-    `folder` itself when it already is readable by all or lies in the jobs folder (its
-    permissions are opened up there: the jobs folder is ours), else a copy in the jobs folder
-    (a user's own 0700 folder for `weighbridge test`: their permissions are left alone).
-    Returns (the folder, the copy to remove afterwards or None)."""
-    if os.geteuid() != 0 or _readable_by_all(folder):
-        return folder, None
-    root = os.path.realpath(jobs_root())
-    if os.path.realpath(folder).startswith(root + "/"):
-        _open_up(folder)
-        return folder, None
-    copy = Path(tempfile.mkdtemp(prefix="view-", dir=root))
-    target = copy / "model"
-    shutil.copytree(folder, target, symlinks=True)
-    _open_up(copy)
-    return target, copy
 
 
 def _passwd(uid: int, gid: int) -> bytes:
@@ -370,7 +270,9 @@ class Cell:
         else:
             args += ["--unshare-user", "--disable-userns"]
         args += ["--hostname", "sandbox"]
-        args += _root_filesystem(job)
+        args += root_filesystem(
+            job.python, mounts=job.mounts, network=job.network, scratch_mb=job.limits.scratch_mb
+        )
         passwd = _memfd("passwd", _passwd(self.uid, self.gid))
         group = _memfd("group", _group(self.gid))
         seccomp = self.filter.memfd()
@@ -489,74 +391,6 @@ def _kill_uid(uid: int) -> None:
                     break
 
 
-def _bind_args(source: str, target: str, *, writable: bool = False, optional=False) -> list[str]:
-    kind = "--bind" if writable else "--ro-bind"
-    return [kind + ("-try" if optional else ""), source, target]
-
-
-def _parents(targets: Iterable[str]) -> list[str]:
-    """`--dir` for every folder above a mount point, mode 0755: bubblewrap would otherwise
-    make them 0700, which the sandbox's unprivileged user cannot cross."""
-    made: set[str] = {"/"}
-    args: list[str] = []
-    for target in targets:
-        for parent in reversed(Path(target).parents):
-            name = str(parent)
-            if name not in made:
-                made.add(name)
-                args += ["--perms", "0755", "--dir", name]
-    return args
-
-
-def _base_filesystem(python: str, *, network: bool, targets: Iterable[str] = ()) -> list[str]:
-    """/usr and friends, /etc's few files, the interpreter, the host modules, /proc, /dev."""
-    args: list[str] = ["--ro-bind", "/usr", "/usr"]
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        top = Path("/") / name
-        if top.is_symlink():
-            args += ["--symlink", os.readlink(top), str(top)]
-        elif top.is_dir():
-            args += ["--ro-bind", str(top), str(top)]
-    for path in NETWORK_ETC if network else ETC_FILES:
-        args += _bind_args(path, path, optional=True)
-    if network:
-        for path in NETWORK_EXTRA:
-            args += _bind_args(path, path, optional=True)
-    roots = interpreter_roots(python)
-    args += _parents([*roots, HOST_FILES, *targets])
-    for root in roots:
-        args += ["--ro-bind", root, root]
-    args += ["--ro-bind", str(HOST_SOURCE), HOST_FILES]
-    args += ["--proc", "/proc", "--dev", "/dev"]
-    for device in gpu_devices():
-        args += ["--dev-bind", device, device]
-    return args
-
-
-def _root_filesystem(job: Job) -> list[str]:
-    """The base, a size-limited tmpfs at /scratch (and /tmp in it), the job's mounts."""
-    args = _base_filesystem(job.python, network=job.network, targets=[m.target for m in job.mounts])
-    size = str(job.limits.scratch_mb * MiB)
-    args += ["--perms", "1777", "--size", size, "--tmpfs", SCRATCH]
-    args += ["--perms", "1777", "--dir", f"{SCRATCH}/tmp"]
-    # A /dev/shm of its own (POSIX semaphores and shared memory: multiprocessing, DataLoader
-    # workers); its pages count against the cell's memory cgroup.
-    args += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
-    args += _tmp_link([*interpreter_roots(job.python), *(m.target for m in job.mounts)])
-    for mount in job.mounts:
-        args += _bind_args(mount.source, mount.target, writable=mount.writable)
-    return args
-
-
-def _tmp_link(targets: Iterable[str]) -> list[str]:
-    """/tmp as a link into /scratch, unless something is mounted below /tmp (an interpreter
-    or a project checked out there): then /tmp is a plain read-only folder, and TMPDIR still
-    points into /scratch."""
-    if any(t == "/tmp" or t.startswith("/tmp/") for t in targets):
-        return []
-    return ["--symlink", f"{SCRATCH}/tmp", "/tmp"]
-
-
 def zygote_command(jail: Jail, python: str, argv: list[str]) -> tuple[list[str], list[int]]:
     """The warm interpreter's sandbox: the same namespaces and root filesystem as a cell, the
     jobs folder at /jobs and mount points for each child's own view, and root's capabilities
@@ -579,11 +413,11 @@ def zygote_command(jail: Jail, python: str, argv: list[str]) -> tuple[list[str],
     args = [jail.bwrap, "--die-with-parent", "--new-session"]
     args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net"]
     args += ["--unshare-cgroup-try", "--hostname", "sandbox"]
-    args += _base_filesystem(python, network=False, targets=[JOBS, MODEL, OUT, SCRATCH])
+    args += base_filesystem(python, network=False, targets=[JOBS, MODEL, OUT, SCRATCH])
     args += ["--bind", str(jobs_root()), JOBS]
     for folder in (MODEL, OUT, SCRATCH):
         args += ["--perms", "0755", "--dir", folder]
-    args += _tmp_link(interpreter_roots(python))
+    args += tmp_link(interpreter_roots(python))
     args += ["--ro-bind-data", str(passwd), "/etc/passwd"]
     args += ["--ro-bind-data", str(group), "/etc/group"]
     args += ["--chdir", "/", "--clearenv"]

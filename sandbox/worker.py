@@ -36,19 +36,8 @@ try:
 except ImportError:  # not on Windows
     fcntl = None  # type: ignore[assignment]
 
-from sandbox.jail import (
-    MODEL,
-    SCRATCH,
-    Cell,
-    Jail,
-    Job,
-    Limits,
-    Mount,
-    current_jail,
-    host_file,
-    readable_view,
-    signalled,
-)
+from sandbox.jail import Cell, Jail, Job, Limits, current_jail, host_file, signalled
+from sandbox.rootfs import MODEL, SCRATCH, Mount, readable_view
 
 if TYPE_CHECKING:
     from sandbox.zygote import ForkedProcess, Zygote

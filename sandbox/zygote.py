@@ -12,7 +12,7 @@ no_new_privs and the same seccomp program an exec'd worker gets. So two submissi
 one zygote are as far apart as two exec'd ones.
 
 The zygote serves only the evaluator's own interpreter and models under the jobs folder
-(`sandbox.jail.jobs_root`), and only where the sandbox runs as root (it hands out uids); other
+(`sandbox.rootfs.jobs_root`), and only where the sandbox runs as root (it hands out uids); other
 workers start a fresh sandboxed interpreter. When the zygote is missing, still starting past
 its time limit, or dead, callers fall back to the exec path; a dead zygote is started again
 on the next use. `warm_interpreter()` shares one zygote between the workers of an event loop
@@ -38,7 +38,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sandbox.jail import Cell, Jail, current_jail, host_file, jobs_root, zygote_command
+from sandbox.jail import Cell, Jail, current_jail, host_file, zygote_command
+from sandbox.rootfs import jobs_root
 
 log = logging.getLogger(__name__)
 

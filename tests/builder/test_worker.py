@@ -16,7 +16,7 @@ from core.queue import BUILD_QUEUE, eval_queue
 from core.states import Status, transition
 from core.submissions import build_message, create_submission
 from core.tasks import get_task
-from sandbox.jail import jobs_root
+from sandbox.rootfs import jobs_root
 from tests.builder.bundles import HANDLER, tar_file, tar_folder, tar_with, write_model_folder
 
 FLEET = eval_queue("toy-fleet")

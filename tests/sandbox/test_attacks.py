@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.jail import HOST_FILES
+from sandbox.rootfs import HOST_FILES
 from sandbox.uids import lock_folder, uid_range
 from sandbox.worker import Sandbox
 from sandbox.zygote import Zygote

@@ -11,17 +11,9 @@ from pathlib import Path
 import pytest
 
 from sandbox import jail as jail_module
-from sandbox.jail import (
-    UNSAFE,
-    Job,
-    Limits,
-    Mount,
-    SandboxUnavailable,
-    device_nodes,
-    interpreter_roots,
-    probe,
-    signalled,
-)
+from sandbox import rootfs
+from sandbox.jail import UNSAFE, Job, Limits, SandboxUnavailable, probe, signalled
+from sandbox.rootfs import Mount, device_nodes, interpreter_roots
 from sandbox.seccomp import compile_filter
 
 
@@ -49,8 +41,10 @@ def test_gpu_device_nodes_are_found_and_bound(tmp_path: Path, monkeypatch) -> No
         "nvidia1",
         "nvidiactl",
     ]
-    monkeypatch.setattr(jail_module, "gpu_devices", lambda: ["/dev/nvidiactl", "/dev/nvidia0"])
-    args = jail_module._root_filesystem(Job(python=sys.executable))
+    devices = ["/dev/nvidiactl", "/dev/nvidia0"]
+    monkeypatch.setattr(rootfs, "gpu_devices", lambda: devices)
+    monkeypatch.setattr(jail_module, "gpu_devices", lambda: devices)
+    args = rootfs.root_filesystem(sys.executable, mounts=(), network=False, scratch_mb=64)
     binds = [args[i + 1] for i, a in enumerate(args) if a == "--dev-bind"]
     assert binds == ["/dev/nvidiactl", "/dev/nvidia0"]
     # With a device, CUDA's address-space reservations rule out RLIMIT_AS.
@@ -240,8 +234,11 @@ def links(args: list[str]) -> dict[str, str]:
 def test_a_checkout_below_tmp_keeps_tmp_a_folder(monkeypatch) -> None:
     # CI may clone the project (and its .venv) into /tmp: /tmp then holds mount points and
     # cannot also be the link into /scratch, for exec'd workers and the warm interpreter.
+    monkeypatch.setattr(rootfs, "interpreter_roots", lambda python: ["/tmp/ci/.venv"])
     monkeypatch.setattr(jail_module, "interpreter_roots", lambda python: ["/tmp/ci/.venv"])
-    args = jail_module._root_filesystem(Job(python="/tmp/ci/.venv/bin/python"))
+    args = rootfs.root_filesystem(
+        "/tmp/ci/.venv/bin/python", mounts=(), network=False, scratch_mb=64
+    )
     assert "/tmp" not in links(args)
     assert "/tmp" in [args[i + 1] for i, a in enumerate(args) if a == "--dir"]
     command, fds = jail_module.zygote_command(probe(), "/tmp/ci/.venv/bin/python", ["python"])
@@ -249,6 +246,6 @@ def test_a_checkout_below_tmp_keeps_tmp_a_folder(monkeypatch) -> None:
         os.close(fd)
     assert "/tmp" not in links(command)
     # Elsewhere /tmp is the link into the scratch.
-    monkeypatch.setattr(jail_module, "interpreter_roots", lambda python: ["/opt/venv"])
-    args = jail_module._root_filesystem(Job(python="/opt/venv/bin/python"))
+    monkeypatch.setattr(rootfs, "interpreter_roots", lambda python: ["/opt/venv"])
+    args = rootfs.root_filesystem("/opt/venv/bin/python", mounts=(), network=False, scratch_mb=64)
     assert links(args)["/tmp"] == "/scratch/tmp"

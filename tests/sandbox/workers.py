@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from sandbox.jail import jobs_root
+from sandbox.rootfs import jobs_root
 from sandbox.worker import Sandbox, SandboxError, SandboxLimits
 from tests.evaluator.models import write_folder
 
