@@ -211,8 +211,9 @@ async def test_model_folder(
     The handler sees only the input fields. Batches have the task's eval batch size; the time
     and memory limits are the task's too (`timeout_seconds` overrides the time limit).
     """
+    from sandbox.failures import SandboxError, SandboxLimits
     from sandbox.jail import SandboxUnavailable
-    from sandbox.worker import Sandbox, SandboxError, SandboxLimits
+    from sandbox.worker import Sandbox
 
     started = time.perf_counter()
     folder, rows, has_handler = await asyncio.to_thread(_inputs, folder, config, limit)

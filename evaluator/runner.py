@@ -25,13 +25,8 @@ from core.storage import Storage
 from core.taskconfig import TaskConfig
 from evaluator.answers import InvalidAnswer, check_answers
 from evaluator.hwinfo import usable_cpus
-from sandbox.worker import (
-    Sandbox,
-    SandboxError,
-    SandboxLimits,
-    batch_frame,
-    read_tail,
-)
+from sandbox.failures import SandboxError, SandboxLimits
+from sandbox.worker import Sandbox, batch_frame, read_tail
 
 PIPELINE_DEPTH = 3  # batches in flight: the worker never waits for the evaluator
 CANCEL_CHECK_SECONDS = 1.0

@@ -36,11 +36,13 @@ try:
 except ImportError:  # not on Windows
     fcntl = None  # type: ignore[assignment]
 
-from sandbox.jail import Cell, Jail, Job, Limits, current_jail, host_file, signalled
+from sandbox.failures import SandboxError, SandboxLimits, failure_of, memory_error
+from sandbox.jail import Cell, Jail, Job, current_jail, host_file, signalled
 from sandbox.rootfs import MODEL, SCRATCH, Mount, readable_view
 
 if TYPE_CHECKING:
-    from sandbox.zygote import ForkedProcess, Zygote
+    from sandbox.children import ForkedProcess
+    from sandbox.zygote import Zygote
 
 HOST = "handler_host.py"
 HEADER = struct.Struct(">I")
@@ -51,49 +53,6 @@ MAX_ANSWER_BYTES = 16 << 20
 DECODE_IN_THREAD_BYTES = 1 << 20  # larger answers are decoded off the event loop
 MiB = 1 << 20
 PIPE_BYTES = 1 << 20  # the request pipe's capacity, where the OS lets it grow
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    """Wall-clock seconds for initialisation and for each batch; resident memory in MB.
-
-    The address-space limit (RLIMIT_AS) is `memory_mb + address_space_slack_mb`: libraries
-    reserve address space they never touch (importing torch maps ~700 MB), so the resident
-    memory watch enforces `memory_mb` and RLIMIT_AS stops a runaway allocation at once.
-    """
-
-    timeout_seconds: float
-    memory_mb: int
-    address_space_slack_mb: int = 1024
-    poll_seconds: float = 0.05
-    scratch_mb: int = 512
-    pids: int = 512
-    output_mb: int = 64  # the handler's log (stdout + stderr); RLIMIT_FSIZE enforces it
-
-    def kernel(self) -> Limits:
-        """The kernel's share: cgroup memory a little above the watched limit (the watch gives
-        the reason; the cgroup is the backstop), RLIMIT_AS with the slack for reservations."""
-        return Limits(
-            memory_mb=self.memory_mb + 256,
-            address_space_mb=self.memory_mb + self.address_space_slack_mb,
-            pids=self.pids,
-            file_mb=self.output_mb,
-            scratch_mb=self.scratch_mb,
-        )
-
-
-class SandboxError(Exception):
-    """The worker failed; `kind` says how, `reason` says it to a person, `detail` holds data.
-
-    Kinds: init, handler, timeout, memory, violation (file / network / exec), not_json,
-    not_list, died, protocol.
-    """
-
-    def __init__(self, kind: str, reason: str, **detail: Any) -> None:
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass
@@ -537,10 +496,10 @@ class Sandbox:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.proc.wait(), 5.0)
         if self._memory_exceeded is not None:
-            return self._memory_error(where, watched=self._memory_exceeded)
+            return memory_error(self.limits, where, watched=self._memory_exceeded)
         if self.cell is not None and self.cell.oom_killed():
             self._note(f"{where}: the kernel stopped the worker at the sandbox's memory limit")
-            return self._memory_error(where, watched=None)
+            return memory_error(self.limits, where, watched=None)
         code = signalled(self.proc.returncode)
         if code is None:
             self._kill()
@@ -554,96 +513,7 @@ class Sandbox:
         self._note(f"{where}: the worker {how}")
         return SandboxError("died", f"{where}: the handler's worker process {how}", returncode=code)
 
-    def _memory_error(self, where: str, *, watched: int | None) -> SandboxError:
-        limit = self.limits.memory_mb
-        if watched is not None:
-            reason = (
-                f"{where}: the handler used {watched / MiB:.0f} MB of memory, over the limit "
-                f"of {limit} MB (eval.memory_mb; resident memory watched by the evaluator); "
-                "it was stopped"
-            )
-            which = "rss"
-        else:
-            space = limit + self.limits.address_space_slack_mb
-            reason = (
-                f"{where}: the handler ran out of memory under the limit of {limit} MB "
-                f"(eval.memory_mb; address-space limit RLIMIT_AS {space} MB)"
-            )
-            which = "rlimit_as"
-        return SandboxError("memory", reason, limit_mb=limit, which=which)
-
     def _failure(self, reply: dict[str, Any], where: str) -> SandboxError:
-        kind = reply.get("error", "protocol")
-        message = reply.get("message", "")
-        at = f" ({reply['where']})" if reply.get("where") else ""
-        if kind == "memory":
-            self._note(f"{where}: {message}")
-            error = self._memory_error(where, watched=None)
-            error.detail["message"] = message
-            return error
-        if kind == "violation":
-            return self._violation(reply, where)
-        if "File too large" in message:
-            return SandboxError(
-                "output",
-                f"{where}: the handler wrote more than {self.limits.output_mb} MB of output "
-                "(the limit on its log); print less",
-                limit_mb=self.limits.output_mb,
-            )
-        if kind == "init":
-            return SandboxError(
-                "init",
-                f"the handler failed to initialise: {message}{at}",
-                traceback=reply.get("traceback", ""),
-            )
-        if kind == "handler" and "Address family not supported" in message:
-            return SandboxError(
-                "violation",
-                f"{where}: the handler tried to use the network ({message}{at}); evaluation "
-                "runs without network access, so a model must carry everything it needs",
-                violation="network",
-                target=message,
-            )
-        if kind == "handler":
-            return SandboxError(
-                "handler",
-                f"{where}: the handler raised {message}{at}",
-                traceback=reply.get("traceback", ""),
-            )
-        if kind == "not_json":
-            index = reply.get("index")
-            return SandboxError(
-                "not_json",
-                f"{where}: answer {index} is not JSON-serialisable ({message}): "
-                f"{reply.get('answer', '')}",
-                index=index,
-            )
-        if kind == "not_list":
-            return SandboxError(
-                "not_list", f"{where}: {message}: {reply.get('answer', '')}", answer=reply
-            )
-        return SandboxError("protocol", f"{where}: {message or 'the worker misbehaved'}")
-
-    def _violation(self, reply: dict[str, Any], where: str) -> SandboxError:
-        kind, detail = reply.get("kind"), reply.get("detail", "")
-        if kind == "file":
-            reason = (
-                f"{where}: the handler tried to read {detail}, which is Weighbridge's own data "
-                "(evaluation data, labels, other submissions); a model may only read its own "
-                "archive and its working folder"
-            )
-        elif kind == "network":
-            reason = (
-                f"{where}: the handler tried to use the network ({detail}); evaluation runs "
-                "without network access, so a model must carry everything it needs"
-            )
-        elif kind == "signal":
-            reason = (
-                f"{where}: the handler tried to signal a process that is not its own ({detail})"
-            )
-        else:
-            reason = (
-                f"{where}: the handler tried to start a program ({detail}); evaluation allows "
-                "no other programs"
-            )
-        return SandboxError("violation", reason, violation=kind, target=detail)
+        if reply.get("error") == "memory":
+            self._note(f"{where}: {reply.get('message', '')}")
+        return failure_of(reply, where, self.limits)

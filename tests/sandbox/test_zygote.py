@@ -13,7 +13,8 @@ from typing import Any
 import psutil
 import pytest
 
-from sandbox.worker import Sandbox, SandboxError
+from sandbox.failures import SandboxError
+from sandbox.worker import Sandbox
 from sandbox.zygote import Zygote, current_zygote, warm_interpreter
 from tests.evaluator.models import BROKEN
 from tests.sandbox.workers import answer, failure, make_sandbox
