@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from evaluator.answers import InvalidAnswer, check_answers
-from tests.sandbox.workers import answer, failure, make_sandbox
+from tests.sandbox.workers import POOL_HANDLER, answer, failure, make_sandbox
 
 
 async def test_function_handler_is_initialised_like_torchserve(tmp_path: Path) -> None:
@@ -89,20 +89,7 @@ async def test_the_evaluators_folders_are_not_there_and_there_is_no_network(
 
 async def test_a_handler_may_use_multiprocessing(tmp_path: Path) -> None:
     # Pools and queues need POSIX semaphores in /dev/shm: each sandbox has its own.
-    source = """
-    import multiprocessing
-
-    def square(x):
-        return x * x
-
-    def handle(data, context):
-        if data is None:
-            return None
-        with multiprocessing.get_context("fork").Pool(2) as pool:
-            squares = pool.map(square, [item["body"]["x"] for item in data])
-        return [{"label": s} for s in squares]
-    """
-    outputs = await answer(make_sandbox(tmp_path, source), [{"body": {"x": 3}}])
+    outputs = await answer(make_sandbox(tmp_path, POOL_HANDLER), [{"body": {"x": 3}}])
     assert outputs == [{"label": 9}]
 
 

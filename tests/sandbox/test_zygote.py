@@ -17,7 +17,7 @@ from sandbox.failures import SandboxError
 from sandbox.worker import Sandbox
 from sandbox.zygote import Zygote, current_zygote, warm_interpreter
 from tests.evaluator.models import BROKEN
-from tests.sandbox.workers import answer, failure, make_sandbox
+from tests.sandbox.workers import POOL_HANDLER, answer, failure, make_sandbox
 
 
 @pytest.fixture(scope="module")
@@ -331,18 +331,6 @@ async def test_a_handler_calling_sys_exit_ends_as_when_exec(tmp_path: Path, zygo
 
 async def test_a_forked_handler_may_use_multiprocessing(tmp_path: Path, zygote: Zygote) -> None:
     # Its own /dev/shm (semaphores for the pool's queues), mounted by the child itself.
-    source = """
-    import multiprocessing
-
-    def square(x):
-        return x * x
-
-    def handle(data, context):
-        if data is None:
-            return None
-        with multiprocessing.get_context("fork").Pool(2) as pool:
-            return [{"label": s} for s in pool.map(square, [item["body"]["x"] for item in data])]
-    """
-    sandbox = forked_sandbox(tmp_path, source, zygote)
+    sandbox = forked_sandbox(tmp_path, POOL_HANDLER, zygote)
     assert await answer(sandbox, [{"body": {"x": 4}}]) == [{"label": 16}]
     assert sandbox.forked_from == zygote.pid

@@ -49,6 +49,21 @@ def make_sandbox(
     )
 
 
+# A handler that needs POSIX semaphores (a multiprocessing pool): each sandbox's own /dev/shm.
+POOL_HANDLER = """
+import multiprocessing
+
+def square(x):
+    return x * x
+
+def handle(data, context):
+    if data is None:
+        return None
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        return [{"label": s} for s in pool.map(square, [item["body"]["x"] for item in data])]
+"""
+
+
 def job_folder(tmp_path: Path) -> Path:
     """A folder in the jobs folder (named after the test), removed when the tests end."""
     folder = Path(tempfile.mkdtemp(prefix=f"test-{tmp_path.name[:40]}-", dir=jobs_root()))
