@@ -135,13 +135,7 @@ def failure_of(reply: dict[str, Any], where: str, limits: SandboxLimits) -> Sand
 def violation_of(reply: dict[str, Any], where: str) -> SandboxError:
     """The reason for what the worker's audit hook refused."""
     kind, detail = reply.get("kind"), reply.get("detail", "")
-    if kind == "file":
-        reason = (
-            f"{where}: the handler tried to read {detail}, which is Weighbridge's own data "
-            "(evaluation data, labels, other submissions); a model may only read its own "
-            "archive and its working folder"
-        )
-    elif kind == "network":
+    if kind == "network":
         reason = (
             f"{where}: the handler tried to use the network ({detail}); evaluation runs "
             "without network access, so a model must carry everything it needs"

@@ -274,7 +274,6 @@ class Sandbox:
             "batch_size": self.batch_size,
             "model_name": self.model_name,
             "server_name": self.server_name,
-            "forbidden": [],
             "private_network": inside,
             "allow_exec": False,
         }

@@ -17,12 +17,12 @@ Started as `handler_host.py --zygote ...` it is instead the warm interpreter of
 `host_zygote.py`, which forks a fresh worker per dataset run (the same code below then runs
 in the child).
 
-Before the handler is imported the host applies the limits that must live in the process
-(host_guard.py): an address-space limit, a parent-death signal, optional tmpfs/bind mounts
-over Weighbridge's data (when it runs in its own mount namespace) and an audit hook that
-refuses network use, program starts and file access under the forbidden roots, with a reason
-the parent reports. The handler's `context` is TorchServe's (host_context.py). Both are
-loaded by path, so they too must import nothing but the standard library.
+It runs inside the sandbox (`sandbox/jail.py`), which already set the kernel's limits. Before
+the handler is imported the host adds what lives in the process (host_guard.py): no core
+files, a parent-death signal, and an audit hook that refuses network use, program starts and
+signals to other processes with a reason the parent reports. The handler's `context` is
+TorchServe's (host_context.py). Both are loaded by path, so they too must import nothing but
+the standard library.
 """
 
 from __future__ import annotations
@@ -53,12 +53,7 @@ def _load_sibling(name: str):
 
 _guard = _load_sibling("host_guard")
 _context = _load_sibling("host_context")
-Guard, apply_limits, interpreter_paths, log = (
-    _guard.Guard,
-    _guard.apply_limits,
-    _guard.interpreter_paths,
-    _guard.log,
-)
+Guard, apply_limits, log = _guard.Guard, _guard.apply_limits, _guard.log
 Context = _context.Context
 
 HEADER = struct.Struct(">I")
@@ -136,14 +131,12 @@ class Host:
         model_dir = request["model_dir"]
         workdir = request["workdir"]
         self.guard = Guard(
-            forbidden=request.get("forbidden") or [],
-            allowed=[model_dir, workdir, *interpreter_paths()],
             workdir=workdir,
             allow_exec=bool(request.get("allow_exec")),
             private_network=bool(request.get("private_network")),
         )
         sys.addaudithook(self.guard)
-        log("audit hook installed: no network, no programs, no reads of Weighbridge's data")
+        log("audit hook installed: no network, no programs, no signals to other processes")
         gpu = detect_gpu()
         sys.path.insert(0, model_dir)
         self.context = Context(

@@ -16,26 +16,6 @@ import threading
 
 MiB = 1 << 20
 
-# Audit events whose arguments name paths (index of each path argument).
-PATH_EVENTS = {
-    "open": (0,),
-    "os.listdir": (0,),
-    "os.scandir": (0,),
-    "os.remove": (0,),
-    "os.rmdir": (0,),
-    "os.mkdir": (0,),
-    "os.rename": (0, 1),
-    "os.link": (0, 1),
-    "os.truncate": (0,),
-    "os.chmod": (0,),
-    "os.chown": (0,),
-    "os.utime": (0,),
-    "shutil.copyfile": (0, 1),
-    "shutil.copytree": (0, 1),
-    "shutil.rmtree": (0,),
-    "shutil.move": (0, 1),
-    "sqlite3.connect": (0,),
-}
 NETWORK_EVENTS = frozenset(
     {
         "socket.connect",
@@ -58,75 +38,31 @@ class SandboxViolation(PermissionError):
 
 
 class Guard:
-    """The audit hook: refuses network use, program starts and reads of forbidden paths."""
+    """The audit hook: refuses network use, program starts and signals to other processes,
+    naming what was tried. It gives clear reasons; the kernel's layers (namespaces, seccomp,
+    the uid) are what actually stop these, and what hides the evaluator's files (they are
+    not in the sandbox's filesystem at all)."""
 
-    def __init__(
-        self,
-        *,
-        forbidden: list[str],
-        allowed: list[str],
-        workdir: str,
-        allow_exec: bool,
-        private_network: bool,
-    ):
-        self.roots: list[tuple[str, bool]] = []  # (root, forbidden?) — the longest match wins
-        for path in forbidden:
-            self._add(path, True)
-        for path in allowed:
-            self._add(path, False)
-        self.roots.sort(key=lambda r: len(r[0]), reverse=True)
+    def __init__(self, *, workdir: str, allow_exec: bool, private_network: bool):
         self.workdir = os.path.realpath(workdir)
         self.allow_exec = allow_exec
         self.private_network = private_network
         self.violations: list[dict] = []
         self._local = threading.local()
 
-    def _add(self, path: str, forbidden: bool) -> None:
-        for variant in {os.path.abspath(path), os.path.realpath(path)}:
-            self.roots.append((variant.rstrip("/") or "/", forbidden))
-
-    def forbidden(self, path: object) -> str | None:
-        """The resolved path if it lies under a forbidden root (and no narrower allowed one)."""
-        if isinstance(path, os.PathLike):
-            path = os.fspath(path)
-        if isinstance(path, bytes):
-            path = os.fsdecode(path)
-        if not isinstance(path, str) or not path:
-            return None  # file descriptors and the like
-        for candidate in (os.path.abspath(path), os.path.realpath(path)):
-            for root, refused in self.roots:
-                if candidate == root or candidate.startswith(root + "/"):
-                    if refused:
-                        return candidate
-                    break
-        return None
-
     def refuse(self, kind: str, detail: str, message: str) -> None:
         self.violations.append({"kind": kind, "detail": detail})
         raise SandboxViolation(f"Weighbridge sandbox: {message}")
 
     def __call__(self, event: str, args: tuple) -> None:
-        indices = PATH_EVENTS.get(event)
-        if (
-            indices is None
-            and event not in NETWORK_EVENTS
-            and event not in EXEC_EVENTS
-            and event not in SIGNAL_EVENTS
-        ):
+        if event not in NETWORK_EVENTS and event not in EXEC_EVENTS and event not in SIGNAL_EVENTS:
             return
         local = self._local
         if getattr(local, "busy", False):
             return
-        local.busy = True  # path resolution must not re-enter the hook (per thread)
+        local.busy = True  # resolving an address must not re-enter the hook (per thread)
         try:
-            if indices is not None:
-                for i in indices:
-                    hit = self.forbidden(args[i]) if i < len(args) else None
-                    if hit is not None:
-                        self.refuse(
-                            "file", hit, f"{hit} is Weighbridge's data; a model may not read it"
-                        )
-            elif event in NETWORK_EVENTS:
+            if event in NETWORK_EVENTS:
                 self._network(event, args)
             elif event in SIGNAL_EVENTS:
                 self._signal(event, args)
@@ -211,13 +147,6 @@ def log(message: str) -> None:
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
-
-
-def interpreter_paths() -> list[str]:
-    """Where the interpreter and its packages live: always readable, even under a data root."""
-    paths = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
-    paths.update(p for p in sys.path if p)
-    return sorted(p for p in paths if p)
 
 
 def _libc():

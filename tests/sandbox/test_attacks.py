@@ -40,7 +40,7 @@ from sandbox.rootfs import HOST_FILES
 from sandbox.uids import lock_folder, uid_range
 from sandbox.worker import Sandbox
 from sandbox.zygote import Zygote
-from tests.sandbox.workers import answer, failure, job_folder, make_sandbox
+from tests.sandbox.workers import answer, answer_together, failure, job_folder, make_sandbox
 
 X86_64 = platform.machine() in ("x86_64", "AMD64")
 needs_x86_64 = pytest.mark.skipif(not X86_64, reason="system call numbers are x86_64's")
@@ -921,15 +921,7 @@ def handle(data, context):
 async def test_each_sandbox_has_a_uid_of_its_own(path: StartPath) -> None:
     first, count = uid_range()
     sandboxes = [path.sandbox(WHO, f"who-{n}") for n in range(2)]
-    seen = []
-    try:
-        for sandbox in sandboxes:  # both alive at once
-            await sandbox.start()
-        for sandbox in sandboxes:
-            seen.extend((await sandbox.infer([{"body": {"x": 1}}])).outputs)
-    finally:
-        for sandbox in sandboxes:
-            await sandbox.close()
+    seen = await answer_together(sandboxes)  # both alive at once
     for me in seen:
         assert first <= me["uid"] < first + count and me["uid"] != 0
         assert me["euid"] == me["uid"] == me["gid"] and me["groups"] == []

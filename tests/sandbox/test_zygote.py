@@ -17,7 +17,13 @@ from sandbox.failures import SandboxError
 from sandbox.worker import Sandbox
 from sandbox.zygote import Zygote, current_zygote, warm_interpreter
 from tests.evaluator.models import BROKEN
-from tests.sandbox.workers import POOL_HANDLER, answer, failure, make_sandbox
+from tests.sandbox.workers import (
+    POOL_HANDLER,
+    answer,
+    answer_together,
+    failure,
+    make_sandbox,
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +84,7 @@ async def test_a_forked_worker_is_isolated_like_an_exec_one(
     sandboxes = [
         forked_sandbox(tmp_path / run, WHO_AM_I, zygote, HIDDEN=str(hidden)) for run in runs
     ]
-    seen = []
-    try:
-        for sandbox in sandboxes:  # both alive at once
-            await sandbox.start()
-        for sandbox in sandboxes:
-            seen.extend((await sandbox.infer([{"body": {"x": 1}}])).outputs)
-    finally:
-        for sandbox in sandboxes:
-            await sandbox.close()
+    seen = await answer_together(sandboxes)  # both alive at once
     for run, sandbox, me in zip(runs, sandboxes, seen, strict=True):
         assert sandbox.forked_from == zygote.pid  # the fast path was taken
         log = (tmp_path / run / "log").read_text()

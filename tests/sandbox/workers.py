@@ -80,6 +80,21 @@ async def answer(sandbox: Sandbox, data: list[dict] | None = None) -> list:
         await sandbox.close()
 
 
+async def answer_together(sandboxes: list[Sandbox]) -> list:
+    """Start every sandbox (all alive at once), ask each one batch (x = 1), close them all;
+    the first output of each, in order."""
+    seen: list = []
+    try:
+        for sandbox in sandboxes:
+            await sandbox.start()
+        for sandbox in sandboxes:
+            seen.extend((await sandbox.infer([{"body": {"x": 1}}])).outputs)
+    finally:
+        for sandbox in sandboxes:
+            await sandbox.close()
+    return seen
+
+
 async def failure(sandbox: Sandbox, data: list[dict] | None = None) -> SandboxError:
     """The SandboxError that `answer` raises."""
     with pytest.raises(SandboxError) as caught:
