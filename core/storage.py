@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import os
 import shutil
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import BinaryIO, Protocol
 from urllib.parse import urlparse
 
 from core.errors import TooLarge, WeighbridgeError
@@ -20,6 +22,15 @@ class StoredObject:
     key: str
     size: int
     sha256: str
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """A key with its size and when it was last written (S3: `LastModified`)."""
+
+    key: str
+    size: int
+    modified: datetime
 
 
 class Storage(Protocol):
@@ -41,6 +52,19 @@ class Storage(Protocol):
     async def size(self, key: str) -> int: ...
     async def list(self, prefix: str) -> list[str]: ...
     async def delete_prefix(self, prefix: str) -> int: ...
+    async def move(self, src: str, dst: str) -> None:
+        """Put the object `src` at `dst` (replacing it) and remove `src` (S3: copy, then delete)."""
+        ...
+
+    async def list_info(self, prefix: str) -> builtins.list[ObjectInfo]:
+        """Every object under `prefix` with its size and modification time, for sweeping.
+
+        Unlike `list`, it also reports unfinished writes a backend keeps as objects (the
+        folder's `.part` files) so that what a killed process left can be found and deleted
+        with `delete_prefix`; those keys cannot be read.
+        """
+        ...
+
     def local_path(self, key: str) -> Path | None: ...
 
 
@@ -70,11 +94,10 @@ class LocalStorage:
         self, key: str, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None
     ) -> StoredObject:
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.{id(chunks)}.part")
         digest = hashlib.sha256()
         size = 0
-        fh = await asyncio.to_thread(open, tmp, "wb")
+        fh = await asyncio.to_thread(_create, tmp)
         try:
             async for chunk in chunks:
                 size += len(chunk)
@@ -89,6 +112,7 @@ class LocalStorage:
         except BaseException:
             fh.close()
             tmp.unlink(missing_ok=True)
+            self._prune(tmp)
             raise
         return StoredObject(key=key, size=size, sha256=digest.hexdigest())
 
@@ -157,10 +181,79 @@ class LocalStorage:
             return 0
         if base.is_file():
             base.unlink()
+            self._prune(base)
             return 1
         count = sum(1 for p in base.rglob("*") if p.is_file())
         await asyncio.to_thread(shutil.rmtree, base, True)
+        self._prune(base)
         return count
+
+    async def move(self, src: str, dst: str) -> None:
+        source, target = self._path(src), self._path(dst)
+        if not source.is_file():
+            raise FileNotFoundError(src)
+
+        def _move() -> None:
+            for attempt in range(3):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(source, target)
+                    break
+                except FileNotFoundError:
+                    # The empty target folder was pruned between mkdir and rename: again.
+                    if attempt == 2 or not source.is_file():
+                        raise
+
+        await asyncio.to_thread(_move)
+        self._prune(source)
+
+    async def list_info(self, prefix: str) -> builtins.list[ObjectInfo]:
+        base = self.root / check_key(prefix.rstrip("/")) if prefix else self.root
+
+        def _scan() -> list[ObjectInfo]:
+            found = []
+            for p in base.rglob("*") if base.is_dir() else [base]:
+                try:
+                    stat = p.stat()
+                except FileNotFoundError:
+                    continue  # removed while we looked
+                if p.is_file():
+                    found.append(
+                        ObjectInfo(
+                            key=p.relative_to(self.root).as_posix(),
+                            size=stat.st_size,
+                            modified=datetime.fromtimestamp(stat.st_mtime, UTC),
+                        )
+                    )
+            return sorted(found, key=lambda o: o.key)
+
+        if not base.exists():
+            return []
+        return await asyncio.to_thread(_scan)
+
+    def _prune(self, removed: Path) -> None:
+        """Remove the folders a deletion or move left empty, up to (not including) the
+        top-level ones (`submissions/`, `incoming/`), which concurrent writes share."""
+        folder = removed.parent
+        while folder.parent != self.root and self.root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty (or already gone): the folders above are in use
+            folder = folder.parent
+
+
+def _create(path: Path) -> BinaryIO:
+    """A new file for writing, its folders made; retried when a concurrent prune removes an
+    empty folder between the two steps."""
+    for attempt in range(3):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return open(path, "wb")  # closed by the caller
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def _file_chunks(path: Path, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
