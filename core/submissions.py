@@ -12,9 +12,9 @@ from sqlmodel import col
 
 from core.envelope import Envelope, Visit
 from core.errors import Forbidden, NotFound, RateLimited, WeighbridgeError
-from core.models import Event, Run, Score, Submission, Task, User, utcnow
+from core.models import Event, Run, Score, Submission, Task, User, table_of, utcnow
 from core.queue import BUILD_QUEUE, Queue
-from core.states import TERMINAL, Status, record_event, transition
+from core.states import TERMINAL, Status, cancel, record_event
 from core.storage import Storage, StoredObject
 from core.tasks import task_config
 
@@ -34,13 +34,39 @@ def check_id(submission_id: str) -> str:
     return submission_id
 
 
+async def lock_submissions_of(session: AsyncSession, user: User) -> None:
+    """Hold the user's row lock until the transaction ends, so that their submissions are
+    counted and inserted one at a time (the per-window limit holds under concurrency).
+
+    An UPDATE is the one lock every backend takes the same way: a row lock on Postgres and
+    MariaDB, the database's write lock on SQLite (taken before the count, so the count reads
+    what the previous holder committed). Make it the transaction's first statement: under
+    REPEATABLE READ a snapshot taken by an earlier read would hide the previous holder's row.
+    """
+    users = table_of(User)
+    await session.execute(sa.update(users).where(users.c.id == user.id).values(id=users.c.id))
+
+
+def human_duration(seconds: float) -> str:
+    """`2 d 3 h 4 min`, `23 h 58 min`, `5 min`, or `less than a minute`."""
+    minutes = int(seconds // 60)
+    if minutes < 1:
+        return "less than a minute"
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    parts = [f"{n} {unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "min")) if n]
+    return " ".join(parts)
+
+
 async def check_submission_limit(session: AsyncSession, user: User, task: Task) -> None:
     """Refuse with 429 when the user has used the task's submissions for the window.
 
     Failed and cancelled submissions do not count (users rightly complain when they do).
+    Holds under concurrency only after `lock_submissions_of` in the same transaction.
     """
     limits = task_config(task).limits
-    since = utcnow() - timedelta(hours=limits.window_hours)
+    now = utcnow()
+    since = now - timedelta(hours=limits.window_hours)
     counted = list(
         await session.scalars(
             sa.select(col(Submission.created_at))
@@ -54,12 +80,17 @@ async def check_submission_limit(session: AsyncSession, user: User, task: Task) 
         )
     )
     if len(counted) >= limits.submissions_per_window:
-        opens = counted[0] + timedelta(hours=limits.window_hours)
-        retry_after = max(1, int((opens - utcnow()).total_seconds()) + 1)
+        # The slot that frees first is the oldest of those that fill the window.
+        opens = counted[len(counted) - limits.submissions_per_window] + timedelta(
+            hours=limits.window_hours
+        )
+        wait = max(0.0, (opens - now).total_seconds())
+        retry_after = max(1, int(wait) + 1)
         raise RateLimited(
             f"you have used {len(counted)} of {limits.submissions_per_window} submissions "
-            f"to {task.slug!r} in {limits.window_hours:g} hours; the next slot opens at "
-            f"{opens.isoformat(timespec='seconds')} (failed and cancelled ones do not count)",
+            f"to {task.slug!r} in {limits.window_hours:g} hours; the next slot opens in "
+            f"{human_duration(wait)}, at {opens.isoformat(timespec='seconds')} "
+            "(failed and cancelled ones do not count)",
             field="task",
             headers={"Retry-After": str(retry_after)},
             extra={
@@ -112,10 +143,15 @@ async def create_submission(
     parent_id: str | None = None,
     meta: dict[str, Any] | None = None,
 ) -> Submission:
-    """Row, first event and the build message, all in the caller's transaction (outbox)."""
+    """Row, first event and the build message, all in the caller's transaction (outbox).
+
+    The user's submissions are locked first (see `lock_submissions_of`), so call it before
+    anything else reads in a fresh transaction.
+    """
     if kind not in KINDS:
         raise WeighbridgeError(f"kind must be one of {', '.join(KINDS)}", field="kind")
     if task is not None:
+        await lock_submissions_of(session, user)
         await check_submission_limit(session, user, task)
     submission = Submission(
         id=submission_id,
@@ -229,9 +265,7 @@ async def cancel_submission(session: AsyncSession, submission_id: str, *, user: 
             code="conflict",
             field="id",
         )
-    transition(
-        session, submission, Status.CANCELLED, service="api", message=f"cancelled by {user.name}"
-    )
+    await cancel(session, submission, service="api", message=f"cancelled by {user.name}")
     return submission
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 
 from api.deps import optional_user, require_user, services_of
+from api.params import AfterId, Offset, PageSize
 from api.serializers import event_json, run_json, score_json, submission_json, submission_summary
 from api.uploads import check_declared_length, receive_upload
 from core import submissions as subs
 from core.errors import WeighbridgeError
+from core.incoming import accept_upload, discard_upload, incoming_key
 from core.models import Task, User, new_id
 from core.tasks import get_task, task_config
 
@@ -32,6 +34,7 @@ async def create_submission(request: Request) -> dict:
     submission_id = new_id()
     async with services.db.session() as session:
         user = await require_user(session, request)
+    checked: list[Task] = []
 
     async def key_for(fields: dict[str, str], filename: str) -> tuple[str, int]:
         slug = fields.get("task", "").strip()
@@ -43,12 +46,15 @@ async def create_submission(request: Request) -> dict:
             )
         async with services.db.session() as session:
             task = await get_task(session, slug)
+            # Early, so that a user over the limit does not send a GiB first; checked again,
+            # under the user's lock, when the submission is created.
             await subs.check_submission_limit(session, user, task)
+        checked.append(task)
         task_limit = task_config(task).limits.max_upload_bytes
-        return f"submissions/{submission_id}/upload/{filename}", min(limit, task_limit or limit)
+        return incoming_key(submission_id, filename), min(limit, task_limit or limit)
 
-    upload = await receive_upload(request, services.storage, key_for=key_for)
     try:
+        upload = await receive_upload(request, services.storage, key_for=key_for)
         if upload.stored.size == 0:
             raise WeighbridgeError(
                 f"the file {upload.filename!r} is empty",
@@ -56,29 +62,27 @@ async def create_submission(request: Request) -> dict:
                 code="empty_file",
                 field="file",
             )
-        fields = upload.fields
-        kind = fields.get("kind", "model").strip() or "model"
-        name = (fields.get("name") or upload.filename).strip()[:255]
+        fields, task = upload.fields, checked[0]
         async with services.db.session() as session:
-            task = await get_task(session, fields.get("task", "").strip())
-            submission = await subs.create_submission(
+            submission = await accept_upload(
                 session,
+                services.storage,
                 services.queue,
+                upload=upload.stored,
                 submission_id=submission_id,
                 user=user,
                 task=task,
-                kind=kind,
-                name=name,
+                kind=fields.get("kind", "model").strip() or "model",
+                name=(fields.get("name") or upload.filename).strip()[:255],
                 private=_flag(fields, "private"),
-                upload=upload.stored,
                 filename=upload.filename,
                 client_id=request.headers.get("x-client-id"),
             )
-            return submission_summary(submission, task=task.slug, owner=user.name)
     except BaseException:
-        # Nothing half-written: the stored bundle goes when the submission does not exist.
-        await services.storage.delete_prefix(f"submissions/{submission_id}")
+        # Nothing half-written: whatever this upload stored goes when it is no submission.
+        await discard_upload(services.db, services.storage, submission_id)
         raise
+    return submission_summary(submission, task=task.slug, owner=user.name)
 
 
 @router.get("")
@@ -86,8 +90,8 @@ async def read_submissions(
     request: Request,
     task: str | None = None,
     status: str | None = None,
-    limit: int = Query(50, ge=1, le=200),
-    offset: int = Query(0, ge=0),
+    limit: PageSize = 50,
+    offset: Offset = 0,
     all: bool = False,
 ) -> dict:
     async with services_of(request).db.session() as session:
@@ -136,7 +140,7 @@ async def _detail(session, s) -> dict:
 
 
 @router.get("/{submission_id}/events")
-async def read_events(submission_id: str, request: Request, after: int = Query(0, ge=0)) -> dict:
+async def read_events(submission_id: str, request: Request, after: AfterId = 0) -> dict:
     async with services_of(request).db.session() as session:
         viewer = await optional_user(session, request)
         s = await subs.get_submission(session, submission_id, viewer=viewer)
@@ -167,7 +171,7 @@ async def read_results(submission_id: str, request: Request) -> dict:
 
 
 @router.get("/{submission_id}/logs")
-async def read_logs(submission_id: str, request: Request, offset: int = Query(0, ge=0)) -> dict:
+async def read_logs(submission_id: str, request: Request, offset: Offset = 0) -> dict:
     services = services_of(request)
     async with services.db.session() as session:
         viewer = await optional_user(session, request)
