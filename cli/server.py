@@ -66,12 +66,14 @@ WORKERS = {
     "evaluator": Worker("evaluator", "evaluator.worker", "run_evaluator", takes_fleets=True),
     "scheduler": Worker("scheduler", "core.scheduler", "run_scheduler"),
     "mailer": Worker("mailer", "core.notifications", "run_mailer"),
+    # Removes what failed uploads and crashes left in storage; rides with the API.
+    "sweeper": Worker("sweeper", "core.incoming", "run_sweeper"),
 }
 # What each `serve` role runs besides (or instead of) the API. The mailer rides with the
 # scheduler: both are the one-per-deployment background duties. The first is required; the
 # scheduler (cron runs) is not part of this build yet, so `serve scheduler` runs the mailer.
 ROLE_WORKERS = {
-    Role.API: [],
+    Role.API: ["sweeper"],
     Role.BUILDER: ["builder"],
     Role.EVALUATOR: ["evaluator"],
     Role.SCHEDULER: ["mailer", "scheduler"],
@@ -369,7 +371,7 @@ def up(
 ) -> None:
     """Run everything in one process: API and website, builder, evaluator(s), scheduler."""
     plan = Plan(
-        workers=["builder", "evaluator", "scheduler", "mailer"],
+        workers=["builder", "evaluator", "scheduler", "mailer", "sweeper"],
         api=(host, port),
         demo=demo,
         show_banner=True,
