@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,70 @@ def test_storage_from_url_picks_a_folder_and_explains_bad_urls(tmp_path: Path) -
     assert store.root == tmp_path / "st"
     with pytest.raises(WeighbridgeError, match="unknown storage URL scheme 'ftp'"):
         storage_from_url("ftp://host/x")
+
+
+def all_paths(root: Path) -> list[str]:
+    """Files and folders (hidden and unfinished ones too), as the store's owner sees them."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+async def test_move_places_the_object_and_leaves_no_empty_folder(storage: LocalStorage) -> None:
+    await storage.write_bytes("incoming/abc/model.zip", b"bundle")
+    await storage.write_bytes("submissions/abc/upload/model.zip", b"older")
+    await storage.move("incoming/abc/model.zip", "submissions/abc/upload/model.zip")
+    assert await storage.read_bytes("submissions/abc/upload/model.zip") == b"bundle"
+    assert not await storage.exists("incoming/abc/model.zip")
+    # The top-level folders stay (concurrent writes share them); the upload's own one goes.
+    assert all_paths(storage.root) == [
+        "incoming",
+        "submissions",
+        "submissions/abc",
+        "submissions/abc/upload",
+        "submissions/abc/upload/model.zip",
+    ]
+    with pytest.raises(FileNotFoundError):
+        await storage.move("incoming/abc/model.zip", "submissions/abc/upload/other.zip")
+    with pytest.raises(WeighbridgeError, match="invalid storage key"):
+        await storage.move("submissions/abc/upload/model.zip", "../outside")
+
+
+async def test_deletes_leave_no_empty_folders_below_the_top_level(storage: LocalStorage) -> None:
+    await storage.write_bytes("submissions/abc/upload/model.zip", b"1")
+    await storage.write_bytes("submissions/abc/build/log", b"2")
+    await storage.delete_prefix("submissions/abc/upload/model.zip")
+    assert all_paths(storage.root) == [
+        "submissions",
+        "submissions/abc",
+        "submissions/abc/build",
+        "submissions/abc/build/log",
+    ]
+    await storage.delete_prefix("submissions/abc/build")
+    assert all_paths(storage.root) == ["submissions"]
+    with pytest.raises(TooLarge):
+        await storage.write_stream("incoming/x/big", chunks(b"x" * 10), max_bytes=5)
+    assert all_paths(storage.root) == ["incoming", "submissions"]
+
+
+async def test_list_info_reports_sizes_times_and_unfinished_writes(storage: LocalStorage) -> None:
+    await storage.write_bytes("incoming/a/model.zip", b"12345")
+    unfinished = storage.root / "incoming/b/.model.zip.1.2.part"
+    unfinished.parent.mkdir(parents=True)
+    unfinished.write_bytes(b"12")
+    old = datetime(2020, 1, 2, tzinfo=UTC)
+    os.utime(unfinished, (old.timestamp(), old.timestamp()))
+
+    found = await storage.list_info("incoming")
+    assert [(o.key, o.size) for o in found] == [
+        ("incoming/a/model.zip", 5),
+        ("incoming/b/.model.zip.1.2.part", 2),
+    ]
+    assert found[1].modified == old
+    assert abs((datetime.now(UTC) - found[0].modified).total_seconds()) < 60
+    # `list` shows readable objects only; the unfinished one is still deleted with its prefix.
+    assert await storage.list("incoming") == ["incoming/a/model.zip"]
+    assert await storage.list_info("nothing/here") == []
+    assert [o.key for o in await storage.list_info("incoming/a/model.zip")] == [
+        "incoming/a/model.zip"
+    ]
+    assert await storage.delete_prefix("incoming/b") == 1
+    assert [o.key for o in await storage.list_info("")] == ["incoming/a/model.zip"]
