@@ -1,14 +1,13 @@
-"""`weighbridge up --demo`: prepare data, train the two digits examples, upload, rank, show.
+"""`weighbridge up --demo`: prepare data, upload the two shipped digits examples, rank, show.
 
-Runs beside the API in the same process and event loop, so everything here is async: the
-models train in a subprocess and the uploads go through the HTTP API like any user's.
+Runs beside the API in the same process and event loop, so everything here is async; the
+uploads go through the HTTP API like any user's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,12 +16,12 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from cli import render
+from cli.leaderboard import leaderboard_view
 from core.context import Services
 
-ROOT = Path(__file__).resolve().parent.parent
-TRAIN_SCRIPT = ROOT / "examples" / "train_digits.py"
 TASK = "digits"
 MODELS = ("digits-linear", "digits-cnn")
 DEMO_USER = "demo"
@@ -47,32 +46,17 @@ async def demo_token(services: Services) -> str:
         return await issue_token(session, user, label="demo")
 
 
-async def train_examples(folder: Path, console: Console) -> dict[str, Path]:
-    """Train both examples into `folder` in a subprocess (skipped when weights are there)."""
-    folders = {name: folder / name for name in MODELS}
-    if all((f / "model.pt").is_file() and (f / "handler.py").is_file() for f in folders.values()):
-        console.print(f"Using the models trained before in {folder}")
-        return folders
-    if not TRAIN_SCRIPT.is_file():
-        raise DemoError(f"{TRAIN_SCRIPT} is missing: the demo needs a checkout of Weighbridge")
-    console.print("Training the two example models (linear and CNN) on CPU…")
-    started = time.perf_counter()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(TRAIN_SCRIPT),
-        "--out",
-        str(folder),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=str(ROOT),
-    )
-    output, _ = await proc.communicate()
-    text = output.decode(errors="replace").strip()
-    if proc.returncode != 0:
-        raise DemoError(f"training the examples failed (exit code {proc.returncode}):\n{text}")
-    for line in text.splitlines():
-        console.print(f"  {line}", soft_wrap=True, highlight=False)
-    console.print(f"  trained in {time.perf_counter() - started:.1f} s")
+def example_folders() -> dict[str, Path]:
+    """The two shipped digits examples (handler + trained weights), by name."""
+    from core.examples import example_folder
+
+    folders = {name: example_folder(name) for name in MODELS}
+    missing = [str(f / "model.pt") for f in folders.values() if not (f / "model.pt").is_file()]
+    if missing:
+        raise DemoError(
+            f"the example weights are missing ({', '.join(missing)}): reinstall Weighbridge, "
+            "or make them with `python -m core.examples.train_digits`"
+        )
     return folders
 
 
@@ -167,10 +151,9 @@ async def run_demo(
     base_url: str,
     *,
     console: Console | None = None,
-    models_dir: Path | None = None,
     timeout_seconds: float = 900.0,
 ) -> None:
-    """Prepare the datasets, train and upload the two digits examples, show the leaderboard."""
+    """Prepare the datasets, upload the two shipped digits examples, show the leaderboard."""
     from core.datasets import prepare_datasets
 
     console = console or Console()
@@ -187,9 +170,7 @@ async def run_demo(
         prepared = await prepare_datasets(services)
         console.print(f"Datasets ready: {len(prepared)} across {len(services.tasks)} task(s)")
         token = await demo_token(services)
-        folders = await train_examples(
-            models_dir or services.settings.home / "demo" / "models", console
-        )
+        folders = example_folders()
         headers = {"Authorization": f"Bearer {token}"}
         timeout = httpx.Timeout(60.0, connect=10.0)
         async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout) as client:
@@ -208,14 +189,18 @@ async def run_demo(
                 if record["status"] != "done":
                     error = record.get("error") or {}
                     console.print(
-                        f"[red]{name} {record['status']}[/]"
-                        + (f" at {error.get('stage')}: {error.get('reason')}" if error else "")
+                        Text(f"{name} {record['status']}", style="red"),
+                        render.plain(f"at {error.get('stage')}: {error.get('reason')}")
+                        if error
+                        else "",
                     )
             response = await client.get(f"/api/v1/tasks/{TASK}/leaderboard")
             _check(response, "reading the leaderboard")
-            console.print(render.leaderboard_table(response.json()))
+            console.print(leaderboard_view(response.json()))
     except DemoError as exc:
-        console.print(f"[red]Demo stopped:[/] {exc}")
+        console.print(
+            Text("Demo stopped:", style="red"), Text(render.printable(exc, keep_lines=True))
+        )
         return
     # soft_wrap: a token or command cut in two by the terminal width cannot be pasted.
     console.print(

@@ -24,7 +24,9 @@ class Settings(BaseSettings):
     runner: str = "local"
     builder: str = "local"
     email_url: str = ""
-    task_configs: Path = Path("task_configs")
+    # Unset: the task configs shipped with Weighbridge (the package `task_configs`), so every
+    # command finds them whatever the current folder; a relative path is taken from the cwd.
+    task_configs: Path = Path()
     # Comma-separated fleet ids; empty means "default plus every eval_server_id in the tasks".
     fleets: str = ""
     max_upload_bytes: int = 10 * GIB
@@ -58,6 +60,10 @@ class Settings(BaseSettings):
             self.storage_url = f"file://{home / 'storage'}"
         if not self.email_url:
             self.email_url = f"file://{home / 'outbox'}"
+        if "task_configs" not in self.model_fields_set or not str(self.task_configs).strip("."):
+            from task_configs import FOLDER
+
+            self.task_configs = FOLDER
         return self
 
     def evaluations_at_once(self) -> int:

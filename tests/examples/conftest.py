@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from types import ModuleType
 
 import pytest
 
-from tests.conftest import ROOT
-
-
-def load_train_script() -> ModuleType:
-    path = ROOT / "examples" / "train_digits.py"
-    spec = importlib.util.spec_from_file_location("train_digits_under_test", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="session")
 def train_digits() -> ModuleType:
-    return load_train_script()
+    from core.examples import train_digits
+
+    return train_digits
 
 
 @pytest.fixture(scope="session")

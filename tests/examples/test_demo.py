@@ -1,4 +1,4 @@
-"""`weighbridge up --demo` end to end: train, upload, build, evaluate, rank, email; then reuse."""
+"""`weighbridge up --demo` end to end: upload the shipped examples, evaluate, rank, email."""
 
 from __future__ import annotations
 

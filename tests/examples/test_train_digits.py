@@ -56,3 +56,25 @@ def test_handlers_answer_torchserve_style(train_digits: ModuleType, trained: dic
 
     (answer,) = handler.handle([{"body": json.dumps({"pixels": rows[0]["pixels"]})}], context)
     assert answer == answers[0]
+
+
+def test_shipped_weights_are_what_the_script_makes(trained: dict) -> None:
+    """The committed model.pt files are the script's output: a rerun gives them bit for bit."""
+    import torch
+
+    from core.examples import EXAMPLES, example_folder
+
+    assert set(EXAMPLES) == set(trained)
+    for name, model in trained.items():
+        shipped = torch.load(example_folder(name) / "model.pt", weights_only=True)
+        fresh = torch.load(model.folder / "model.pt", weights_only=True)
+        assert shipped.keys() == fresh.keys()
+        assert all(torch.allclose(shipped[k], fresh[k], atol=1e-6) for k in shipped), name
+
+
+def test_shipped_examples_score_as_documented(train_digits: ModuleType) -> None:
+    from core.examples import example_folder
+
+    heldout = generate_rows("digits", {"split": "heldout"})
+    assert train_digits.accuracy_of(example_folder("digits-cnn"), heldout) >= 0.97
+    assert train_digits.accuracy_of(example_folder("digits-linear"), heldout) >= 0.88

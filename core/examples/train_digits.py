@@ -1,10 +1,11 @@
 """Train the two example digits models (linear and CNN) on CPU in seconds.
 
-    python examples/train_digits.py [--out DIR]
+    python -m core.examples.train_digits [--out DIR] [--evaluate]
 
-Each model goes to its own folder (`digits-linear/`, `digits-cnn/`): the handler.py kept in
-this folder plus the trained `model.pt`. Both train on the `train` split of the `digits`
-generator, which is disjoint from the task's hidden `heldout` sets. Seeds are fixed.
+Each model goes to its own folder (`digits-linear/`, `digits-cnn/`; by default the shipped
+ones beside this file): the handler.py kept in this folder plus the trained `model.pt`. Both
+train on the `train` split of the `digits` generator, which is disjoint from the task's hidden
+`heldout` sets. Seeds are fixed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +20,6 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-if str(HERE.parent) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(HERE.parent))
 
 MODELS = ("digits-linear", "digits-cnn")
 
