@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from cli import render
-from cli.errors import CliError, reports_errors
+from cli.errors import CliError, UsageError, reports_errors
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 db_app = typer.Typer(help="The database: apply migrations.", no_args_is_help=True)
 admin_app = typer.Typer(help="Administration on the server's machine.", no_args_is_help=True)
@@ -22,6 +26,61 @@ def masked_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def where_from(settings: Settings) -> str:
+    """Which home and database a command acts on, fit to print."""
+    return f"home {settings.home}, database {masked_url(settings.database_url)}"
+
+
+def require_database(settings: Settings) -> None:
+    """Refuse to act on a database that does not exist yet: it is not the server's.
+
+    Run from another folder, the default home (./.weighbridge) names a fresh SQLite file,
+    and a user created there holds a token no running server knows.
+    """
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return
+    if not Path(url.database).is_file():
+        raise CliError(
+            f"there is no Weighbridge database at {url.database} ({where_from(settings)})",
+            hint="run this in the folder where `weighbridge up` runs, or set WEIGHBRIDGE_HOME "
+            "(or WEIGHBRIDGE_DATABASE_URL) to the server's; `weighbridge db upgrade` makes a "
+            "new database",
+        )
+
+
+def server_url(settings: Settings) -> str:
+    """The server a token made here should work on: the login's, else the server's own URL."""
+    from cli.config import resolve_login
+
+    try:
+        return resolve_login(need_token=False).url
+    except UsageError:
+        return settings.public_url.rstrip("/")
+
+
+def who_the_server_says(url: str, token: str) -> str | bool | None:
+    """The user name the server at `url` gives this token; None when it does not know it,
+    False when no Weighbridge server answers there."""
+    import httpx
+
+    try:
+        response = httpx.get(
+            f"{url}/api/v1/ping", headers={"Authorization": f"Bearer {token}"}, timeout=5.0
+        )
+        answer = response.json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    if response.status_code == 401:
+        return None
+    if response.status_code != 200 or not isinstance(answer, dict) or "version" not in answer:
+        return False
+    user = answer.get("user")
+    return user.get("name") if isinstance(user, dict) else None
+
+
 async def _upgrade() -> dict[str, Any]:
     from core.context import start_services
     from core.settings import Settings
@@ -30,28 +89,48 @@ async def _upgrade() -> dict[str, Any]:
     # start_services applies the migrations; task configs are not needed to migrate.
     services = await start_services(settings, sync=False)
     await services.close()
-    return {"database": masked_url(settings.database_url), "revision": "head"}
+    return {
+        "home": str(settings.home),
+        "database": masked_url(settings.database_url),
+        "revision": "head",
+    }
 
 
 @db_app.command("upgrade")
 @reports_errors
 def upgrade() -> None:
-    """Apply every migration the database does not have yet."""
+    """Apply every migration the database does not have yet (creating it if need be)."""
     result = asyncio.run(_upgrade())
-    render.stdout().print(f"database {escape(result['database'])} is up to date")
+    render.stdout().print(
+        f"database {escape(result['database'])} (home {escape(result['home'])}) is up to date"
+    )
 
 
 async def _create_user(name: str, email: str, is_admin: bool) -> dict[str, Any]:
-    from core.accounts import create_user
+    from core.accounts import create_user, delete_new_user
     from core.context import start_services
     from core.errors import WeighbridgeError
     from core.settings import Settings
 
     settings = Settings()
+    require_database(settings)
     services = await start_services(settings, sync=False)
     try:
         async with services.db.session() as session:
             user, token = await create_user(session, name, email=email, is_admin=is_admin)
+        url = server_url(settings)
+        # A server that does not know the new token uses another database: the user would
+        # be a stranger to it, so none is kept.
+        seen = await asyncio.to_thread(who_the_server_says, url, token)
+        if seen is not False and seen != name:
+            async with services.db.session() as session:
+                await delete_new_user(session, await session.merge(user))
+            raise CliError(
+                f"the server at {url} does not use this database ({where_from(settings)}); "
+                f"no user was created",
+                hint="run this where that server runs, or with its WEIGHBRIDGE_HOME / "
+                "WEIGHBRIDGE_DATABASE_URL",
+            )
     except WeighbridgeError as exc:
         # A malformed name or email is a usage error; an existing user is a failure.
         raise CliError(exc.message, exit_code=2 if exc.status in (400, 422) else 1) from None
@@ -62,7 +141,10 @@ async def _create_user(name: str, email: str, is_admin: bool) -> dict[str, Any]:
         "email": user.email,
         "is_admin": user.is_admin,
         "token": token,
-        "url": settings.public_url,
+        "url": url,
+        "server_checked": seen is not False,
+        "home": str(settings.home),
+        "database": masked_url(settings.database_url),
     }
 
 
@@ -75,15 +157,36 @@ def create_user(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON document on stdout.")
     ] = False,
+    token_only: Annotated[
+        bool,
+        typer.Option("--token-only", help="Print only the token (for scripts: TOKEN=$(...))."),
+    ] = False,
 ) -> None:
-    """Create a user and print their API token (shown this once, never stored)."""
+    """Create a user and print their API token (shown this once, never stored).
+
+    It acts on the database of WEIGHBRIDGE_HOME (default ./.weighbridge) or
+    WEIGHBRIDGE_DATABASE_URL, which must exist, and checks that the server at the logged-in
+    URL (else WEIGHBRIDGE_PUBLIC_URL) accepts the new token; it refuses otherwise.
+    """
     created = asyncio.run(_create_user(name, email, admin))
+    if token_only:
+        typer.echo(created["token"])
+        return
     if json_output:
         render.print_json(created)
         return
     console = render.stdout()
     role = "admin" if created["is_admin"] else "user"
     console.print(f"created {role} [bold]{escape(name)}[/] <{escape(email)}>")
+    console.print(
+        f"[dim]in {escape(created['home'])} (database {escape(created['database'])})[/]",
+        soft_wrap=True,
+    )
+    if not created["server_checked"]:
+        render.note(
+            f"no Weighbridge server answered at {created['url']}; the token works on a server "
+            "using this database"
+        )
     console.print("API token (shown once; keep it secret):")
     console.print(created["token"], style="bold", soft_wrap=True)
     console.print(

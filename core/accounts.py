@@ -70,5 +70,12 @@ async def authenticate(session: AsyncSession, token: str | None) -> User:
     return user
 
 
+async def delete_new_user(session: AsyncSession, user: User) -> None:
+    """Remove a user created moments ago, with their tokens (they own nothing else yet)."""
+    await session.execute(sa.delete(ApiToken).where(col(ApiToken.user_id) == user.id))
+    await session.delete(user)
+    await session.flush()
+
+
 async def get_user(session: AsyncSession, name: str) -> User | None:
     return await session.scalar(sa.select(User).where(col(User.name) == name))

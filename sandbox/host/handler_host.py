@@ -73,6 +73,7 @@ class Host:
     def __init__(self, rfd: int, wfd: int, *, forked: bool = False) -> None:
         self.rfd = rfd
         self.wfd = wfd
+        self.model_dir = ""
         # Forked from the warm interpreter, the process starts with its pages resident (and
         # shared): report the peak beyond them, as the parent's memory watch counts.
         self.maxrss_base = (
@@ -129,6 +130,7 @@ class Host:
         started = time.perf_counter()
         notes = apply_limits(request)
         model_dir = request["model_dir"]
+        self.model_dir = model_dir
         workdir = request["workdir"]
         self.guard = Guard(
             workdir=workdir,
@@ -215,13 +217,15 @@ class Host:
         log(f"{'initialisation' if stage == 'init' else f'batch {batch_id}'} failed:\n{text}")
         kind = stage
         message = f"{type(exc).__name__}: {exc}".strip()
+        if isinstance(exc, SyntaxError) and exc.msg:
+            message = f"{type(exc).__name__}: {exc.msg}"  # its place is in "where"
         if isinstance(exc, MemoryError) or any(m in str(exc).lower() for m in MEMORY_MARKERS):
             kind = "memory"
         return {
             "id": batch_id,
             "error": kind,
             "message": message.splitlines()[0] if message else type(exc).__name__,
-            "where": innermost_frame(exc),
+            "where": innermost_frame(exc, self.model_dir),
             "traceback": text[-6000:],
         }
 
@@ -274,12 +278,24 @@ def not_json(outputs: list, batch_id) -> dict:
     return {"id": batch_id, "error": "not_json", "index": None, "message": "", "answer": ""}
 
 
-def innermost_frame(exc: BaseException) -> str:
+def innermost_frame(exc: BaseException, model_dir: str = "") -> str:
+    """`file, line N` of the user's code nearest the error: the innermost frame in the model
+    folder (named relative to it), else the innermost frame; a syntax error's own place."""
+    prefix = model_dir.rstrip("/") + "/" if model_dir else ""
+
+    def shown(filename: str) -> str:
+        if prefix and filename.startswith(prefix):
+            return filename[len(prefix) :]
+        return os.path.basename(filename)
+
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        return f"{shown(exc.filename)}, line {exc.lineno}"
     tb = traceback.extract_tb(exc.__traceback__)
     if not tb:
         return ""
-    frame = tb[-1]
-    return f"{os.path.basename(frame.filename)}, line {frame.lineno}"
+    ours = [f for f in tb if prefix and f.filename.startswith(prefix)]
+    frame = (ours or tb)[-1]
+    return f"{shown(frame.filename)}, line {frame.lineno}"
 
 
 def detect_gpu() -> int | None:

@@ -126,7 +126,9 @@ class Cli:
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
-    return Cli(env=clean_env(tmp_path), cwd=tmp_path)
+    # No server answers at the public URL (admin commands check the server found there).
+    nobody = f"http://127.0.0.1:{free_port()}"
+    return Cli(env=clean_env(tmp_path, WEIGHBRIDGE_PUBLIC_URL=nobody), cwd=tmp_path)
 
 
 def wait_until_healthy(
@@ -175,10 +177,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     pytest.importorskip("api.app", reason="the API app is not part of this build yet")
     root = tmp_path_factory.mktemp("server")
     log = root / "server.log"
-    cli = Cli(env=clean_env(root), cwd=root, server_log=log)
     port = free_port()
-    process = cli.popen("serve", "api", "--port", str(port), log=log)
     url = f"http://127.0.0.1:{port}"
+    cli = Cli(env=clean_env(root, WEIGHBRIDGE_PUBLIC_URL=url), cwd=root, server_log=log)
+    process = cli.popen("serve", "api", "--port", str(port), log=log)
     try:
         wait_until_healthy(url, process, log)
         yield Server(url=url, cli=cli, process=process)

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from core.accounts import authenticate
 from core.db import Database
 from core.models import User
-from tests.cli.conftest import Cli
+from tests.cli.conftest import Cli, Server, clean_env, free_port
+
+
+@pytest.fixture
+def cli(cli: Cli) -> Cli:
+    """A user's shell where the server's database exists (as `weighbridge up` leaves it)."""
+    assert cli.run("db", "upgrade").returncode == 0
+    return cli
 
 
 async def test_create_user_prints_a_token_that_authenticates(cli: Cli, tmp_path: Path) -> None:
@@ -57,3 +65,51 @@ def test_db_upgrade_creates_the_database(cli: Cli, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "home" / "weighbridge.db").exists()
     assert "up to date" in result.stdout
+
+
+def test_create_user_says_where_it_acted(cli: Cli, tmp_path: Path) -> None:
+    result = cli.run("admin", "create-user", "erin", "--email", "erin@example.com")
+    assert result.returncode == 0, result.stderr
+    assert str(tmp_path / "home") in result.stdout
+    assert "weighbridge.db" in result.stdout
+    # Nothing answers at the public URL: the user is told the token was not tried.
+    assert "no Weighbridge server answered" in result.stderr + result.stdout
+
+
+def test_create_user_refuses_a_home_without_a_database(tmp_path: Path) -> None:
+    """Run from the wrong folder, it must not make a second database a server never reads."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = clean_env(elsewhere, WEIGHBRIDGE_PUBLIC_URL=f"http://127.0.0.1:{free_port()}")
+    env.pop("WEIGHBRIDGE_HOME")  # the default: ./.weighbridge of the current folder
+    stray = Cli(env=env, cwd=elsewhere)
+    result = stray.run("admin", "create-user", "frank", "--email", "frank@example.com")
+    assert result.returncode == 1
+    assert "there is no Weighbridge database" in result.stderr
+    assert str(elsewhere / ".weighbridge") in result.stderr
+    assert not (elsewhere / ".weighbridge" / "weighbridge.db").exists()
+
+
+def test_create_user_refuses_when_the_server_uses_another_database(
+    server: Server, tmp_path: Path
+) -> None:
+    other = Cli(env=clean_env(tmp_path, WEIGHBRIDGE_URL=server.url), cwd=tmp_path)
+    assert other.run("db", "upgrade").returncode == 0
+    result = other.run("admin", "create-user", "grace", "--email", "grace@example.com")
+    assert result.returncode == 1
+    assert f"the server at {server.url} does not use this database" in result.stderr
+    assert "token" not in result.stdout
+    # Nothing was kept in the database the server does not read.
+    again = other.run("admin", "create-user", "grace", "--email", "grace@example.com", "--json")
+    assert "already exists" not in again.stderr
+
+
+def test_create_user_on_the_servers_database_is_checked(server: Server) -> None:
+    created = server.cli.json("admin", "create-user", "heidi", "--email", "heidi@example.com")
+    assert created["server_checked"] is True
+    assert created["url"] == server.url
+    token = server.cli.run(
+        "admin", "create-user", "ivan", "--email", "ivan@example.com", "--token-only"
+    )
+    assert token.returncode == 0, token.stderr
+    assert token.stdout.strip().startswith("wb_") and len(token.stdout.strip().split()) == 1
