@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 
+from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.routes import health, prometheus, submissions, tasks
 from api.routes.prometheus import ApiMetrics
@@ -18,6 +19,9 @@ def create_app(services: Services) -> FastAPI:
         title="Weighbridge",
         version=__version__,
         description="Upload models, benchmarks and inspections; get them weighed and ranked.",
+        # FastAPI's own docs pages load their scripts from a CDN: /docs is served by install_docs.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.services = services
     app.state.metrics = ApiMetrics()
@@ -36,5 +40,6 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(submissions.router)
     app.include_router(prometheus.router)
     app.include_router(pages.router)
+    install_docs(app)
     app.mount("/static", pages.static, name="static")
     return app
