@@ -6,12 +6,8 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.accounts import authenticate
-from core.context import Services
+from core.context import services_of as services_of  # re-exported for the routes
 from core.models import User
-
-
-def services_of(request: Request) -> Services:
-    return request.app.state.services
 
 
 def bearer_token(request: Request) -> str | None:

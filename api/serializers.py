@@ -4,36 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.models import Dataset, Event, Run, Score, Submission, Task, User
-from core.tasks import task_config
-
-
-def task_json(task: Task, datasets: list[Dataset]) -> dict[str, Any]:
-    config = task_config(task)
-    weights = config.metric_weights()
-    return {
-        "slug": task.slug,
-        "name": task.name,
-        "description": task.description,
-        "input_fields": config.input_fields,
-        "output_fields": config.output_fields,
-        "metrics": [{"name": m.name, "weight": weights.get(m.name)} for m in config.metrics],
-        "datasets": [
-            {
-                "name": d.name,
-                "access": d.access,
-                "split": d.split,
-                "n_examples": d.n_examples,
-                "sha256": d.sha256 or None,
-            }
-            for d in datasets
-        ],
-        "eval_server_id": task.eval_server_id,
-        "limits": {
-            "submissions_per_window": config.limits.submissions_per_window,
-            "window_hours": config.limits.window_hours,
-        },
-    }
+from core.models import Event, Run, Score, Submission, User
 
 
 def submission_summary(s: Submission, *, task: str | None, owner: str | None) -> dict[str, Any]:

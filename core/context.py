@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from core.db import Database
 from core.migrate import upgrade_database
@@ -12,6 +13,9 @@ from core.settings import Settings
 from core.storage import Storage, storage_from_url
 from core.taskconfig import TaskConfig, load_task_configs
 from core.tasks import sync_tasks
+
+if TYPE_CHECKING:
+    from starlette.requests import HTTPConnection
 
 
 @dataclass
@@ -30,6 +34,11 @@ class Services:
     async def close(self) -> None:
         await self.queue.close()
         await self.db.dispose()
+
+
+def services_of(connection: HTTPConnection) -> Services:
+    """The services the ASGI app serving this request was built with (kept on `app.state`)."""
+    return connection.app.state.services
 
 
 async def start_services(

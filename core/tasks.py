@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -77,3 +78,32 @@ async def list_datasets(session: AsyncSession, task: Task) -> list[Dataset]:
             sa.select(Dataset).where(col(Dataset.task_id) == task.id).order_by(col(Dataset.id))
         )
     )
+
+
+def describe_task(task: Task, datasets: list[Dataset]) -> dict[str, Any]:
+    """A task as the API's JSON and the website show it (docs/api.md)."""
+    config = task_config(task)
+    weights = config.metric_weights()
+    return {
+        "slug": task.slug,
+        "name": task.name,
+        "description": task.description,
+        "input_fields": config.input_fields,
+        "output_fields": config.output_fields,
+        "metrics": [{"name": m.name, "weight": weights.get(m.name)} for m in config.metrics],
+        "datasets": [
+            {
+                "name": d.name,
+                "access": d.access,
+                "split": d.split,
+                "n_examples": d.n_examples,
+                "sha256": d.sha256 or None,
+            }
+            for d in datasets
+        ],
+        "eval_server_id": task.eval_server_id,
+        "limits": {
+            "submissions_per_window": config.limits.submissions_per_window,
+            "window_hours": config.limits.window_hours,
+        },
+    }

@@ -9,13 +9,13 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from api.deps import services_of
-from api.serializers import task_json
 from core import submissions as subs
+from core.context import services_of
 from core.errors import WeighbridgeError
 from core.leaderboard import parse_weights, read_leaderboard
 from core.models import Task, User
-from core.tasks import get_task, list_datasets, list_tasks
+from core.tasks import describe_task, get_task, list_datasets, list_tasks
+from web.markdown import render_markdown
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -30,13 +30,55 @@ def _fmt(value: object) -> str:
 
 
 templates.env.filters["fmt"] = _fmt
+templates.env.filters["markdown"] = render_markdown
+
+ERROR_TITLES = {
+    404: "Not found",
+    405: "Not allowed",
+    422: "That request could not be understood",
+    500: "Something went wrong on our side",
+}
+
+
+def is_page_request(request: Request) -> bool:
+    """Whether an error for this request is shown as a page (else it is the API's JSON).
+
+    A request a page route answered is a page's; one no route matched is a page's unless
+    its path is under /api. Every other route (the API, /healthz, /metrics) keeps JSON.
+    """
+    route = request.scope.get("route")
+    if route is not None:
+        return getattr(route, "endpoint", None) in _PAGE_ENDPOINTS
+    path = request.scope.get("path", "")
+    return not (path == "/api" or path.startswith("/api/"))
+
+
+def render_error(
+    request: Request, status: int, message: str, *, headers: dict[str, str] | None = None
+) -> HTMLResponse:
+    """An error as a page in the site's layout."""
+    return templates.TemplateResponse(
+        request,
+        "error.html",
+        {"status": status, "title": ERROR_TITLES.get(status, "Error"), "message": message},
+        status_code=status,
+        headers=headers,
+    )
 
 
 @router.get("/", response_class=HTMLResponse)
 async def index(request: Request) -> HTMLResponse:
     async with services_of(request).db.session() as session:
-        tasks = [task_json(t, await list_datasets(session, t)) for t in await list_tasks(session)]
-    return templates.TemplateResponse(request, "index.html", {"tasks": tasks})
+        tasks = [
+            describe_task(t, await list_datasets(session, t)) for t in await list_tasks(session)
+        ]
+    context = {
+        "tasks": tasks,
+        # The site's own address, for the `weighbridge login --url` line.
+        "site_url": str(request.base_url).rstrip("/"),
+        "example_task": tasks[0]["slug"] if tasks else "TASK",
+    }
+    return templates.TemplateResponse(request, "index.html", context)
 
 
 @router.get("/tasks/{slug}", response_class=HTMLResponse)
@@ -45,7 +87,7 @@ async def task_page(slug: str, request: Request, weights: str | None = None) -> 
     storage = services_of(request).storage
     async with services_of(request).db.session() as session:
         task = await get_task(session, slug)
-        info = task_json(task, await list_datasets(session, task))
+        info = describe_task(task, await list_datasets(session, task))
         try:
             board = await read_leaderboard(
                 session,
@@ -86,3 +128,6 @@ async def submission_page(submission_id: str, request: Request) -> HTMLResponse:
             "terminal": s.status in ("done", "failed", "cancelled"),
         },
     )
+
+
+_PAGE_ENDPOINTS = frozenset(getattr(r, "endpoint", None) for r in router.routes)

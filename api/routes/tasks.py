@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from api.deps import optional_user, services_of
-from api.serializers import task_json
-from core.tasks import get_task, list_datasets, list_tasks
+from core.tasks import describe_task, get_task, list_datasets, list_tasks
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
@@ -15,14 +14,14 @@ router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 async def read_tasks(request: Request) -> dict:
     async with services_of(request).db.session() as session:
         tasks = await list_tasks(session)
-        return {"tasks": [task_json(t, await list_datasets(session, t)) for t in tasks]}
+        return {"tasks": [describe_task(t, await list_datasets(session, t)) for t in tasks]}
 
 
 @router.get("/{slug}")
 async def read_task(slug: str, request: Request) -> dict:
     async with services_of(request).db.session() as session:
         task = await get_task(session, slug)
-        return task_json(task, await list_datasets(session, task))
+        return describe_task(task, await list_datasets(session, task))
 
 
 @router.get("/{slug}/leaderboard")
