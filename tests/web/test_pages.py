@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -148,3 +149,26 @@ def test_unknown_pages_answer_404(site):
     url, _ = site
     assert httpx.get(f"{url}/tasks/nope").status_code == 404
     assert httpx.get(f"{url}/submissions/{'0' * 32}").status_code == 404
+
+
+def test_docs_and_pages_render_with_every_outside_request_blocked(site, page):
+    url, _ = site
+    blocked: list[str] = []
+
+    def only_this_site(route):
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_site)
+    page.goto(url + "/docs")
+    # Swagger UI drew the API's operations from /openapi.json with its own, local assets.
+    page.wait_for_selector(".opblock", timeout=15_000)
+    assert page.locator(".opblock-summary-path", has_text="/api/v1/submissions").count() >= 1
+    assert page.locator(".swagger-ui .info .title").inner_text().startswith("Weighbridge")
+    for path in ("/", "/tasks/toy", "/no/such/page"):
+        page.goto(url + path)
+        assert page.locator("header nav").is_visible(), path
+    assert blocked == []
