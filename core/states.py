@@ -5,11 +5,13 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core.envelope import Envelope, Visit
 from core.errors import Conflict
-from core.models import Event, Submission, utcnow
+from core.models import Event, Run, Submission, utcnow
 
 
 class Status(StrEnum):
@@ -36,6 +38,35 @@ ALLOWED: dict[Status, frozenset[Status]] = {
 }
 
 
+class RunStatus(StrEnum):
+    """A run's status (one dataset of a model, or run N of a benchmark)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+RUN_ENDED = frozenset({RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED})
+
+# running -> running: a redelivered message restarts a run its dead worker left running;
+# done -> running: a done run whose scores are missing is done again. Cancelled is final.
+RUN_ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.QUEUED: frozenset({RunStatus.RUNNING, RunStatus.FAILED, RunStatus.CANCELLED}),
+    RunStatus.RUNNING: frozenset(
+        {RunStatus.RUNNING, RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED}
+    ),
+    RunStatus.DONE: frozenset({RunStatus.RUNNING}),
+    RunStatus.FAILED: frozenset(),
+    RunStatus.CANCELLED: frozenset(),
+}
+# The runs a cancelled submission ends: those not yet started and those in progress.
+RUNS_CANCELLED_WITH_SUBMISSION = tuple(
+    s.value for s, allowed in RUN_ALLOWED.items() if RunStatus.CANCELLED in allowed
+)
+
+
 class InvalidTransition(Conflict):
     code = "invalid_transition"
 
@@ -45,6 +76,10 @@ def can_transition(current: str, to: str) -> bool:
     if to_s in (Status.FAILED, Status.CANCELLED):
         return current_s not in TERMINAL
     return to_s in ALLOWED[current_s]
+
+
+def can_move_run(current: str, to: str) -> bool:
+    return RunStatus(to) in RUN_ALLOWED[RunStatus(current)]
 
 
 def record_event(
@@ -94,8 +129,84 @@ def transition(
     log_key: str | None = None,
     parent: Envelope | None = None,
 ) -> Event:
-    """Move the submission to `to` (checked) and append the event that says so."""
+    """Move the submission to `to` (checked) and append the event that says so. Cancelling
+    goes through `cancel`, which ends the submission's runs in the same transaction."""
     to_s = Status(to)
+    if to_s is Status.CANCELLED:
+        raise ValueError("cancel a submission with core.states.cancel(), which ends its runs too")
+    return _move(
+        session,
+        submission,
+        to_s,
+        service=service,
+        message=message,
+        payload=payload,
+        stage=stage,
+        error=error,
+        log_key=log_key,
+        parent=parent,
+    )
+
+
+async def cancel(
+    session: AsyncSession,
+    submission: Submission,
+    *,
+    service: str,
+    message: str = "",
+    parent: Envelope | None = None,
+) -> Event:
+    """submission -> cancelled, and each of its runs not yet ended (queued or running) ->
+    cancelled, in the caller's transaction: a worker still on it sees the state and stops,
+    one that gets its message later acknowledges it and leaves everything as it is."""
+    # Checked against the row as it is now (locked where the database can), not as read.
+    await session.flush()
+    await session.refresh(submission, with_for_update=True)
+    event = _move(
+        session, submission, Status.CANCELLED, service=service, message=message, parent=parent
+    )
+    await session.execute(
+        sa.update(Run)
+        .where(
+            col(Run.submission_id) == submission.id,
+            col(Run.status).in_(RUNS_CANCELLED_WITH_SUBMISSION),
+        )
+        .values(status=RunStatus.CANCELLED.value, finished_at=utcnow())
+    )
+    return event
+
+
+def move_run(run: Run, to: RunStatus | str, *, error: str | None = None) -> None:
+    """Move one run to `to` (checked): running starts a new attempt, an end is timed."""
+    to_s = RunStatus(to)
+    if not can_move_run(run.status, to_s):
+        raise InvalidTransition(
+            f"run {run.name} of submission {run.submission_id} is {run.status}; "
+            f"it cannot become {to_s.value}"
+        )
+    run.status = to_s.value
+    if to_s is RunStatus.RUNNING:
+        run.attempt += 1
+        run.started_at = utcnow()
+        run.finished_at = None
+    else:
+        run.finished_at = utcnow()
+    run.error = error
+
+
+def _move(
+    session: AsyncSession,
+    submission: Submission,
+    to_s: Status,
+    *,
+    service: str,
+    message: str = "",
+    payload: dict[str, Any] | None = None,
+    stage: str | None = None,
+    error: str | None = None,
+    log_key: str | None = None,
+    parent: Envelope | None = None,
+) -> Event:
     if not can_transition(submission.status, to_s):
         raise InvalidTransition(
             f"submission {submission.id} is {submission.status}; it cannot become {to_s.value}"

@@ -1,8 +1,10 @@
 """One submission's evaluation: per-dataset runs, scores, timeline events, the receipt.
 
-Resumable: each dataset has a `runs` row (queued -> running -> done | failed). A redelivered
-message skips datasets whose run is done and whose scores exist, and redoes the rest. Every
-state change and its event (and the email, on done or failed) share one transaction.
+Resumable: each dataset has a `runs` row (queued -> running -> done | failed | cancelled, as
+core.states moves it). A redelivered message skips datasets whose run is done and whose scores
+exist, and redoes the rest. Every state change and its event (and the email, on done or failed)
+share one transaction. A cancel (core.states.cancel) ends the runs itself; the evaluation
+notices it within a second, stops the handler workers and leaves the runs cancelled.
 
 Each run also writes `hwinfo.json` (evaluator/hwinfo.py). Once every dataset is done, each
 perturbed dataset (`perturbation_of` in the task config) gets its Dynaboard delta, stored as a
@@ -29,8 +31,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.context import Services
 from core.envelope import Envelope
 from core.errors import JobFailed, RetryableError
-from core.models import Submission, utcnow
-from core.states import TERMINAL, Status, record_event, transition
+from core.models import Submission
+from core.states import (
+    TERMINAL,
+    RunStatus,
+    Status,
+    can_move_run,
+    move_run,
+    record_event,
+    transition,
+)
 from core.submissions import list_scores
 from core.taskconfig import DELTA_METRICS, TaskConfig
 from evaluator import hwinfo, records
@@ -47,7 +57,7 @@ from evaluator.runner import (
     write_result,
 )
 from evaluator.scoring import PERFORMANCE_UNITS, score_delta, score_metrics
-from sandbox.rootfs import jobs_root
+from sandbox.jobs import jobs_root
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +139,8 @@ async def fail_submission(
             return
         if dataset is not None:
             run = await records.get_run(session, submission_id, dataset)
-            if run is not None:
-                run.status = "failed"
-                run.error = failure.reason
-                run.finished_at = utcnow()
+            if run is not None and can_move_run(run.status, RunStatus.FAILED):
+                move_run(run, RunStatus.FAILED, error=failure.reason)
                 session.add(run)
             record_event(
                 session,
@@ -236,7 +244,7 @@ class Evaluation:
             summaries: dict[str, dict[str, Any]] = {}
             for ref in self.payload.datasets:
                 if await self.stopped():
-                    return
+                    raise EvaluationCancelled(ref.name)
                 done = await self.completed(ref)
                 if done is not None:
                     summaries[ref.name] = done
@@ -245,7 +253,7 @@ class Evaluation:
                 summaries[ref.name] = await self.evaluate_dataset(ref, model, scratch)
                 self.current = None
             if await self.stopped():
-                return
+                raise EvaluationCancelled()
             deltas = await self.score_perturbations()
             await self.finish(summaries, mar_sha256, deltas)
 
@@ -345,13 +353,11 @@ class Evaluation:
         async with self.services.db.session() as session:
             submission = await records.lock_submission(session, self.submission_id)
             run = await records.get_run(session, self.submission_id, ref.name)
-            if submission is None or run is None:
-                raise RuntimeError(f"submission {self.submission_id} or its run vanished")
-            run.status = "running"
-            run.attempt += 1
-            run.started_at = utcnow()
-            run.finished_at = None
-            run.error = None
+            if submission is None or Status(submission.status) in TERMINAL:
+                raise EvaluationCancelled(ref.name)  # cancelled since the last look
+            if run is None:
+                raise RuntimeError(f"the run {ref.name} of {self.submission_id} vanished")
+            move_run(run, RunStatus.RUNNING)
             session.add(run)
             n = f" ({ref.n_examples} examples)" if ref.n_examples else ""
             record_event(
@@ -421,13 +427,13 @@ class Evaluation:
         async with self.services.db.session() as session:
             submission = await records.lock_submission(session, self.submission_id)
             row = await records.get_run(session, self.submission_id, ref.name)
-            if submission is None or row is None:
-                raise RuntimeError(f"submission {self.submission_id} or its run vanished")
+            if submission is None or Status(submission.status) in TERMINAL:
+                raise EvaluationCancelled(ref.name)  # no scores for a cancelled submission
+            if row is None:
+                raise RuntimeError(f"the run {ref.name} of {self.submission_id} vanished")
             await records.insert_scores(session, self.submission_id, ref.name, scores)
-            row.status = "done"
-            row.finished_at = utcnow()
+            move_run(row, RunStatus.DONE)
             row.summary = summary
-            row.error = None
             session.add(row)
             primary = self.task.primary_metric.name
             shown = f"{primary} {values[primary]:.4g}, " if primary in values else ""
@@ -660,14 +666,10 @@ class Evaluation:
             await queue_email(session, self.services, submission)
 
     async def note_cancelled(self, dataset: str | None) -> None:
+        """The timeline says where the work stopped; the runs were ended by the cancel
+        (core.states.cancel) and are left as they are."""
         async with self.services.db.session() as session:
             submission = await session.get(Submission, self.submission_id)
-            run = await records.get_run(session, self.submission_id, dataset) if dataset else None
-            if run is not None and run.status == "running":
-                run.status = "failed"
-                run.error = "stopped: the submission was cancelled"
-                run.finished_at = utcnow()
-                session.add(run)
             if submission is not None:
                 record_event(
                     session,

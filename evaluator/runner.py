@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from core.errors import JobFailed
 from core.storage import Storage
@@ -33,6 +33,7 @@ CANCEL_CHECK_SECONDS = 1.0
 LOG_UPLOAD_LIMIT = 8 << 20
 
 StopCheck = Callable[[], Awaitable[bool]]
+T = TypeVar("T")
 
 
 class EvaluationCancelled(Exception):
@@ -186,15 +187,18 @@ async def run_dataset(
         for i in range(n_workers)
     ]
     started_wall = time.time()
+    work = _run_batches(sandboxes, rows, task, dataset)
+    if should_stop is not None:
+        work = _unless_stopped(work, should_stop, dataset=dataset.name)
+    finished = False
     try:
         try:
-            run = await _run_within(
-                task.eval.dataset_timeout_seconds,
-                _run_batches(sandboxes, rows, task, dataset, should_stop),
-                dataset=dataset.name,
-            )
+            run = await _run_within(task.eval.dataset_timeout_seconds, work, dataset=dataset.name)
+            finished = True
         finally:
-            await asyncio.gather(*(sandbox.close() for sandbox in sandboxes))
+            # Stopped (cancelled, failed, timed out): the workers are killed at once, not
+            # asked to exit after a batch that may never end.
+            await asyncio.gather(*(sandbox.close(graceful=finished) for sandbox in sandboxes))
             if n_workers > 1:
                 await asyncio.to_thread(_merge_logs, log_path, [s.log_path for s in sandboxes])
     except (SandboxError, InvalidAnswer) as exc:
@@ -332,12 +336,29 @@ def _merge_logs(log_path: Path, parts: Sequence[Path]) -> None:
                 part.unlink()
 
 
+async def _unless_stopped(work: Awaitable[T], should_stop: StopCheck, *, dataset: str) -> T:
+    """`work`'s result, or EvaluationCancelled as soon as `should_stop` says so: asked every
+    second whatever the handler is doing (initialising included), so a cancelled submission's
+    workers stop at once, not when their current batch (maybe never) answers."""
+    job = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({job}, timeout=CANCEL_CHECK_SECONDS)
+            if done:
+                return job.result()
+            if await should_stop():
+                raise EvaluationCancelled(dataset)
+    finally:
+        if not job.done():
+            job.cancel()
+            await asyncio.gather(job, return_exceptions=True)
+
+
 async def _run_batches(
     sandboxes: Sequence[Sandbox],
     rows: list[dict[str, Any]],
     task: TaskConfig,
     dataset: DatasetSpec,
-    should_stop: StopCheck | None,
 ) -> tuple[list[dict[str, Any]], float, list[float], list[int], list[float]]:
     size = task.eval.batch_size
     fields = task.input_fields
@@ -402,36 +423,21 @@ async def _run_batches(
             latencies[k] = answer.elapsed
             round_trips[k] = answer.round_trip
 
-    async def watch() -> None:
-        # Asked every second, whatever the handler is doing: a cancelled submission's
-        # workers stop at once, not when their current batch (maybe never) answers.
-        assert should_stop is not None
-        while True:
-            await asyncio.sleep(CANCEL_CHECK_SECONDS)
-            if await should_stop():
-                raise EvaluationCancelled(dataset.name)
-
     began = time.perf_counter()
-    work = _first_failure([serve(sandbox) for sandbox in sandboxes])
-    if should_stop is None:
-        await work
-    else:
-        await _first_failure([work, watch()], until_first_done=True)
+    await _first_failure([serve(sandbox) for sandbox in sandboxes])
     inference_seconds = time.perf_counter() - began
     answers = [answer for batch in outputs for answer in batch]
     return answers, inference_seconds, latencies, sizes, round_trips
 
 
-async def _first_failure(jobs: Sequence[Awaitable[Any]], *, until_first_done: bool = False) -> None:
-    """Run `jobs` together; the first to fail stops the others and its exception is raised
-    (with `until_first_done`, the first to finish at all stops the others)."""
+async def _first_failure(jobs: Sequence[Awaitable[Any]]) -> None:
+    """Run `jobs` together; the first to fail stops the others and its exception is raised."""
     if len(jobs) == 1:
         await jobs[0]
         return
     tasks = [asyncio.ensure_future(job) for job in jobs]
-    when = asyncio.FIRST_COMPLETED if until_first_done else asyncio.FIRST_EXCEPTION
     try:
-        done, _ = await asyncio.wait(tasks, return_when=when)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
         for task in tasks:
             task.cancel()

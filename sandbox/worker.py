@@ -317,8 +317,9 @@ class Sandbox:
         )
         return proc
 
-    async def close(self) -> None:
-        """Ask the worker to exit, then make sure it and everything it started are gone."""
+    async def close(self, *, graceful: bool = True) -> None:
+        """Ask the worker to exit (unless not `graceful`: a stopped job's worker may be deep
+        in a batch), then make sure it and everything it started are gone."""
         proc = self.proc
         if proc is None:
             await asyncio.to_thread(self._close_cell)
@@ -326,7 +327,7 @@ class Sandbox:
         stray: list[psutil.Process] = []
         with contextlib.suppress(psutil.Error):
             stray = psutil.Process(proc.pid).children(recursive=True)
-        if proc.returncode is None and proc.stdin is not None:
+        if graceful and proc.returncode is None and proc.stdin is not None:
             with contextlib.suppress(Exception):
                 proc.stdin.write(_frame({"op": "exit"}))
                 await asyncio.wait_for(proc.stdin.drain(), 1.0)

@@ -70,7 +70,7 @@ class Run(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     submission_id: str = Field(foreign_key="submissions.id", index=True, max_length=32)
     name: str = Field(max_length=128)
-    status: str = Field(default="queued", max_length=16)  # queued | running | done | failed
+    status: str = Field(default="queued", max_length=16)  # core.states.RunStatus
     attempt: int = 0
     started_at: datetime | None = Field(
         default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)

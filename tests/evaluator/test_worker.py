@@ -13,9 +13,8 @@ import sqlalchemy as sa
 
 from core.context import Services
 from core.doorbell import Doorbell, RingingQueue
-from core.models import Notification, Run, Score, Submission
+from core.models import Notification, Run, Score
 from core.queue import eval_queue
-from core.states import Status, transition
 from core.submissions import list_runs, list_scores
 from evaluator.worker import run_evaluator
 from tests.evaluator.factories import (
@@ -34,7 +33,6 @@ from tests.evaluator.models import (
     BROKEN,
     ECHO,
     GOOD,
-    SLOW,
     TORCH_CLASS,
     TS_BASE_HANDLER,
     pack_mar,
@@ -305,37 +303,6 @@ async def test_a_worker_serves_only_its_fleets(services: Services, tmp_path: Pat
         await asyncio.sleep(1.5)
     assert await status_of(services, sid) == "built"
     assert await services.queue.depth(eval_queue(FLEET)) == 1
-
-
-async def test_cancelling_stops_the_evaluation(services: Services, tmp_path: Path) -> None:
-    dataset = await store_dataset(services, toy_rows(80))
-    user = await make_user(services)
-    mar = pack_mar(write_folder(tmp_path / "slow", SLOW), tmp_path / "slow.mar")
-    sid, _ = await make_built_submission(
-        services, user, mar, [dataset], eval_overrides={"batch_size": 2}
-    )  # 40 batches of 0.25 s: about 10 s unless stopped
-
-    async with evaluator(services):
-
-        async def started() -> bool:
-            return any(e.type == "dataset.started" for e in await events_of(services, sid))
-
-        await wait_for(started, within=30)
-        async with services.db.session() as session:
-            submission = await session.get(Submission, sid)
-            assert submission is not None
-            transition(session, submission, Status.CANCELLED, service="test", message="cancelled")
-
-        async def stopped() -> bool:
-            return any(e.type == "dataset.stopped" for e in await events_of(services, sid))
-
-        await wait_for(stopped, within=8)
-
-    assert await status_of(services, sid) == "cancelled"
-    async with services.db.session() as session:
-        runs = await list_runs(session, sid)
-        assert not await list_scores(session, sid)
-    assert runs[0].status == "failed" and "cancelled" in (runs[0].error or "")
 
 
 async def test_a_message_that_keeps_failing_ends_as_an_internal_error(
