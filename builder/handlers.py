@@ -27,8 +27,8 @@ from builder.bundle import Bundle
 from builder.processes import MAX_STEP_OUTPUT, TAIL_BYTES, BuildLog, ProcessResult, last_line
 from core.errors import JobFailed
 from sandbox.jail import Cell, Jail, Job, Limits, current_jail, host_file, signalled
+from sandbox.jobs import jobs_root as sandbox_jobs_root
 from sandbox.rootfs import MODEL, OUT, Mount, readable_view
-from sandbox.rootfs import jobs_root as sandbox_jobs_root
 from sandbox.zygote import Zygote, ZygoteUnavailable, current_zygote
 
 DEFAULT_HANDLER = "handler.py"

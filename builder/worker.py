@@ -33,7 +33,7 @@ from core.states import Status, transition
 from core.taskconfig import TaskConfig
 from core.worker import Consumer
 from sandbox.jail import configure as configure_sandbox
-from sandbox.rootfs import jobs_root
+from sandbox.jobs import jobs_root
 from sandbox.zygote import warm_interpreter
 
 log = logging.getLogger(__name__)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.cgroups import Cgroup, CgroupLimits, available_controllers
+from sandbox.jobs import jobs_root, sweep_jobs
 from sandbox.rootfs import (
     HOST_FILES,
     HOST_SOURCE,
@@ -49,7 +50,6 @@ from sandbox.rootfs import (
     base_filesystem,
     gpu_devices,
     interpreter_roots,
-    jobs_root,
     root_filesystem,
     tmp_link,
 )
@@ -524,9 +524,11 @@ def reset_probe() -> None:
 
 def configure(mode: str) -> Jail:
     """Choose the sandbox for this process (WEIGHBRIDGE_SANDBOX, read once by its settings);
-    raises SandboxUnavailable when it cannot be built here."""
+    raises SandboxUnavailable when it cannot be built here. A worker starting up also removes
+    the jobs folders that workers killed before it left behind (never a live one's)."""
     jail = probe(mode)
     _MODE[0] = mode
+    sweep_jobs()
     return jail
 
 

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox.jobs import jobs_root
+
 MODEL = "/model"
 JOBS = "/jobs"
 SCRATCH = "/scratch"
@@ -77,14 +79,6 @@ def interpreter_roots(python: str) -> list[str]:
             continue
         kept.append(root)
     return kept
-
-
-def jobs_root() -> Path:
-    """Where the builder and evaluator keep the folders they hand to sandboxes (models, probe
-    output): the warm interpreter binds it, and each child sees only its own part."""
-    root = Path(tempfile.gettempdir()) / f"weighbridge-jobs-{os.geteuid()}"
-    root.mkdir(mode=0o711, exist_ok=True)
-    return root
 
 
 def _readable_by_all(folder: Path) -> bool:

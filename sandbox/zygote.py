@@ -39,7 +39,7 @@ from typing import Any
 
 from sandbox.children import MESSAGE_BYTES, ForkedProcess, ThreadChild, ZygoteUnavailable
 from sandbox.jail import Cell, Jail, current_jail, host_file, zygote_command
-from sandbox.rootfs import jobs_root
+from sandbox.jobs import jobs_root
 
 log = logging.getLogger(__name__)
 

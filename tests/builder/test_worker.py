@@ -13,10 +13,10 @@ from core.accounts import create_user
 from core.context import Services
 from core.models import Event, Notification, QueueMessage, Submission, User, new_id
 from core.queue import BUILD_QUEUE, eval_queue
-from core.states import Status, transition
+from core.states import Status, cancel
 from core.submissions import build_message, create_submission
 from core.tasks import get_task
-from sandbox.rootfs import jobs_root
+from sandbox.jobs import jobs_root
 from tests.builder.bundles import HANDLER, tar_file, tar_folder, tar_with, write_model_folder
 
 FLEET = eval_queue("toy-fleet")
@@ -182,7 +182,7 @@ async def test_cancelled_submission_is_skipped(services: Services, tmp_path: Pat
     async with services.db.session() as session:
         submission = await session.get(Submission, submission_id)
         assert submission is not None
-        transition(session, submission, Status.CANCELLED, service="test")
+        await cancel(session, submission, service="test")
     assert await build_consumer(services).run_once() == 1
     submission, events = await load(services, submission_id)
     assert submission.status == Status.CANCELLED

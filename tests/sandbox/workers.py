@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from sandbox.failures import SandboxError, SandboxLimits
-from sandbox.rootfs import jobs_root
+from sandbox.jobs import jobs_root
 from sandbox.worker import Sandbox
 from tests.evaluator.models import write_folder
 
