@@ -1,0 +1,82 @@
+"""Every integer parameter of every API route is bounded: out of range is a 422, never a 500."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from api.params import MAX_QUERY_INT
+from tests.api.conftest import auth
+from tests.api.test_submissions import upload
+
+# Out of range: beyond any database integer (the OverflowError of old), one past the bound,
+# below zero, and not a number at all.
+OUT_OF_RANGE = ["99999999999999999999", str(MAX_QUERY_INT + 1), "-1", "1e3"]
+
+
+def integer_parameters(spec: dict) -> list[tuple[str, str, dict]]:
+    """(method, path, parameter) for every integer parameter the OpenAPI document lists."""
+    found = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                schema = parameter["schema"]
+                kinds = [schema.get("type"), *(s.get("type") for s in schema.get("anyOf", []))]
+                if "integer" in kinds:
+                    found.append((method, path, parameter))
+    return found
+
+
+@pytest.fixture
+async def routes(client, token) -> list[tuple[str, str, dict, str]]:
+    """Each integer parameter with a URL naming things that exist (a submission, a task)."""
+    submission_id = (await upload(client, token)).json()["id"]
+    spec = (await client.get("/openapi.json")).json()
+    filled = []
+    for method, path, parameter in integer_parameters(spec):
+        url = path.replace("{submission_id}", submission_id).replace("{slug}", "toy")
+        assert not re.search(r"{\w+}", url), f"fill in the path parameters of {path}"
+        filled.append((method, path, parameter, url))
+    return filled
+
+
+async def test_every_integer_parameter_has_bounds(routes) -> None:
+    named = {(path, parameter["name"]) for _, path, parameter, _ in routes}
+    assert {
+        ("/api/v1/submissions", "limit"),
+        ("/api/v1/submissions", "offset"),
+        ("/api/v1/submissions/{submission_id}/events", "after"),
+        ("/api/v1/submissions/{submission_id}/logs", "offset"),
+    } <= named
+    for _, path, parameter, _ in routes:
+        schema = parameter["schema"]
+        assert schema.get("minimum") is not None and schema.get("maximum") is not None, (
+            path,
+            parameter["name"],
+        )
+        assert schema["maximum"] <= MAX_QUERY_INT
+
+
+async def test_out_of_range_integers_are_a_422_in_the_error_shape(client, token, routes) -> None:
+    for method, _, parameter, url in routes:
+        name = parameter["name"]
+        for value in OUT_OF_RANGE:
+            response = await client.request(method, url, params={name: value}, headers=auth(token))
+            assert response.status_code == 422, (url, name, value, response.text)
+            error = response.json()["error"]
+            assert error["code"] == "invalid_request" and error["field"] == name
+            assert error["message"].startswith(f"{name}: ")
+
+
+async def test_the_largest_allowed_values_reach_every_database(client, token, routes) -> None:
+    for method, _, parameter, url in routes:
+        largest = str(parameter["schema"]["maximum"])
+        response = await client.request(
+            method, url, params={parameter["name"]: largest}, headers=auth(token)
+        )
+        assert response.status_code == 200, (url, parameter["name"], response.text)
+    listing = await client.get(
+        "/api/v1/submissions", params={"offset": MAX_QUERY_INT}, headers=auth(token)
+    )
+    assert listing.json() == {"submissions": []}
