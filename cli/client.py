@@ -9,6 +9,7 @@ import httpx
 
 from cli.config import Login, resolve_login
 from cli.errors import CliError
+from cli.render import fmt_seconds, fmt_time, parse_time
 
 API = "/api/v1"
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -53,9 +54,19 @@ def error_from_response(response: httpx.Response) -> ApiError:
     hint = None
     if status == 401:
         hint = "log in with `weighbridge login --url URL --token TOKEN`"
-    elif status == 429 and error and error.get("retry_after_seconds"):
-        hint = f"try again in {error['retry_after_seconds']} seconds"
+    elif status == 429 and error:
+        hint = _retry_hint(error)
     return ApiError(message, status=status, code=code, field=field, body=error, hint=hint)
+
+
+def _retry_hint(error: dict[str, Any]) -> str | None:
+    """ "try again in 23 h 58 min (at 2026-12-07 08:01 UTC)" from a 429's extra fields."""
+    wait = error.get("retry_after_seconds")
+    at = error.get("next_slot_at")
+    when = f"at {fmt_time(at)}" if parse_time(at) is not None else None
+    if isinstance(wait, int | float) and not isinstance(wait, bool):
+        return f"try again in {fmt_seconds(wait)}" + (f" ({when})" if when else "")
+    return f"try again {when}" if when else None
 
 
 class Client:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import re
 import sys
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -61,57 +62,136 @@ def print_json(document: Any) -> None:
 
 def print_error(message: str, *, hint: str | None = None) -> None:
     console = stderr()
-    console.print(f"[bold red]error:[/] {escape(message)}")
+    console.print(Text.assemble(("error:", "bold red"), " ", printable(message)))
     if hint:
-        console.print(f"[dim]{escape(hint)}[/]")
+        console.print(Text(printable(hint), style="dim"))
 
 
 def note(message: str, *, style: str = "dim") -> None:
     """A progress or status message: stderr, so stdout stays clean for the record."""
-    stderr().print(Text(message, style=style))
+    stderr().print(Text(printable(message), style=style))
+
+
+# What must not reach a terminal as is: C0 controls, DEL, C1 controls (ESC and CSI start
+# sequences that retitle, clear or rewrite a screen), the bidirectional overrides and
+# isolates that show text in another order than it is stored, the Unicode line and
+# paragraph separators, and lone surrogates (which cannot even be encoded).
+_UNSAFE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_UNSAFE_IN_LOGS = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _visible(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: object, *, keep_lines: bool = False) -> str:
+    """`text` safe to show on a terminal: every control character written as a visible
+    escape (ESC as `\\x1b`, U+202E as `\\u202e`). With `keep_lines` (logs) newlines and
+    tabs stay, and CRLF counts as a newline."""
+    text = str(text)
+    if keep_lines:
+        return _UNSAFE_IN_LOGS.sub(_visible, text.replace("\r\n", "\n"))
+    return _UNSAFE.sub(_visible, text)
+
+
+def plain(value: object, *, style: str = "") -> Text:
+    """A cell or field made of text that came from someone else: printable, never markup."""
+    return Text("-" if value is None or value == "" else printable(value), style=style)
+
+
+def add_row(table: Table, *cells: RenderableType) -> None:
+    """A row whose plain strings are text, never markup (a name like "[/]" breaks markup)."""
+    table.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in cells))
 
 
 def status_text(status: str | None) -> Text:
     status = status or "-"
-    return Text(status, style=STATUS_STYLES.get(status, ""))
+    return Text(printable(status), style=STATUS_STYLES.get(status, ""))
 
 
 def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime.fromisoformat(value)
+        moment = datetime.fromisoformat(value)
     except ValueError:
         return None
+    # The API writes UTC; a stamp without an offset is taken as UTC too.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def fmt_time(value: str | None, *, date: bool = True) -> str:
-    """An API timestamp in the user's local time."""
+    """An API timestamp in UTC, to the minute ("2026-12-06 08:01 UTC"); a time of day to
+    the second when `date` is false (a timeline, whose heading says UTC)."""
     moment = parse_time(value)
     if moment is None:
-        return value or "-"
-    moment = moment.astimezone()
-    return moment.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S")
+        return printable(value) if value else "-"
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M UTC" if date else "%H:%M:%S")
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    """Every duration and age shown: "2.5 ms", "340 ms", "1.2 s", "4 min 3 s", "23 h 58 min",
+    "2 d 3 h".
+
+    Cut down, never rounded up: a wait shown as 23 h 58 min is at least that long, and a
+    value never shows as the next unit's boundary ("60.0 s").
+    """
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = max(0.0, float(seconds))
+    if seconds < 1:
+        # The epsilons keep 0.29 s (0.28999… in binary) from showing as 289 ms.
+        ms = seconds * 1000
+        return f"{math.floor(ms * 10 + 1e-6) / 10:.1f} ms" if ms < 10 else f"{int(ms + 1e-6)} ms"
+    if seconds < 60:
+        return f"{math.floor(seconds * 10 + 1e-9) / 10:.1f} s"
+    whole = int(seconds + 1e-9)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    # The two largest units, the smaller left out when it is 0: "4 min", "2 h 5 min".
+    if days:
+        major, minor = f"{days} d", f"{hours} h" if hours else ""
+    elif hours:
+        major, minor = f"{hours} h", f"{minutes} min" if minutes else ""
+    else:
+        major, minor = f"{minutes} min", f"{secs} s" if secs else ""
+    return f"{major} {minor}" if minor else major
 
 
 def fmt_duration(start: str | None, end: str | None) -> str:
+    """The time between two API timestamps (see fmt_seconds)."""
     a, b = parse_time(start), parse_time(end)
     if a is None or b is None:
         return "-"
-    seconds = max(0.0, (b - a).total_seconds())
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, seconds = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+    return fmt_seconds((b - a).total_seconds())
+
+
+def fmt_age(value: str | None, *, now: datetime | None = None) -> str:
+    """How long ago an API timestamp was ("4 min 3 s ago")."""
+    moment = parse_time(value)
+    if moment is None:
+        return "-"
+    return f"{fmt_seconds(((now or datetime.now(UTC)) - moment).total_seconds())} ago"
 
 
 def fmt_bytes(size: int | None) -> str:
+    """A size with its unit: "512 B", "3.4 MiB"."""
     if size is None:
         return "-"
     value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} B"
@@ -122,21 +202,21 @@ def fmt_value(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.4f}"
-    return str(value)
+    return printable(value)
 
 
 def event_line(event: dict[str, Any]) -> Text:
-    """One timeline entry: time, what happened, the message."""
+    """One timeline entry: time (UTC), what happened, the message."""
     line = Text()
     line.append(fmt_time(event.get("created_at"), date=False), style="dim")
     line.append("  ")
     status = event.get("status")
-    label = status or str(event.get("type", "")).removeprefix("status.")
+    label = printable(status or str(event.get("type", "")).removeprefix("status."))
     line.append(f"{label:<11}", style=STATUS_STYLES.get(status or "", "blue"))
     message = event.get("message") or ""
     if message:
         line.append(" ")
-        line.append(message)
+        line.append(printable(message))
     return line
 
 
@@ -145,18 +225,22 @@ def submission_view(sub: dict[str, Any]) -> RenderableType:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
-    head.add_row("submission", sub.get("id", "-"))
-    head.add_row("status", status_text(sub.get("status")))
-    head.add_row("task", f"{sub.get('task') or '-'}  ({sub.get('kind', '-')})")
-    head.add_row("name", str(sub.get("name") or "-"))
-    head.add_row("owner", f"{sub.get('owner') or '-'}{'  (private)' if sub.get('private') else ''}")
+    add_row(head, "submission", plain(sub.get("id")))
+    add_row(head, "status", status_text(sub.get("status")))
+    add_row(head, "task", plain(f"{sub.get('task') or '-'}  ({sub.get('kind') or '-'})"))
+    add_row(head, "name", plain(sub.get("name")))
+    owner = plain(sub.get("owner"))
+    if sub.get("private"):
+        owner.append("  (private)")
+    add_row(head, "owner", owner)
     if sub.get("bytes") is not None:
-        sha = (sub.get("sha256") or "")[:12]
-        head.add_row("bundle", f"{fmt_bytes(sub.get('bytes'))}  sha256 {sha}…")
-    head.add_row("uploaded", fmt_time(sub.get("created_at")))
+        sha = printable((sub.get("sha256") or "")[:12])
+        add_row(head, "bundle", f"{fmt_bytes(sub.get('bytes'))}  sha256 {sha}…")
+    created = sub.get("created_at")
+    add_row(head, "uploaded", f"{fmt_time(created)}  ({fmt_age(created)})" if created else "-")
     parts: list[RenderableType] = [head, Text("")]
     events = sub.get("events") or []
-    parts.append(Text("timeline", style="bold"))
+    parts.append(Text.assemble(("timeline", "bold"), (" (UTC)", "dim")))
     parts.extend(event_line(e) for e in events)
     if not events:
         parts.append(Text("(no events yet)", style="dim"))
@@ -173,13 +257,13 @@ def submission_view(sub: dict[str, Any]) -> RenderableType:
 
 def error_text(error: dict[str, Any] | str) -> Text:
     if isinstance(error, str):
-        return Text(f"error: {error}", style="red")
+        return Text(f"error: {printable(error)}", style="red")
     text = Text("failed", style="bold red")
     if error.get("stage"):
-        text.append(f" at {error['stage']}", style="bold red")
-    text.append(f": {error.get('reason') or 'no reason given'}", style="red")
+        text.append(f" at {printable(error['stage'])}", style="bold red")
+    text.append(f": {printable(error.get('reason') or 'no reason given')}", style="red")
     if error.get("log_key"):
-        text.append(f"\nlog: {error['log_key']}", style="dim")
+        text.append(f"\nlog: {printable(error['log_key'])}", style="dim")
     return text
 
 
@@ -192,11 +276,12 @@ def submissions_table(subs: Iterable[dict[str, Any]]) -> Table:
     table.add_column("status", min_width=9)
     table.add_column("uploaded", overflow="fold")
     for s in subs:
-        table.add_row(
-            s.get("id", "-"),
-            s.get("task") or "-",
-            s.get("kind") or "-",
-            s.get("name") or "-",
+        add_row(
+            table,
+            plain(s.get("id")),
+            plain(s.get("task")),
+            plain(s.get("kind")),
+            plain(s.get("name")),
             status_text(s.get("status")),
             fmt_time(s.get("created_at")),
         )
@@ -212,16 +297,19 @@ def tasks_table(tasks: Iterable[dict[str, Any]]) -> Table:
     table.add_column("fleet")
     for t in tasks:
         metrics = ", ".join(
-            m["name"] + (f" x{m['weight']:g}" if m.get("weight") not in (None, 1) else "")
+            str(m.get("name")) + (f" x{m['weight']:g}" if m.get("weight") not in (None, 1) else "")
             for m in t.get("metrics", [])
         )
-        datasets = ", ".join(f"{d['name']} ({d.get('access', '?')})" for d in t.get("datasets", []))
-        table.add_row(
-            t.get("slug", "-"),
-            t.get("name", "-"),
-            metrics or "-",
-            datasets or "-",
-            t.get("eval_server_id") or "-",
+        datasets = ", ".join(
+            f"{d.get('name')} ({d.get('access', '?')})" for d in t.get("datasets", [])
+        )
+        add_row(
+            table,
+            plain(t.get("slug")),
+            plain(t.get("name")),
+            plain(metrics),
+            plain(datasets),
+            plain(t.get("eval_server_id")),
         )
     return table
 
@@ -237,80 +325,106 @@ def scores_table(scores: Iterable[dict[str, Any]]) -> Table:
         ci = "-"
         if s.get("ci_low") is not None and s.get("ci_high") is not None:
             ci = f"[{fmt_value(s['ci_low'])}, {fmt_value(s['ci_high'])}]"
-        table.add_row(
-            s.get("dataset", "-"),
-            s.get("metric", "-"),
-            fmt_value(s.get("value")),
+        unit = (s.get("extra") or {}).get("unit") if isinstance(s.get("extra"), dict) else None
+        value = fmt_value(s.get("value")) + (f" {printable(unit)}" if unit else "")
+        add_row(
+            table,
+            plain(s.get("dataset")),
+            plain(s.get("metric")),
+            value,
             ci,
             fmt_value(s.get("n_examples")),
         )
     return table
 
 
-def runs_table(runs: Iterable[dict[str, Any]]) -> Table:
-    table = Table(title="runs", title_justify="left", title_style="bold")
-    table.add_column("run")
-    table.add_column("status")
-    table.add_column("started", no_wrap=True)
-    table.add_column("took", justify="right")
-    table.add_column("summary / error")
-    for r in runs:
-        detail = r.get("error") or r.get("summary") or ""
-        if isinstance(detail, dict | list):
-            detail = json.dumps(detail, default=str)
-        table.add_row(
-            str(r.get("name", "-")),
-            status_text(r.get("status")),
-            fmt_time(r.get("started_at")),
-            fmt_duration(r.get("started_at"), r.get("finished_at")),
-            str(detail)[:120],
-        )
-    return table
+# What a dataset run's summary holds that has a column of its own, or is not for people
+# (hashes, storage keys, the sandbox's description); anything else is shown under "details".
+_RUN_FIELDS = frozenset(
+    {"dataset", "sha256", "n_examples", "performance", "timings", "worker", "files", "scores"}
+)
 
 
-def leaderboard_table(board: dict[str, Any]) -> Table:
-    rows = board.get("rows") or []
-    metric_names: list[str] = []
-    for row in rows:
-        for name in row.get("metrics") or {}:
-            if name not in metric_names:
-                metric_names.append(name)
-    unsafe = any(row.get("unsandboxed") for row in rows)
+def _run_took(run: dict[str, Any]) -> str:
+    started, finished = run.get("started_at"), run.get("finished_at")
+    if started and not finished and run.get("status") == "running":
+        return fmt_age(started).removesuffix(" ago")  # so far: its status says running
+    return fmt_duration(started, finished)
+
+
+def _run_details(summary: dict[str, Any]) -> str:
+    shown = []
+    for key, value in summary.items():
+        if key in _RUN_FIELDS or isinstance(value, dict | list) or value is None:
+            continue
+        shown.append(f"{key} {fmt_value(value)}")
+    return printable(", ".join(shown)) or "-"
+
+
+def runs_table(runs: Iterable[dict[str, Any]]) -> RenderableType:
+    """One row per run (a dataset of a model, or run N of a benchmark): how long it took, on
+    how many examples, how fast; a failed run's error under the table."""
+    runs = list(runs)
+    summaries: list[dict[str, Any]] = [
+        summary if isinstance(summary := r.get("summary"), dict) else {} for r in runs
+    ]
+    performance = [p if isinstance(p := s.get("performance"), dict) else {} for s in summaries]
+    columns: dict[str, list[Text]] = {
+        "dataset": [plain(r.get("name")) for r in runs],
+        "status": [status_text(r.get("status")) for r in runs],
+        "took": [Text(_run_took(r)) for r in runs],
+        "examples": [Text(_count(s.get("n_examples"))) for s in summaries],
+    }
+    shown = {
+        "examples/s": ("examples_per_second", lambda v: f"{v:,.1f}"),
+        "latency p50": ("latency_p50_ms", lambda v: fmt_seconds(v / 1000)),
+        "peak memory": ("peak_memory_mb", lambda v: fmt_bytes(round(v * 2**20))),
+    }
+    for header, (key, show) in shown.items():
+        values = [as_number(p.get(key)) for p in performance]
+        if any(v is not None for v in values):
+            columns[header] = [Text(show(v) if v is not None else "-") for v in values]
+    details = [_run_details(s) for s in summaries]
+    if any(d != "-" for d in details):
+        columns["details"] = [Text(d) for d in details]
+    # No rules: seven columns fit an 80-column terminal.
     table = Table(
-        title=f"leaderboard: {board.get('task', '')}",
-        caption="⚠ unsandboxed: evaluated without the sandbox; its scores cannot be trusted"
-        if unsafe
-        else None,
+        title="runs",
         title_justify="left",
-        # No rules: rich lays a boxed table out wider than the terminal once cells must wrap.
+        title_style="bold",
         box=None,
-        show_edge=False,
-        collapse_padding=True,
         header_style="bold underline",
     )
-    # On a narrow terminal cells wrap rather than end in an ellipsis: a model's name and a
-    # metric's value are what a reader scans for.
-    longest = max((len(str(row.get("model") or "-")) for row in rows), default=5)
-    table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("model", min_width=min(longest, 16), overflow="fold")
-    table.add_column("owner", overflow="fold")
-    table.add_column("score", justify="right", style="bold", overflow="fold")
-    for name in metric_names:
-        table.add_column(name, justify="right", overflow="fold")
-    table.add_column("95% CI", justify="right", min_width=8, overflow="fold")
-    for row in rows:
-        ci = row.get("ci")
-        rank = f"{row.get('rank', '-')}{'=' if row.get('tied') else ''}"
-        metrics = row.get("metrics") or {}
-        table.add_row(
-            rank,
-            str(row.get("model") or "-") + (" ⚠ unsandboxed" if row.get("unsandboxed") else ""),
-            str(row.get("owner") or "-"),
-            fmt_value(row.get("score")),
-            *(fmt_value(metrics.get(name)) for name in metric_names),
-            f"[{fmt_value(ci[0])}, {fmt_value(ci[1])}]" if ci else "-",
+    for header, cells in columns.items():
+        # Wide enough for its values (headers may wrap): rich would otherwise squeeze a
+        # short column to nothing to fit a long one on a narrow terminal.
+        widest = max((cell.cell_len for cell in cells), default=1)
+        names = header in ("dataset", "details")
+        table.add_column(
+            header,
+            justify="left" if names or header == "status" else "right",
+            min_width=min(widest, 12) if names else widest,
+            overflow="fold",
         )
-    return table
+    for row in zip(*columns.values(), strict=True):
+        table.add_row(*row)
+    errors = [
+        Text.assemble((printable(r.get("name") or "-"), "bold red"), ": ", printable(r["error"]))
+        for r in runs
+        if r.get("error")
+    ]
+    return Group(table, *errors) if errors else table
+
+
+def _count(value: Any) -> str:
+    number = as_number(value)
+    return f"{number:,.0f}" if number is not None and number == int(number) else fmt_value(value)
+
+
+def as_number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def transfer_progress(*, enabled: bool) -> Progress:

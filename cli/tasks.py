@@ -10,6 +10,7 @@ import typer
 from cli import render
 from cli.client import Client
 from cli.errors import reports_errors
+from cli.leaderboard import leaderboard_notes, leaderboard_view
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
@@ -70,5 +71,7 @@ def leaderboard(
         return
     if not board.get("rows"):
         render.note(f"no ranked submissions for {task} yet")
+        if board.get("unranked"):
+            render.stdout().print(leaderboard_notes(board))
         return
-    render.stdout().print(render.leaderboard_table(board))
+    render.stdout().print(leaderboard_view(board))

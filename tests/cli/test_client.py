@@ -29,10 +29,26 @@ def test_unauthorized_suggests_logging_in() -> None:
     assert "weighbridge login" in (error.hint or "")
 
 
-def test_rate_limit_says_when_to_try_again() -> None:
-    body = {"error": {"code": "rate_limited", "message": "used 3 of 3", "retry_after_seconds": 60}}
+def test_rate_limit_says_when_to_try_again_in_words() -> None:
+    # The fields core.submissions.check_submission_limit puts in its 429.
+    body = {
+        "error": {
+            "code": "rate_limited",
+            "message": "you have used 3 of 3 submissions",
+            "field": "task",
+            "limit": 3,
+            "window_hours": 24,
+            "next_slot_at": "2026-12-07T08:01:23.456789+00:00",
+            "retry_after_seconds": 86316,
+        }
+    }
     error = error_from_response(answer(429, json=body))
-    assert error.hint == "try again in 60 seconds"
+    assert error.hint == "try again in 23 h 58 min (at 2026-12-07 08:01 UTC)"
+
+
+def test_rate_limit_without_a_slot_time_still_says_how_long() -> None:
+    body = {"error": {"code": "rate_limited", "message": "used 3 of 3", "retry_after_seconds": 60}}
+    assert error_from_response(answer(429, json=body)).hint == "try again in 1 min"
 
 
 def test_an_answer_that_is_not_the_error_shape_still_reads_well() -> None:
