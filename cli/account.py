@@ -23,6 +23,11 @@ def _who(user: dict | None) -> str:
     return f"{user.get('name')} <{user.get('email')}>{admin}"
 
 
+def _shown(value: object) -> str:
+    """Someone else's text (a user's name, the server's answer) as rich markup, inert."""
+    return escape(render.printable(value))
+
+
 @reports_errors
 def login(
     url: Annotated[str, typer.Option("--url", help="The server, e.g. http://127.0.0.1:8000.")],
@@ -50,8 +55,8 @@ def login(
         )
         return
     render.stdout().print(
-        f"logged in to [bold]{escape(url)}[/] as [bold]{escape(_who(answer['user']))}[/] "
-        f"(server {escape(str(answer.get('version')))}); saved in {escape(str(path))}",
+        f"logged in to [bold]{escape(url)}[/] as [bold]{_shown(_who(answer['user']))}[/] "
+        f"(server {_shown(answer.get('version'))}); saved in {_shown(path)}",
         soft_wrap=True,
     )
 
@@ -76,8 +81,8 @@ def ping(json_output: JsonOption = False) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("server", login_.url)
+    grid.add_row("server", _shown(login_.url))
     grid.add_row("api", "[green]reachable[/]")
-    grid.add_row("version", f"{document['version']} (client {__version__})")
-    grid.add_row("user", escape(_who(document["user"])))
+    grid.add_row("version", _shown(f"{document['version']} (client {__version__})"))
+    grid.add_row("user", _shown(_who(document["user"])))
     render.stdout().print(grid)

@@ -41,13 +41,15 @@ def _exit_for(submission: dict[str, Any]) -> None:
 def _print_final(submission: dict[str, Any]) -> None:
     console = render.stdout()
     status = submission.get("status")
-    line = Text(f"submission {submission.get('id')} is ")
+    line = Text(f"submission {render.printable(submission.get('id'))} is ")
     line.append_text(render.status_text(status))
     console.print(line)
     if submission.get("error"):
         console.print(render.error_text(submission["error"]))
     if status == "done":
-        console.print(f"[dim]scores: weighbridge results {submission.get('id')}[/]")
+        console.print(
+            Text(f"scores: weighbridge results {render.printable(submission.get('id'))}", "dim")
+        )
 
 
 def _pack(folder: Path, workdir: Path, *, show: bool) -> Path:
@@ -197,7 +199,7 @@ def results(submission_id: IdArgument, json_output: JsonOption = False) -> None:
         render.print_json(answer)
         return
     console = render.stdout()
-    line = Text(f"submission {answer.get('id')} is ")
+    line = Text(f"submission {render.printable(answer.get('id'))} is ")
     line.append_text(render.status_text(answer.get("status")))
     console.print(line)
     if answer.get("scores"):
@@ -232,7 +234,9 @@ def logs(
                 if json_output:
                     collected.append(text)
                 elif text:
-                    sys.stdout.write(text)
+                    # The log holds what the model's code printed: nothing in it may drive
+                    # the terminal (retitle it, clear it, rewrite a line).
+                    sys.stdout.write(render.printable(text, keep_lines=True))
                     sys.stdout.flush()
                 offset = max(offset, int(answer.get("next_offset") or offset))
                 complete = bool(answer.get("complete"))
@@ -282,7 +286,7 @@ def cancel(
     if json_output:
         render.print_json({**submission, "purged": purged} if purge else submission)
     else:
-        line = Text(f"submission {submission.get('id')} is ")
+        line = Text(f"submission {render.printable(submission.get('id'))} is ")
         line.append_text(render.status_text(submission.get("status")))
         render.stdout().print(line)
         if purged:

@@ -40,7 +40,7 @@ def follow(
     status = submission.get("status", "")
     console = render.stdout()
     failures = 0
-    spinner = console.status(f"{status}…", spinner="dots") if show else None
+    spinner = console.status(render.plain(f"{status}…"), spinner="dots") if show else None
     try:
         if spinner is not None:
             spinner.start()
@@ -65,7 +65,7 @@ def follow(
                     console.print(render.event_line(event))
             status = answer.get("status", status)
             if spinner is not None:
-                spinner.update(f"{status}…")
+                spinner.update(render.plain(f"{status}…"))
     except KeyboardInterrupt:
         raise CliError(
             f"stopped watching; submission {submission_id} goes on ({status})",
