@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import Annotated
 
 import typer
@@ -9,9 +11,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli import render
-from cli.client import Client
-from cli.config import ClientSettings, normalize_url, resolve_login, write_config
-from cli.errors import CliError, reports_errors
+from cli.client import ApiError, Client
+from cli.config import ClientSettings, Login, normalize_url, resolve_login, write_config
+from cli.errors import CliError, UsageError, reports_errors
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
@@ -26,6 +28,25 @@ def _who(user: dict | None) -> str:
 def _shown(value: object) -> str:
     """Someone else's text (a user's name, the server's answer) as rich markup, inert."""
     return escape(render.printable(value))
+
+
+def _ping_until(client: Client, wait: float) -> dict:
+    """/ping's answer; while the server cannot be reached, retry for up to `wait` seconds."""
+    deadline = time.monotonic() + wait
+    with contextlib.ExitStack() as stack:
+        waiting = False
+        while True:
+            try:
+                return client.get("/ping")
+            except ApiError:
+                raise  # the server answered: waiting will not change its mind
+            except CliError:
+                if time.monotonic() >= deadline:
+                    raise
+            if not waiting:
+                stack.enter_context(render.stderr().status(f"waiting for {client.url}…"))
+                waiting = True
+            time.sleep(0.25)
 
 
 @reports_errors
@@ -62,13 +83,37 @@ def login(
 
 
 @reports_errors
-def ping(json_output: JsonOption = False) -> None:
+def ping(
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Ask this server instead of the one you logged in to."),
+    ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            min=0,
+            help="Keep trying for up to this many seconds while the server is starting.",
+        ),
+    ] = 0,
+    json_output: JsonOption = False,
+) -> None:
     """Show the server's version, that the API answers, and who you are signed in as."""
     from cli import __version__
 
-    login_ = resolve_login(need_token=False)
+    if url is None:
+        login_ = resolve_login(need_token=False)
+    else:
+        url = normalize_url(url)
+        try:
+            stored = resolve_login(need_token=False)
+        except UsageError:  # nobody logged in yet: ask without a token
+            stored = Login(url="", token="", url_from="", token_from="")
+        # Another server: the stored token is not for it.
+        token = stored.token if url == stored.url else ""
+        login_ = Login(url=url, token=token, url_from="--url", token_from=stored.token_from)
     with Client.from_login(login_) as client:
-        answer = client.get("/ping")
+        answer = _ping_until(client, wait)
     document = {
         "url": login_.url,
         "version": answer.get("version"),

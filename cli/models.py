@@ -1,7 +1,8 @@
 """`init` and `test`: scaffold a model folder and check it locally, like Dynalab's init/test.
 
-Both read the task from the local task configs (WEIGHBRIDGE_TASK_CONFIGS, default
-`task_configs/`), so they work without a server, on the task's public examples.
+Both read the task from the task configs (WEIGHBRIDGE_TASK_CONFIGS, by default the ones
+shipped with Weighbridge), so they work from any folder and without a server, on the task's
+public examples. `upload` runs the same check before it sends anything.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from cli import render
 from cli.errors import CliError, UsageError, reports_errors
 
 if TYPE_CHECKING:
+    from core.modelkit import ModelTestReport
     from core.taskconfig import TaskConfig
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
@@ -47,16 +49,27 @@ def _task(slug: str) -> TaskConfig:
 def init(
     folder: Annotated[Path, typer.Argument(help="The model folder to create.")],
     task: TaskOption,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite handler.py/README.md.")] = False,
+    example: Annotated[
+        str | None,
+        typer.Option(
+            "--example",
+            help="Copy a worked example shipped with Weighbridge (handler and trained weights) "
+            "instead of a skeleton, e.g. digits-cnn.",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Create a model folder with a handler skeleton for the task."""
+    """Create a model folder with a handler skeleton for the task (or a worked example)."""
     from core.errors import WeighbridgeError
-    from core.modelkit import init_model_folder
+    from core.modelkit import copy_example, init_model_folder
 
     config = _task(task)
     try:
-        written = init_model_folder(folder, config, force=force)
+        if example is not None:
+            written = copy_example(folder, example, config, force=force)
+        else:
+            written = init_model_folder(folder, config, force=force)
     except WeighbridgeError as exc:
         raise UsageError(exc.message) from None
     if json_output:
@@ -81,19 +94,9 @@ def test(
     json_output: JsonOption = False,
 ) -> None:
     """Run the handler on the task's public examples, as the evaluator would, and check it."""
-    from core.modelkit import test_model_folder_sync
-    from core.settings import Settings
-    from sandbox.jail import SandboxUnavailable, configure
-
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder")
-    config = _task(task)
-    try:  # the same sandbox (and WEIGHBRIDGE_SANDBOX) as the evaluator
-        configure(Settings().sandbox)
-    except SandboxUnavailable as exc:
-        raise CliError(f"cannot test the handler in the sandbox: {exc}") from None
-    with render.stderr().status(f"running {folder}/handler.py on the public examples…"):
-        report = test_model_folder_sync(folder, config, limit=limit, timeout_seconds=timeout)
+    report = run_check(folder, _task(task), limit=limit, timeout=timeout)
     if json_output:
         render.print_json(report.to_dict())
     else:
@@ -102,12 +105,99 @@ def test(
         raise typer.Exit(1)
 
 
-def _show(report) -> None:
+def run_check(
+    folder: Path,
+    config: TaskConfig,
+    *,
+    handler: str = "handler.py",
+    limit: int | None = None,
+    timeout: float | None = None,
+    shown_as: str | None = None,
+) -> ModelTestReport:
+    """Run `folder`'s handler on the task's public examples in the evaluator's sandbox."""
+    from core.modelkit import test_model_folder_sync
+    from core.settings import Settings
+    from sandbox.jail import SandboxUnavailable, configure
+
+    try:  # the same sandbox (and WEIGHBRIDGE_SANDBOX) as the evaluator
+        configure(Settings().sandbox)
+    except SandboxUnavailable as exc:
+        raise CliError(f"cannot test the handler in the sandbox: {exc}") from None
+    where = shown_as or f"{folder}/{handler}"
+    with render.stderr().status(f"running {where} on the public examples…"):
+        return test_model_folder_sync(
+            folder, config, limit=limit, timeout_seconds=timeout, handler=handler
+        )
+
+
+def check_before_upload(path: Path, task: str, *, show: bool) -> None:
+    """What `upload` runs before sending: `test`'s checks on the bundle, or a CliError.
+
+    A folder is checked in place; an archive is unpacked (with the builder's safe extraction)
+    into a temporary folder first. A task the local configs do not hold is the server's own:
+    the server checks it at build time instead.
+    """
+    from builder.bundle import unpacked_bundle
+    from builder.extraction import BundleError
+
+    try:
+        config = _task(task)
+    except UsageError:
+        if show:
+            render.note(
+                f"the task {task!r} is not among the local task configs; the server checks the "
+                "bundle when it builds it"
+            )
+        return
+    if path.is_dir():
+        _judge(run_check(path, config), path, show=show)
+        return
+    try:
+        with unpacked_bundle(path) as bundle:
+            handler = "handler.py"
+            if bundle.manifest is not None:
+                handler = str((bundle.manifest.get("model") or {}).get("handler") or handler)
+            if not handler.endswith(".py") or not (bundle.root / handler).is_file():
+                if show:
+                    render.note(
+                        f"{path}: the handler {handler!r} is not a file in the bundle (a "
+                        "TorchServe built-in?); the server checks it when it builds it"
+                    )
+                return
+            report = run_check(bundle.root, config, handler=handler, shown_as=f"{path}:{handler}")
+            report.folder = str(path)
+            # Name files as the user knows them: inside the archive, not our temporary folder.
+            report.log_tail = report.log_tail.replace(f"{bundle.root}/", f"{path}:")
+            _judge(report, path, show=show)
+    except BundleError as exc:
+        raise CliError(f"{path}: {exc}", hint="fix the archive, then upload again") from None
+
+
+def _judge(report: ModelTestReport, path: Path, *, show: bool) -> None:
+    if report.ok:
+        if show:
+            accuracy = f", accuracy {report.accuracy:.1%}" if report.accuracy is not None else ""
+            render.note(
+                f"checked {path} on the public examples: {report.passed}/"
+                f"{len(report.examples)} answers well-formed{accuracy}"
+            )
+        return
+    if show:
+        _show(report)
+    raise CliError(
+        f"{path} did not pass the checks on the task's public examples; nothing was uploaded",
+        hint=f"see above, or run `weighbridge test {path} --task {report.task}`; "
+        "--no-check uploads without checking",
+    )
+
+
+def _show(report: ModelTestReport) -> None:
     out = render.stdout()
     if report.error:
-        render.print_error(f"{report.error_kind or 'error'}: {report.error}")
+        # The handler's log first, the verdict last, where the eye lands.
         if report.log_tail:
             out.print(report.log_tail, markup=False, highlight=False)
+        render.print_error(f"{report.error_kind or 'error'}: {report.error}")
         return
     table = Table(title=f"{report.folder} on {report.task}'s public examples")
     for col in ("uid", "ok", "answer", "label", "problems"):

@@ -156,14 +156,16 @@ async def _run_demo(services: Services, server: Any, base_url: str) -> None:
         log.exception("the demo failed; Weighbridge keeps running without it")
 
 
-async def _announce(services: Services, server: Any, url: str) -> None:
+async def _announce(services: Services, server: Any, url: str, *, demo: bool) -> None:
     while not server.started:
         if server.should_exit:
             return
         await asyncio.sleep(0.05)
     console = render.stdout()
     console.print(f"Weighbridge is up at [bold]{url}[/]  (API docs: {url}/docs)", soft_wrap=True)
-    if await count_users(services) == 0:
+    # The demo makes its own user and prints its token; "no users yet" would be wrong a
+    # second later.
+    if not demo and await count_users(services) == 0:
         console.print(
             "No users yet. Create one, then log in with the token it prints:\n"
             "  weighbridge admin create-user NAME --email EMAIL --admin\n"
@@ -185,7 +187,8 @@ def _start_workers(
         if run is None:
             if name in plan.required:
                 raise CliError(f"{name} not available in this build")
-            log.warning("%s not available in this build", name)
+            # Not an error: `up` lists every role, including those still to come.
+            log.debug("%s is not part of this build; running without it", name)
             continue
         if worker.takes_fleets:
             fleets = plan.fleets or fleets_to_serve(services.settings, services.tasks)
@@ -269,7 +272,9 @@ async def run_plan(settings: Settings, plan: Plan) -> int:
             jobs["api"] = asyncio.create_task(_serve_api(server, host, port), name="api")
             url = browser_url(host, port)
             if plan.show_banner:
-                helpers.append(asyncio.create_task(_announce(services, server, url)))
+                helpers.append(
+                    asyncio.create_task(_announce(services, server, url, demo=plan.demo))
+                )
             if plan.demo:
                 helpers.append(asyncio.create_task(_run_demo(services, server, url)))
         if not jobs:

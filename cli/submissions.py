@@ -20,10 +20,13 @@ from cli.bundle import bundle_name, check_bundle, folder_bytes, pack_folder
 from cli.client import ApiError, Client, error_from_response
 from cli.errors import CliError, UsageError, reports_errors
 from cli.multipart import MultipartBody
-from cli.timeline import follow, submission_path
+from cli.timeline import follow, resolve_id, submission_path
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-IdArgument = Annotated[str, typer.Argument(help="The submission's id.", show_default=False)]
+IdArgument = Annotated[
+    str,
+    typer.Argument(help="The submission's id, or `last` for your latest.", show_default=False),
+]
 IntervalOption = Annotated[
     float, typer.Option("--interval", min=0.05, hidden=True, help="Seconds between polls.")
 ]
@@ -93,15 +96,30 @@ def upload(
     wait: Annotated[
         bool, typer.Option("--wait", help="Follow it until done; exit 1 if it fails.")
     ] = False,
+    no_check: Annotated[
+        bool,
+        typer.Option(
+            "--no-check",
+            help="Send without first running the handler on the public examples (as `test`).",
+        ),
+    ] = False,
     json_output: JsonOption = False,
     interval: IntervalOption = 1.0,
 ) -> None:
-    """Upload a model bundle (streamed; a folder is packed into a .tar.gz first)."""
+    """Upload a model bundle (streamed; a folder is packed into a .tar.gz first).
+
+    The handler is first run on the task's public examples in the sandbox, as `weighbridge
+    test` does; a bundle that fails is not sent (--no-check skips this).
+    """
+    from cli.models import check_before_upload
+
     path = check_bundle(path)
     show = not json_output
     with Client.from_login() as client, contextlib.ExitStack() as stack:
         # Asking first turns an unknown task into a clear answer before any byte is sent.
         client.get(f"/tasks/{quote(task, safe='')}")
+        if not no_check:
+            check_before_upload(path, task, show=show)
         archive = path
         if path.is_dir():
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="weighbridge-")))
@@ -142,7 +160,9 @@ def upload(
 def status(
     submission_id: Annotated[
         str | None,
-        typer.Argument(help="A submission's id; without it, your recent submissions."),
+        typer.Argument(
+            help="A submission's id (or `last`, your latest); without it, your recent ones."
+        ),
     ] = None,
     watch: Annotated[
         bool,
@@ -175,6 +195,7 @@ def status(
             render.stdout().print(render.submissions_table(answer["submissions"]))
         return
     with Client.from_login(need_token=False) as client:
+        submission_id = resolve_id(client, submission_id)
         submission = client.get(submission_path(submission_id))
         if not json_output:
             render.stdout().print(render.submission_view(submission))
@@ -194,6 +215,7 @@ def status(
 def results(submission_id: IdArgument, json_output: JsonOption = False) -> None:
     """The scores, metrics and runs of a submission."""
     with Client.from_login(need_token=False) as client:
+        submission_id = resolve_id(client, submission_id)
         answer = client.get(submission_path(submission_id, "/results"))
     if json_output:
         render.print_json(answer)
@@ -225,6 +247,7 @@ def logs(
     collected: list[str] = []
     complete = False
     with Client.from_login(need_token=False) as client:
+        submission_id = resolve_id(client, submission_id)
         try:
             while True:
                 answer = client.get(
@@ -267,6 +290,7 @@ def cancel(
 ) -> None:
     """Cancel a submission that has not finished (with --purge, also delete it)."""
     with Client.from_login() as client:
+        submission_id = resolve_id(client, submission_id)
         try:
             submission = client.post(submission_path(submission_id, "/cancel"))
         except ApiError as exc:

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from cli import render
 from cli.client import ApiError, Client
-from cli.errors import CliError
+from cli.errors import CliError, UsageError
 
 # Consecutive failed polls (server restarting, network blip) tolerated before giving up.
 MAX_POLL_FAILURES = 10
@@ -16,6 +16,24 @@ MAX_POLL_FAILURES = 10
 
 def submission_path(submission_id: str, suffix: str = "") -> str:
     return f"/submissions/{quote(submission_id, safe='')}{suffix}"
+
+
+# Where a command takes a submission's id, `last` stands for your most recent submission.
+LAST = "last"
+
+
+def resolve_id(client: Client, submission_id: str) -> str:
+    """The id itself, or for `last` the id of your most recent submission."""
+    if submission_id != LAST:
+        return submission_id
+    answer = client.get("/submissions", params={"limit": 1})
+    rows = answer.get("submissions") or []
+    if not rows:
+        raise UsageError(
+            "`last` stands for your most recent submission, and you have none yet",
+            hint="upload one with `weighbridge upload PATH --task TASK`",
+        )
+    return str(rows[0]["id"])
 
 
 def last_event_id(events: list[dict[str, Any]], default: int = 0) -> int:

@@ -100,6 +100,43 @@ def init_model_folder(folder: Path, config: TaskConfig, *, force: bool = False) 
     return written
 
 
+def copy_example(folder: Path, name: str, config: TaskConfig, *, force: bool = False) -> list[Path]:
+    """Copy the shipped example model `name` for the task into `folder`; returns the files.
+
+    Refuses an example made for another task, and a folder that already holds any of the
+    example's files unless `force`.
+    """
+    import shutil
+
+    from core.examples import EXAMPLES, example_folder, examples_for
+
+    known = examples_for(config.slug)
+    if EXAMPLES.get(name) != config.slug:
+        choices = ", ".join(known) if known else "none"
+        raise WeighbridgeError(
+            f"there is no example {name!r} for the task {config.slug!r} (its examples: {choices})",
+            field="example",
+        )
+    source = example_folder(name)
+    files = sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    folder = Path(folder)
+    existing = [
+        str(p.relative_to(source)) for p in files if (folder / p.relative_to(source)).exists()
+    ]
+    if existing and not force:
+        raise WeighbridgeError(
+            f"{folder} already has {', '.join(existing)}; choose another folder or use --force",
+            field="dir",
+        )
+    written = []
+    for path in files:
+        target = folder / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        written.append(target)
+    return written
+
+
 # ---------------------------------------------------------------------------------------------
 # Checking answers
 
@@ -205,22 +242,26 @@ async def test_model_folder(
     limit: int | None = None,
     timeout_seconds: float | None = None,
     python: str | None = None,
+    handler: str = HANDLER,
 ) -> ModelTestReport:
     """Run `folder/handler.py` on the task's public examples in a sandboxed worker; check it.
+
+    `handler` names another handler file in the folder (a .mar's manifest may).
 
     The handler sees only the input fields. Batches have the task's eval batch size; the time
     and memory limits are the task's too (`timeout_seconds` overrides the time limit).
     """
     from sandbox.failures import SandboxError, SandboxLimits
     from sandbox.jail import SandboxUnavailable
+    from sandbox.rootfs import MODEL
     from sandbox.worker import Sandbox
 
     started = time.perf_counter()
-    folder, rows, has_handler = await asyncio.to_thread(_inputs, folder, config, limit)
+    folder, rows, has_handler = await asyncio.to_thread(_inputs, folder, config, limit, handler)
     report = ModelTestReport(task=config.slug, folder=str(folder), ok=False, examples=[])
     if not has_handler:
         report.error = (
-            f"{folder} has no {HANDLER}; create one with `weighbridge init {folder} "
+            f"{folder} has no {handler}; create one with `weighbridge init {folder} "
             f"--task {config.slug}`"
         )
         report.error_kind = "missing"
@@ -230,12 +271,12 @@ async def test_model_folder(
         log_path = Path(tmp) / "log"
         sandbox = Sandbox(
             model_dir=folder,
-            handler=HANDLER,
+            handler=handler,
             manifest={
                 "runtime": "python",
                 "model": {
                     "modelName": folder.name,
-                    "handler": HANDLER,
+                    "handler": handler,
                     "modelVersion": "1.0",
                 },
             },
@@ -264,7 +305,8 @@ async def test_model_folder(
             report.error_kind = "sandbox"
         finally:
             await sandbox.close()
-            report.log_tail = _tail(log_path)
+            # The sandbox shows the folder at /model; the user knows it by its own path.
+            report.log_tail = _tail(log_path).replace(f"{MODEL}/", f"{folder}/")
     report.ok = report.error is None and all(e.ok for e in report.examples)
     report.seconds = time.perf_counter() - started
     return report
@@ -282,11 +324,11 @@ test_model_folder_sync.__test__ = False  # type: ignore[attr-defined]
 
 
 def _inputs(
-    folder: Path, config: TaskConfig, limit: int | None
+    folder: Path, config: TaskConfig, limit: int | None, handler: str = HANDLER
 ) -> tuple[Path, list[dict[str, Any]], bool]:
     """The absolute folder, the public examples and whether there is a handler (blocking)."""
     folder = Path(folder).absolute()
-    return folder, public_examples(config, limit=limit), (folder / HANDLER).is_file()
+    return folder, public_examples(config, limit=limit), (folder / handler).is_file()
 
 
 def _check_batch(

@@ -23,7 +23,12 @@ from tests.cli.conftest import Cli, Server, clean_env, free_port, stop_server, w
 
 def make_archive(path: Path, *, size: int = 20_000) -> Path:
     with tarfile.open(path, "w:gz") as tar:
-        handler = b"def handle(data, context):\n    return [{'label': 0} for _ in data]\n"
+        handler = (
+            b"def handle(data, context):\n"
+            b"    if data is None:  # TorchServe's initialisation call\n"
+            b"        return None\n"
+            b"    return [{'label': 0} for _ in data]\n"
+        )
         for name, data in (("handler.py", handler), ("weights.bin", os.urandom(size))):
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -131,7 +136,10 @@ def test_upload_status_cancel_results(user: Cli, tmp_path: Path) -> None:
 def test_upload_a_folder_and_wait_until_it_is_cancelled(user: Cli, tmp_path: Path) -> None:
     folder = tmp_path / "folder-model"
     folder.mkdir()
-    (folder / "handler.py").write_text("def handle(data, context):\n    return []\n")
+    (folder / "handler.py").write_text(
+        "def handle(data, context):\n"
+        "    return None if data is None else [{'label': 0}] * len(data)\n"
+    )
     waiting = user.popen("upload", str(folder), "--task", "toy", "--wait", "--interval", "0.1")
     try:
         sid = None
@@ -201,3 +209,37 @@ def test_up_serves_the_api_tells_how_to_create_a_user_and_stops_on_sigterm(
     assert f"Weighbridge is up at {url}" in output
     assert "weighbridge admin create-user" in output
     assert "Traceback" not in output
+
+
+def test_upload_runs_the_checks_of_test_first(user: Cli, tmp_path: Path) -> None:
+    """A broken bundle is refused on the user's machine, naming file and line; none is sent."""
+    before = len(user.json("status", "--limit", "200")["submissions"])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "handler.py").write_text("def handle(data, context):\n    return [\n")
+    result = user.run("upload", str(broken), "--task", "toy")
+    assert result.returncode == 1
+    assert "SyntaxError" in result.stderr and "handler.py, line 2" in result.stderr
+    assert "nothing was uploaded" in result.stderr
+    assert "--no-check" in result.stderr
+
+    no_handler = tmp_path / "no-handler"
+    no_handler.mkdir()
+    (no_handler / "weights.bin").write_bytes(b"\0" * 64)
+    result = user.run("upload", str(no_handler), "--task", "toy")
+    assert result.returncode == 1
+    assert "has no handler.py" in result.stderr
+    assert len(user.json("status", "--limit", "200")["submissions"]) == before
+
+    # An archive is unpacked and checked the same way, its files named inside it.
+    archive = tmp_path / "broken.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(broken / "handler.py", arcname="handler.py")
+    result = user.run("upload", str(archive), "--task", "toy")
+    assert result.returncode == 1
+    assert "handler.py, line 2" in result.stderr
+
+    # --no-check sends it as it is; the server's build is then the judge.
+    sent = user.json("upload", str(no_handler), "--task", "toy", "--no-check")
+    assert sent["status"] == "uploaded"
+    assert len(user.json("status", "--limit", "200")["submissions"]) == before + 1
