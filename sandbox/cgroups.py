@@ -15,8 +15,11 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sandbox.jobs import jobs_root
 
 ROOT = Path("/sys/fs/cgroup")
 PARENT = "weighbridge"
@@ -65,20 +68,40 @@ def sweep_stale(*, now: float | None = None) -> int:
         return 0
     _swept_at[0] = now
     removed = 0
+    for folder in _groups("job-"):
+        with contextlib.suppress(OSError, ValueError):
+            if now - folder.stat().st_mtime < STALE_SECONDS:
+                continue
+            if (folder / "cgroup.procs").read_text().strip():
+                continue
+            folder.rmdir()
+            removed += 1
+    return removed
+
+
+def remove_groups_of(owners: Iterable[str]) -> int:
+    """Remove at once the empty groups of processes known to be gone (`owners`: the names of
+    the jobs folders a sweep found unlocked; a group is named after its maker's). Returns how
+    many were removed; one with a process still in it waits for `sweep_stale`."""
+    removed = 0
+    for owner in owners:
+        for folder in _groups(f"job-{owner}-"):
+            with contextlib.suppress(OSError):
+                if (folder / "cgroup.procs").read_text().strip():
+                    continue
+                folder.rmdir()
+                removed += 1
+    return removed
+
+
+def _groups(prefix: str) -> list[Path]:
+    """Our groups whose names start with `prefix`, in every controller."""
     parents = [ROOT / PARENT] if _v2() else [ROOT / c / PARENT for c in ("memory", "pids", "cpu")]
+    found: list[Path] = []
     for parent in parents:
         with contextlib.suppress(OSError):
-            for folder in parent.iterdir():
-                if not folder.name.startswith("job-") or not folder.is_dir():
-                    continue
-                with contextlib.suppress(OSError, ValueError):
-                    if now - folder.stat().st_mtime < STALE_SECONDS:
-                        continue
-                    if (folder / "cgroup.procs").read_text().strip():
-                        continue
-                    folder.rmdir()
-                    removed += 1
-    return removed
+            found += [f for f in parent.iterdir() if f.name.startswith(prefix) and f.is_dir()]
+    return found
 
 
 def _write(path: Path, value: str) -> bool:
@@ -99,7 +122,9 @@ class Cgroup:
 
     @classmethod
     def create(cls, limits: CgroupLimits, *, name: str | None = None) -> Cgroup:
-        group = cls(name=name or f"job-{uuid.uuid4().hex[:12]}", limits=limits)
+        # Named after this process's jobs folder, so that once it is gone its groups are
+        # known to be leftovers (remove_groups_of).
+        group = cls(name=name or f"job-{jobs_root().name}-{uuid.uuid4().hex[:12]}", limits=limits)
         controllers = available_controllers()
         if not controllers:
             return group

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox.cgroups import Cgroup, CgroupLimits, available_controllers
+from sandbox.cgroups import Cgroup, CgroupLimits, available_controllers, remove_groups_of
 from sandbox.jobs import jobs_root, sweep_jobs
 from sandbox.rootfs import (
     HOST_FILES,
@@ -528,8 +528,15 @@ def configure(mode: str) -> Jail:
     the jobs folders that workers killed before it left behind (never a live one's)."""
     jail = probe(mode)
     _MODE[0] = mode
-    sweep_jobs()
+    sweep_leftovers()
     return jail
+
+
+def sweep_leftovers() -> None:
+    """What workers killed before this one started left behind: their jobs folders (never a
+    live process's) and their empty cgroups."""
+    gone = sweep_jobs()
+    remove_groups_of(p.name for p in gone)
 
 
 def current_jail() -> Jail:

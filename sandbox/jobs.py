@@ -21,6 +21,7 @@ import secrets
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ UNLOCKED_SECONDS = 3600.0
 # The shared root -> (this process's folder, the descriptor holding its lock, our pid).
 _held: dict[str, tuple[Path, int, int]] = {}
 _exit_registered: list[bool] = []
+_claiming = threading.Lock()  # sandboxes start from threads too
 
 
 def shared_root() -> Path:
@@ -49,20 +51,21 @@ def jobs_root() -> Path:
     """This process's jobs folder, made and locked on first use. The warm interpreter binds
     it, and each sandbox sees only its own part of it."""
     shared = shared_root()
-    held = _held.get(str(shared))
-    if held is not None:
-        # A forked child shares its parent's folder (and, through the inherited descriptor,
-        # its lock).
-        if held[0].is_dir():
-            return held[0]
-        with contextlib.suppress(OSError):
-            os.close(held[1])  # removed under us (by hand): claim another
-    folder, fd = _claim(shared)
-    if not _exit_registered:
-        atexit.register(_release_all)
-        _exit_registered.append(True)
-    _held[str(shared)] = (folder, fd, os.getpid())
-    return folder
+    with _claiming:
+        held = _held.get(str(shared))
+        if held is not None:
+            # A forked child shares its parent's folder (and, through the inherited
+            # descriptor, its lock).
+            if held[0].is_dir():
+                return held[0]
+            with contextlib.suppress(OSError):
+                os.close(held[1])  # removed under us (by hand): claim another
+        folder, fd = _claim(shared)
+        if not _exit_registered:
+            atexit.register(_release_all)
+            _exit_registered.append(True)
+        _held[str(shared)] = (folder, fd, os.getpid())
+        return folder
 
 
 def _claim(shared: Path) -> tuple[Path, int]:

@@ -3,6 +3,7 @@ next to start, a live worker's never, however many start at once."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,20 +16,26 @@ from pathlib import Path
 import pytest
 
 from sandbox import jobs
+from sandbox.cgroups import available_controllers
+from sandbox.jail import sweep_leftovers
 from tests.conftest import ROOT
 
-# A worker: takes its jobs folder, leaves scratch in it (as a build or an evaluation does),
-# says where, and works until it is killed (or, with "exit", ends normally).
+# A worker: starts as a builder or evaluator does (configures the sandbox), leaves scratch in
+# its jobs folder (as a build or an evaluation does) and a cgroup, says where, and works until
+# it is killed (or, with "exit", ends normally).
 WORKER = """
-import sys, time
-from sandbox.jobs import jobs_root, sweep_jobs
+import json, sys, time
+from sandbox.cgroups import Cgroup, CgroupLimits
+from sandbox.jail import configure
+from sandbox.jobs import jobs_root
 
-sweep_jobs()
+configure("bwrap")
 root = jobs_root()
 (root / "builds" / "0123abcd").mkdir(parents=True)
 (root / "builds" / "0123abcd" / "model.mar").write_bytes(b"x" * 1000)
 (root / "eval-x1y2").mkdir()
-print(root, flush=True)
+group = Cgroup.create(CgroupLimits(memory_mb=64, pids=16))
+print(json.dumps([str(root), [str(d) for d in group.dirs.values()]]), flush=True)
 if sys.argv[1] != "exit":
     time.sleep(600)
 """
@@ -44,6 +51,7 @@ def tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     held: dict = {}
     monkeypatch.setattr(jobs, "_held", held)  # this test process has no folder there yet
     yield folder
+    sweep_leftovers()  # the workers' cgroups go with them
     for _root, fd, _pid in held.values():
         os.close(fd)
 
@@ -58,11 +66,17 @@ def launch(tmp: Path, mode: str = "work") -> subprocess.Popen:
     )
 
 
-def folder_of(process: subprocess.Popen) -> Path:
+def said(process: subprocess.Popen) -> tuple[Path, list[Path]]:
+    """(its jobs folder, its cgroup's folders: none where cgroups cannot be made here)"""
     assert process.stdout is not None
     line = process.stdout.readline().strip()
     assert line, "the worker said nothing"
-    return Path(line)
+    root, groups = json.loads(line)
+    return Path(root), [Path(g) for g in groups]
+
+
+def folder_of(process: subprocess.Popen) -> Path:
+    return said(process)[0]
 
 
 def start_worker(tmp: Path, mode: str = "work") -> tuple[subprocess.Popen, Path]:
@@ -79,21 +93,29 @@ def stop(process: subprocess.Popen) -> None:
 def test_a_killed_workers_scratch_is_removed_at_the_next_start_a_live_ones_kept(
     tmp: Path,
 ) -> None:
-    killed, killed_root = start_worker(tmp)
-    live, live_root = start_worker(tmp)
+    killed = launch(tmp)
+    killed_root, killed_groups = said(killed)
+    live = launch(tmp)
+    live_root, live_groups = said(live)
     try:
         assert killed_root.parent == live_root.parent == tmp / f"weighbridge-jobs-{os.geteuid()}"
         assert killed_root != live_root and killed_root.name.startswith(f"{killed.pid}-")
         os.kill(killed.pid, signal.SIGKILL)
         killed.wait(10)
         assert (killed_root / "builds" / "0123abcd" / "model.mar").is_file()  # left behind
+        assert all(g.is_dir() for g in killed_groups)
+        if os.geteuid() == 0 and available_controllers():
+            assert killed_groups and live_groups
 
-        # The next worker to start sweeps: the killed one's folder goes, the live one's stays.
+        # The next worker to start sweeps: the killed one's folder and (empty) cgroups go, the
+        # live one's stay.
         following, following_root = start_worker(tmp)
         try:
             assert not killed_root.exists()
+            assert not any(g.exists() for g in killed_groups)
             assert (live_root / "builds" / "0123abcd" / "model.mar").is_file()
             assert (live_root / "eval-x1y2").is_dir()
+            assert all(g.is_dir() for g in live_groups)
             assert following_root.is_dir()
             assert sorted(p.name for p in following_root.parent.iterdir()) == sorted(
                 [live_root.name, following_root.name]
@@ -103,6 +125,8 @@ def test_a_killed_workers_scratch_is_removed_at_the_next_start_a_live_ones_kept(
     finally:
         stop(killed)
         stop(live)
+        sweep_leftovers()  # what this test made: gone with its workers
+    assert not any(g.exists() for g in live_groups)
 
 
 def test_a_worker_that_ends_normally_takes_its_folder_with_it(tmp: Path) -> None:
