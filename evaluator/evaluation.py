@@ -596,8 +596,8 @@ class Evaluation:
             )
         async with self.services.db.session() as session:
             submission = await records.lock_submission(session, self.submission_id)
-            if submission is None:
-                raise RuntimeError(f"submission {self.submission_id} vanished")
+            if submission is None or Status(submission.status) in TERMINAL:
+                raise EvaluationCancelled()  # no scores for a cancelled submission
             await records.insert_scores(session, self.submission_id, perturbed.name, [row])
             low, high = row.get("ci_low"), row.get("ci_high")
             interval = f" [{low:.4g}, {high:.4g}]" if low is not None and high is not None else ""
