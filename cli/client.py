@@ -54,7 +54,8 @@ def error_from_response(response: httpx.Response) -> ApiError:
     hint = None
     if status == 401:
         hint = "log in with `weighbridge login --url URL --token TOKEN`"
-    elif status == 429 and error:
+    elif status == 429 and error and "opens in" not in message:
+        # Servers that do not say when in words get it said here.
         hint = _retry_hint(error)
     return ApiError(message, status=status, code=code, field=field, body=error, hint=hint)
 

@@ -194,23 +194,40 @@ def _judge(report: ModelTestReport, path: Path, *, show: bool) -> None:
 def _show(report: ModelTestReport) -> None:
     out = render.stdout()
     if report.error:
-        # The handler's log first, the verdict last, where the eye lands.
+        # The handler's log first, the verdict last, where the eye lands. The log is the
+        # handler's own output: nothing in it may drive the terminal.
         if report.log_tail:
-            out.print(report.log_tail, markup=False, highlight=False)
+            out.print(
+                render.printable(report.log_tail, keep_lines=True), markup=False, highlight=False
+            )
         render.print_error(f"{report.error_kind or 'error'}: {report.error}")
         return
-    table = Table(title=f"{report.folder} on {report.task}'s public examples")
+    table = Table(title=render.printable(f"{report.folder} on {report.task}'s public examples"))
     for col in ("uid", "ok", "answer", "label", "problems"):
         table.add_column(col)
     for e in report.examples:
-        table.add_row(
-            str(e.uid),
-            "✓" if e.ok else "✗",
-            render.fmt_value(e.answer),
-            render.fmt_value(e.label),
-            "; ".join(e.problems),
+        render.add_row(
+            table,
+            render.plain(e.uid),
+            render.plain("✓" if e.ok else "✗", style="green" if e.ok else "red"),
+            render.plain(_answer(e.answer)),
+            render.plain(_answer(e.label)),
+            render.plain("; ".join(e.problems)),
         )
     out.print(table)
     accuracy = f", accuracy {report.accuracy:.1%}" if report.accuracy is not None else ""
     summary = f"{report.passed}/{len(report.examples)} answers well-formed{accuracy}"
-    out.print(f"{summary} in {report.seconds:.1f} s")
+    out.print(f"{summary} in {render.fmt_seconds(report.seconds)}")
+
+
+def _answer(value: object) -> str:
+    """An answer or label as the JSON the handler returned, shortened to fit a cell."""
+    import json
+
+    if value is None:
+        return "-"
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"

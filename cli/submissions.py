@@ -133,7 +133,7 @@ def upload(
         summary = _send(client, MultipartBody(fields, path=archive), show=show)
         if show:
             render.stdout().print(
-                f"uploaded [bold]{escape(str(summary.get('name')))}[/] to "
+                f"uploaded [bold]{escape(render.printable(summary.get('name')))}[/] to "
                 f"[bold]{escape(task)}[/] as [bold]{summary.get('id')}[/] "
                 f"({render.fmt_bytes(summary.get('bytes'))})",
                 soft_wrap=True,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -89,7 +89,7 @@ async def check_submission_limit(session: AsyncSession, user: User, task: Task) 
         raise RateLimited(
             f"you have used {len(counted)} of {limits.submissions_per_window} submissions "
             f"to {task.slug!r} in {limits.window_hours:g} hours; the next slot opens in "
-            f"{human_duration(wait)}, at {opens.isoformat(timespec='seconds')} "
+            f"{human_duration(wait)}, at {opens.astimezone(UTC):%Y-%m-%d %H:%M} UTC "
             "(failed and cancelled ones do not count)",
             field="task",
             headers={"Retry-After": str(retry_after)},
