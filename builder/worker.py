@@ -29,7 +29,7 @@ from core.context import Services
 from core.errors import JobFailed, WeighbridgeError
 from core.models import Dataset, Submission, Task, new_id
 from core.queue import BUILD_QUEUE, Delivery, eval_queue
-from core.states import Status, transition
+from core.states import Status, fail, transition
 from core.taskconfig import TaskConfig
 from core.worker import Consumer
 from sandbox.jail import configure as configure_sandbox
@@ -114,10 +114,9 @@ async def _mark_failed(
     log_key: str | None = None,
     payload: dict[str, Any] | None = None,
 ) -> None:
-    transition(
+    await fail(
         session,
         submission,
-        Status.FAILED,
         service=SERVICE,
         stage=STAGE,
         error=reason,

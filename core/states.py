@@ -130,10 +130,13 @@ def transition(
     parent: Envelope | None = None,
 ) -> Event:
     """Move the submission to `to` (checked) and append the event that says so. Cancelling
-    goes through `cancel`, which ends the submission's runs in the same transaction."""
+    and failing go through `cancel` and `fail`, which end the submission's runs in the same
+    transaction."""
     to_s = Status(to)
     if to_s is Status.CANCELLED:
         raise ValueError("cancel a submission with core.states.cancel(), which ends its runs too")
+    if to_s is Status.FAILED:
+        raise ValueError("fail a submission with core.states.fail(), which ends its runs too")
     return _move(
         session,
         submission,
@@ -172,6 +175,49 @@ async def cancel(
             col(Run.status).in_(RUNS_CANCELLED_WITH_SUBMISSION),
         )
         .values(status=RunStatus.CANCELLED.value, finished_at=utcnow())
+    )
+    return event
+
+
+async def fail(
+    session: AsyncSession,
+    submission: Submission,
+    *,
+    service: str,
+    stage: str,
+    error: str,
+    message: str = "",
+    log_key: str | None = None,
+    payload: dict[str, Any] | None = None,
+    parent: Envelope | None = None,
+) -> Event:
+    """submission -> failed (with its stage, reason and log), and each run not yet ended ->
+    cancelled, saying it was not finished because the submission failed: a failed submission
+    leaves no run queued or running. A run that failed itself is moved by the caller first."""
+    event = _move(
+        session,
+        submission,
+        Status.FAILED,
+        service=service,
+        message=message,
+        payload=payload,
+        stage=stage,
+        error=error,
+        log_key=log_key,
+        parent=parent,
+    )
+    await session.flush()
+    await session.execute(
+        sa.update(Run)
+        .where(
+            col(Run.submission_id) == submission.id,
+            col(Run.status).in_(RUNS_CANCELLED_WITH_SUBMISSION),
+        )
+        .values(
+            status=RunStatus.CANCELLED.value,
+            finished_at=utcnow(),
+            error=f"not finished: the submission failed at {stage}",
+        )
     )
     return event
 

@@ -37,6 +37,7 @@ from core.states import (
     RunStatus,
     Status,
     can_move_run,
+    fail,
     move_run,
     record_event,
     transition,
@@ -151,10 +152,9 @@ async def fail_submission(
                 payload={"dataset": dataset, "reason": failure.reason, "log_key": failure.log_key},
                 parent=parent,
             )
-        transition(
+        await fail(
             session,
             submission,
-            Status.FAILED,
             service=SERVICE,
             stage=failure.stage[:STAGE_CHARS],
             error=failure.reason,

@@ -16,6 +16,7 @@ from core.states import (
     can_move_run,
     can_transition,
     cancel,
+    fail,
     move_run,
     transition,
 )
@@ -33,9 +34,11 @@ async def events_of(db: Database, submission_id: str) -> list[Event]:
 
 
 async def move(session: AsyncSession, submission: Submission, to: str) -> None:
-    """`transition`, or `cancel` (the one way to cancel)."""
+    """`transition`, or `cancel` and `fail` (the one way to cancel, and to fail)."""
     if to == Status.CANCELLED:
         await cancel(session, submission, service="test")
+    elif to == Status.FAILED:
+        await fail(session, submission, service="test", stage="test", error="broken")
     else:
         transition(session, submission, to, service="test")
 
@@ -149,10 +152,9 @@ async def test_failing_records_the_stage_reason_and_log_on_the_submission_and_ev
         user, _ = await make_user(session)
         submission = await make_submission(session, user)
         transition(session, submission, Status.BUILDING, service="builder")
-        transition(
+        await fail(
             session,
             submission,
-            Status.FAILED,
             service="builder",
             stage="build",
             error="handler.py has no handle() function",
@@ -239,11 +241,41 @@ async def test_cancelling_is_checked_against_the_row_as_it_is_now(db: Database) 
     assert (await runs_of(db, submission_id))["test"].status == "done"
 
 
-def test_transition_refuses_to_cancel_without_the_runs() -> None:
+def test_transition_refuses_to_cancel_or_fail_without_the_runs() -> None:
     submission = Submission(id="a" * 32, user_id=1, name="m", status="building")
     with pytest.raises(ValueError, match="cancel"):
         transition(None, submission, Status.CANCELLED, service="test")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fail"):
+        transition(None, submission, Status.FAILED, service="test")  # type: ignore[arg-type]
     assert submission.status == "building"
+
+
+async def test_failing_leaves_no_run_queued_or_running(db: Database) -> None:
+    async with db.session() as session:
+        user, _ = await make_user(session)
+        submission = await make_submission(session, user, status="evaluating")
+        for name, status in [("first", "done"), ("broken", "failed"), ("next", "queued")]:
+            session.add(Run(submission_id=submission.id, name=name, status=status))
+        session.add(Run(submission_id=submission.id, name="beside", status="running"))
+        await session.flush()
+        await fail(
+            session,
+            submission,
+            service="evaluator",
+            stage="evaluate:broken",
+            error="the handler raised ValueError",
+        )
+        submission_id = submission.id
+
+    runs = await runs_of(db, submission_id)
+    assert {name: r.status for name, r in runs.items()} == {
+        "first": "done",
+        "broken": "failed",
+        "next": "cancelled",
+        "beside": "cancelled",
+    }
+    assert runs["next"].error == "not finished: the submission failed at evaluate:broken"
+    assert runs["broken"].error is None  # a run that failed itself keeps its own story
 
 
 def test_runs_move_only_forward_and_a_cancelled_run_stays_cancelled() -> None:

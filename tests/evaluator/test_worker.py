@@ -324,7 +324,10 @@ async def test_a_message_that_keeps_failing_ends_as_an_internal_error(
     assert "model.mar" in (submission.error or "")
     async with services.db.session() as session:
         runs = (await session.scalars(sa.select(Run).where(Run.submission_id == sid))).all()
-    assert [r.status for r in runs] == ["queued"]
+    # The run never started; the failed submission leaves it ended, saying why.
+    assert [(r.status, r.error) for r in runs] == [
+        ("cancelled", "not finished: the submission failed at evaluate")
+    ]
 
 
 async def test_a_message_committed_in_this_process_wakes_the_idle_evaluator(
