@@ -68,6 +68,8 @@ WORKERS = {
     "mailer": Worker("mailer", "core.notifications", "run_mailer"),
     # Removes what failed uploads and crashes left in storage; rides with the API.
     "sweeper": Worker("sweeper", "core.incoming", "run_sweeper"),
+    # Rebuilds the stored leaderboards marked stale (core.boards); one per deployment.
+    "leaderboards": Worker("leaderboards", "core.boards", "run_leaderboards"),
 }
 # What each `serve` role runs besides (or instead of) the API. The mailer rides with the
 # scheduler: both are the one-per-deployment background duties. The first is required; the
@@ -76,7 +78,7 @@ ROLE_WORKERS = {
     Role.API: ["sweeper"],
     Role.BUILDER: ["builder"],
     Role.EVALUATOR: ["evaluator"],
-    Role.SCHEDULER: ["mailer", "scheduler"],
+    Role.SCHEDULER: ["mailer", "scheduler", "leaderboards"],
 }
 
 
@@ -376,7 +378,7 @@ def up(
 ) -> None:
     """Run everything in one process: API and website, builder, evaluator(s), scheduler."""
     plan = Plan(
-        workers=["builder", "evaluator", "scheduler", "mailer", "sweeper"],
+        workers=["builder", "evaluator", "scheduler", "mailer", "sweeper", "leaderboards"],
         api=(host, port),
         demo=demo,
         show_banner=True,

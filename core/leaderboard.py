@@ -1,8 +1,10 @@
 """A task's leaderboard: done submissions ranked by Dynascore over the hidden scoring datasets.
 
 The aggregate itself (dataset-weighted averages, AMRS, Dynascore, competition ranks) is
-`metrics.leaderboard.rank_models`; this module chooses the rows a viewer may see, reads their
-scores and shapes the JSON of docs/api.md.
+`metrics.leaderboard.rank_models`. Computing a board (`compute_entries`: scores, predictions,
+paired bootstraps) happens when it changes and is stored by core/boards.py; reading one
+(`read_leaderboard`) is one query on the stored rows plus Dynascore with the viewer's weights.
+`compute_leaderboard` recomputes everything from the scores, as every read once did.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +25,10 @@ from core.states import Status
 from core.storage import Storage
 from core.taskconfig import DELTA_METRICS, TaskConfig
 from core.tasks import get_task, task_config
+
+if TYPE_CHECKING:
+    from metrics.leaderboard import Leaderboard as RankedBoard
+    from metrics.leaderboard import LeaderboardRow
 
 
 def scoring_datasets(config: TaskConfig) -> dict[str, float]:
@@ -63,7 +70,7 @@ def parse_weights(text: str) -> dict[str, float]:
         raise WeighbridgeError(f"weights: {exc}", field="weights") from None
 
 
-def _visible(task: Task, viewer: User | None) -> sa.ColumnElement[bool]:
+def visible_to(task: Task, viewer: User | None) -> sa.ColumnElement[bool]:
     condition = sa.and_(
         col(Submission.task_id) == task.id,
         col(Submission.status) == Status.DONE.value,
@@ -92,40 +99,38 @@ def _combined_ci(
     return (low, high)
 
 
-async def read_leaderboard(
+@dataclass
+class Collected:
+    """A task's done submissions with their dataset values, read once for ranking."""
+
+    models: list[dict[str, Any]]
+    incomplete: dict[str, str]
+    unsandboxed: set[str]
+
+
+async def collect_models(
     session: AsyncSession,
-    task: Task | str,
+    task: Task,
+    config: TaskConfig,
     *,
-    weights: dict[str, float] | None = None,
     viewer: User | None = None,
-    storage: Storage | None = None,
-) -> dict[str, Any]:
-    """`{"task", "rows": [{rank, model, submission_id, owner, score, metrics, ci, tied}]}`.
-
-    Rows are the task's done submissions the viewer may see, ranked by Dynascore with the
-    task's metric weights (overridden by `weights`) and dataset weights. A submission without
-    every metric on every hidden scoring dataset is listed under `unranked` with the reason.
-    `ci` is the interval of the primary metric. `tied` says the row's primary metric is not
-    significantly different from the row above: by a paired bootstrap on the same examples
-    when `storage` holds both rows' predictions (`pvalue` is then set), else by overlapping
-    intervals.
-    """
-    from metrics.errors import MetricError
-    from metrics.leaderboard import rank_models
-
-    if isinstance(task, str):
-        task = await get_task(session, task)
-    config = task_config(task)
-    metric_weights = leaderboard_weights(config, weights)
+    everyone: bool = False,
+) -> Collected:
+    """Read the done submissions `viewer` may see (every one when `everyone`), their scores on
+    the scoring datasets and their sandbox flags; the models are shaped for `rank_models`."""
     datasets = scoring_datasets(config)
     metric_names = [m.name for m in config.metrics]
     primary = config.primary_metric.name
-
+    where = (
+        sa.and_(col(Submission.task_id) == task.id, col(Submission.status) == Status.DONE.value)
+        if everyone
+        else visible_to(task, viewer)
+    )
     submissions = (
         await session.execute(
             sa.select(Submission, col(User.name))
             .join(User, col(User.id) == col(Submission.user_id))
-            .where(_visible(task, viewer))
+            .where(where)
             .order_by(col(Submission.created_at), col(Submission.id))
         )
     ).all()
@@ -191,66 +196,121 @@ async def read_leaderboard(
                 "private": submission.private,
             }
         )
+    return Collected(models, incomplete, unsandboxed)
 
-    result: dict[str, Any] = {
-        "task": task.slug,
-        "primary_metric": primary,
-        "weights": metric_weights,
-        "rows": [],
-        "unranked": [],
-    }
-    if not models or not datasets:
-        return result
+
+def rank_collected(
+    config: TaskConfig, models: list[dict[str, Any]], *, weights: dict[str, float]
+) -> RankedBoard:
+    """`rank_models` on the task's metrics and scoring datasets; a bad weight is a clear 400."""
+    from metrics.errors import MetricError
+    from metrics.leaderboard import rank_models
+
     try:
-        board = rank_models(
-            [m for m in models if m["model"] not in incomplete],
+        return rank_models(
+            models,
             metrics=[{"name": m.name, "offset": m.offset} for m in config.metrics],
-            datasets=datasets,
-            weights=metric_weights,
-            primary=primary,
+            datasets=scoring_datasets(config),
+            weights=weights,
+            primary=config.primary_metric.name,
         )
     except MetricError as exc:
         raise WeighbridgeError(str(exc), field="weights") from None
 
+
+def tied_with_above(
+    ci: tuple[float, float] | None, previous_ci: tuple[float, float] | None, pvalue: float | None
+) -> bool:
+    """Tied with the row above: by the paired bootstrap's p-value where there is one, else by
+    overlapping intervals of the primary metric."""
+    if pvalue is not None:
+        return pvalue >= TIE_ALPHA
+    return (
+        ci is not None
+        and previous_ci is not None
+        and ci[0] <= previous_ci[1]
+        and previous_ci[0] <= ci[1]
+    )
+
+
+def row_json(
+    row: LeaderboardRow, *, tied: bool, pvalue: float | None, unsandboxed: bool
+) -> dict[str, Any]:
+    ci = row.primary_ci
+    return {
+        "rank": row.rank,
+        "model": row.info["name"],
+        "submission_id": row.model,
+        "owner": row.info["owner"],
+        "score": row.dynascore,
+        "metrics": row.metrics,
+        "ci": list(ci) if ci is not None else None,
+        "tied": tied,
+        "pvalue": pvalue,
+        "private": row.info["private"],
+        "datasets": row.datasets,
+        # Evaluated with WEIGHBRIDGE_SANDBOX=unsafe-no-isolation: its code could have read the
+        # hidden labels, so the row says so wherever it is shown.
+        "unsandboxed": unsandboxed,
+    }
+
+
+async def compute_leaderboard(
+    session: AsyncSession,
+    task: Task | str,
+    *,
+    weights: dict[str, float] | None = None,
+    viewer: User | None = None,
+    storage: Storage | None = None,
+) -> dict[str, Any]:
+    """The board recomputed from the scores (and, with `storage`, the predictions) now.
+
+    This is what every read did before boards were stored; it stays as the reference the
+    stored board is checked against and the baseline of bench/leaderboard.py. Rows are the
+    task's done submissions the viewer may see, ranked by Dynascore with the task's metric
+    weights (overridden by `weights`) and dataset weights. `tied` says the row's primary
+    metric is not significantly different from the row above: by a paired bootstrap when
+    `storage` holds both rows' predictions (`pvalue` is then set), else by overlapping
+    intervals.
+    """
+    if isinstance(task, str):
+        task = await get_task(session, task)
+    config = task_config(task)
+    metric_weights = leaderboard_weights(config, weights)
+    collected = await collect_models(session, task, config, viewer=viewer)
+    result: dict[str, Any] = {
+        "task": task.slug,
+        "primary_metric": config.primary_metric.name,
+        "weights": metric_weights,
+        "rows": [],
+        "unranked": [],
+    }
+    if not collected.models or not scoring_datasets(config):
+        return result
+    board = rank_collected(
+        config,
+        [m for m in collected.models if m["model"] not in collected.incomplete],
+        weights=metric_weights,
+    )
     pvalues: dict[str, float] = {}
     if storage is not None and len(board.rows) > 1:
         pvalues = await paired_pvalues(
             session, storage, task, config, [row.model for row in board.rows]
         )
-    previous_ci: tuple[float, float] | None = None
-    previous_rank: int | None = None
+    previous: LeaderboardRow | None = None
     for row in board.rows:
-        ci = row.primary_ci
         pvalue = pvalues.get(row.model)
-        if pvalue is not None:
-            overlaps = pvalue >= TIE_ALPHA
-        else:
-            overlaps = (
-                ci is not None
-                and previous_ci is not None
-                and ci[0] <= previous_ci[1]
-                and previous_ci[0] <= ci[1]
-            )
+        tied = tied_with_above(row.primary_ci, previous.primary_ci if previous else None, pvalue)
         result["rows"].append(
-            {
-                "rank": row.rank,
-                "model": row.info["name"],
-                "submission_id": row.model,
-                "owner": row.info["owner"],
-                "score": row.dynascore,
-                "metrics": row.metrics,
-                "ci": list(ci) if ci is not None else None,
-                "tied": bool(overlaps or row.rank == previous_rank),
-                "pvalue": pvalue,
-                "private": row.info["private"],
-                "datasets": row.datasets,
-                # Evaluated with WEIGHBRIDGE_SANDBOX=unsafe-no-isolation: its code could have
-                # read the hidden labels, so the row says so wherever it is shown.
-                "unsandboxed": row.model in unsandboxed,
-            }
+            row_json(
+                row,
+                tied=tied or (previous is not None and row.rank == previous.rank),
+                pvalue=pvalue,
+                unsandboxed=row.model in collected.unsandboxed,
+            )
         )
-        previous_ci, previous_rank = ci, row.rank
-    by_id = {m["model"]: m for m in models}
+        previous = row
+    by_id = {m["model"]: m for m in collected.models}
     result["unranked"] = [
         {
             "model": by_id[sid]["name"],
@@ -258,9 +318,87 @@ async def read_leaderboard(
             "owner": by_id[sid]["owner"],
             "reason": reason,
         }
-        for sid, reason in {**board.unranked, **incomplete}.items()
+        for sid, reason in {**board.unranked, **collected.incomplete}.items()
     ]
     return result
+
+
+async def compute_entries(
+    session: AsyncSession, task: Task, *, storage: Storage | None
+) -> list[dict[str, Any]]:
+    """The rows of the stored board: every done submission (private ones too, the read filters
+    them per viewer) with its per-metric averages, per-dataset values, primary interval, and
+    the paired-bootstrap p-value against its neighbour above with the default weights.
+
+    Neighbours are those of the public board; a private row is compared with the public row
+    just above it, which is where its owner sees it unless they have several private rows.
+    """
+    config = task_config(task)
+    if not scoring_datasets(config):
+        return []
+    collected = await collect_models(session, task, config, everyone=True)
+    complete = [m for m in collected.models if m["model"] not in collected.incomplete]
+    weights = leaderboard_weights(config)
+    board = rank_collected(config, complete, weights=weights) if complete else None
+    rows = board.rows if board is not None else []
+    public = [m for m in complete if not m["private"]]
+    public_order = (
+        [r.model for r in rank_collected(config, public, weights=weights).rows] if public else []
+    )
+    compared: dict[str, str] = dict(
+        (this, above) for above, this in itertools.pairwise(public_order)
+    )
+    last_public: str | None = None
+    for row in rows:
+        if row.info["private"]:
+            if last_public is not None:
+                compared[row.model] = last_public
+        else:
+            last_public = row.model
+    pvalues: dict[tuple[str, str], float] = {}
+    if storage is not None and compared:
+        pvalues = await pair_pvalues(
+            session, storage, task, config, [(above, this) for this, above in compared.items()]
+        )
+    entries: list[dict[str, Any]] = []
+    for position, row in enumerate(rows):
+        above = compared.get(row.model)
+        pvalue = pvalues.get((above, row.model)) if above is not None else None
+        ci = row.primary_ci
+        entries.append(
+            {
+                "submission_id": row.model,
+                "position": position,
+                "ranked": True,
+                "reason": None,
+                "metrics": row.metrics,
+                "datasets": row.datasets,
+                "ci_low": ci[0] if ci is not None else None,
+                "ci_high": ci[1] if ci is not None else None,
+                "compared_with": above if pvalue is not None else None,
+                "pvalue": pvalue,
+                "unsandboxed": row.model in collected.unsandboxed,
+            }
+        )
+    left_out = {**(board.unranked if board is not None else {}), **collected.incomplete}
+    for position, model in enumerate(collected.models, start=len(entries)):
+        if model["model"] in left_out:
+            entries.append(
+                {
+                    "submission_id": model["model"],
+                    "position": position,
+                    "ranked": False,
+                    "reason": left_out[model["model"]][:512],
+                    "metrics": {},
+                    "datasets": {},
+                    "ci_low": None,
+                    "ci_high": None,
+                    "compared_with": None,
+                    "pvalue": None,
+                    "unsandboxed": model["model"] in collected.unsandboxed,
+                }
+            )
+    return entries
 
 
 async def _unsandboxed(session: AsyncSession, ids: list[str]) -> set[str]:
@@ -302,7 +440,20 @@ async def paired_pvalues(
     ranked: list[str],
 ) -> dict[str, float]:
     """For each ranked submission, the paired-bootstrap p-value of its primary metric against
-    the row above, on the examples of every scoring dataset together (aligned by uid).
+    the row above (see `pair_pvalues`)."""
+    found = await pair_pvalues(session, storage, task, config, list(itertools.pairwise(ranked)))
+    return {this: pvalue for (_, this), pvalue in found.items()}
+
+
+async def pair_pvalues(
+    session: AsyncSession,
+    storage: Storage,
+    task: Task,
+    config: TaskConfig,
+    pairs: list[tuple[str, str]],
+) -> dict[tuple[str, str], float]:
+    """For each (above, this) pair, the paired-bootstrap p-value of the primary metric, on the
+    examples of every scoring dataset together (aligned by uid).
 
     A pair without stored predictions for every scoring dataset gets no p-value.
     """
@@ -335,7 +486,7 @@ async def paired_pvalues(
             references.append(example.get(config.label_field))
 
     predictions: dict[str, list[Any]] = {}
-    for sid in ranked:
+    for sid in dict.fromkeys(s for pair in pairs for s in pair):
         answers: dict[tuple[str, Any], Any] = {}
         for name in datasets:
             lines = await _jsonl(storage, f"submissions/{sid}/results/{name}/predictions.jsonl")
@@ -345,15 +496,11 @@ async def paired_pvalues(
             predictions[sid] = [answers[key] for key in uids]
 
     primary = config.primary_metric
-    pairs = [
-        (above, this)
-        for above, this in itertools.pairwise(ranked)
-        if above in predictions and this in predictions
-    ]
+    known = [pair for pair in pairs if pair[0] in predictions and pair[1] in predictions]
 
-    def compute() -> dict[str, float]:
+    def compute() -> dict[tuple[str, str], float]:
         return {
-            this: paired_bootstrap_pvalue(
+            (above, this): paired_bootstrap_pvalue(
                 primary.name,
                 predictions[above],
                 predictions[this],
@@ -362,23 +509,8 @@ async def paired_pvalues(
                 seed=0,
                 **primary.options,
             )
-            for above, this in pairs
+            for above, this in known
         }
 
     # CPU work: off the event loop.
     return await asyncio.to_thread(compute)
-
-
-async def rank_of(
-    session: AsyncSession,
-    task: Task | str,
-    submission_id: str,
-    *,
-    viewer: User | None = None,
-) -> tuple[int, int] | None:
-    """(rank, number of ranked models) of a submission as `viewer` sees the board, or None."""
-    board = await read_leaderboard(session, task, viewer=viewer)
-    for row in board["rows"]:
-        if row["submission_id"] == submission_id:
-            return row["rank"], len(board["rows"])
-    return None

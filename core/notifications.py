@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates" / "email"
 LOG_TAIL_LINES = 40
 LOG_TAIL_BYTES = 64 * 1024
+# How long a done email waits for the stored board to rank it before it goes out saying
+# "rank pending" (the board is rebuilt within a second or two of the commit).
+RANK_WAIT_SECONDS = 30.0
 EMAIL_STATUSES = (Status.DONE.value, Status.FAILED.value)
 
 
@@ -182,7 +185,7 @@ def failure_advice(
 async def _done_context(
     session: AsyncSession, submission: Submission, task: Task | None, owner: User
 ) -> dict[str, Any]:
-    from core.leaderboard import rank_of
+    from core.boards import board_place
     from core.submissions import list_scores
 
     scores = await list_scores(session, submission.id)
@@ -224,15 +227,18 @@ async def _done_context(
         )
     rank = None
     ranked_reason = None
+    rank_pending = False
     if task is not None:
-        rank = await rank_of(session, task, submission.id, viewer=owner)
-        if rank is None:
-            ranked_reason = "it has no scores on every hidden dataset of the task"
+        # The stored board, rebuilt after this submission's transaction commits: until then
+        # the email says the rank is pending (and waits a little for it, see RANK_WAIT_SECONDS).
+        place = await board_place(session, task, submission.id, viewer=owner)
+        rank, ranked_reason, rank_pending = place.rank, place.reason, place.pending
     confidence = f"{round(config.eval.confidence * 100)}%" if config else "95%"
     return {
         "datasets": datasets,
         "rank": rank,
         "ranked_reason": ranked_reason,
+        "rank_pending": rank_pending,
         "confidence": confidence,
     }
 
@@ -242,7 +248,9 @@ async def queue_submission_email(
 ) -> Notification:
     """Queue the owner's email about a done or failed submission (in the caller's transaction).
 
-    One row per (submission, status): calling it again returns the row already queued.
+    One row per (submission, status): calling it again returns the row already queued. A done
+    email whose rank is pending (the board is rebuilt after this transaction) is held for up
+    to RANK_WAIT_SECONDS; the rebuild renders it again with the rank and releases it.
     """
     status = submission.status
     if status not in EMAIL_STATUSES:
@@ -254,6 +262,69 @@ async def queue_submission_email(
     if existing is not None:
         return existing
 
+    owner, subject, text, html, pending = await _render_submission_email(
+        session, storage, submission, settings=settings
+    )
+    notification = Notification(
+        message_id=message_id,
+        submission_id=submission.id,
+        user_id=owner.id,
+        to_address=owner.email,
+        subject=subject[:255],
+        body_text=text,
+        body_html=html,
+        status="pending",
+        available_at=time.time() + RANK_WAIT_SECONDS if pending else 0.0,
+    )
+    session.add(notification)
+    await session.flush()
+    return notification
+
+
+async def refresh_rank_pending_emails(session: AsyncSession, services: Services, task: Task) -> int:
+    """Render again the task's done emails not yet picked up by a mailer, now that its board is
+    stored, and release them; returns how many were refreshed (the caller's transaction)."""
+    table = table_of(Notification)
+    waiting = (
+        await session.execute(
+            sa.select(table.c.id, table.c.message_id, col(Submission.id))
+            .join(Submission, col(Submission.id) == table.c.submission_id)
+            .where(
+                col(Submission.task_id) == task.id,
+                col(Submission.status) == Status.DONE.value,
+                table.c.status == "pending",
+                table.c.attempts == 0,
+                table.c.available_at > 0,
+            )
+        )
+    ).all()
+    refreshed = 0
+    for row_id, message_id, submission_id in waiting:
+        if message_id != notification_message_id(submission_id, Status.DONE.value):
+            continue
+        submission = await session.get(Submission, submission_id)
+        if submission is None:
+            continue
+        _, subject, text, html, pending = await _render_submission_email(
+            session, services.storage, submission, settings=services.settings
+        )
+        if pending:
+            continue
+        # Only while no mailer holds it (attempts 0): a claimed row is sent as it was.
+        result = await session.execute(
+            sa.update(table)
+            .where(table.c.id == row_id, table.c.status == "pending", table.c.attempts == 0)
+            .values(subject=subject[:255], body_text=text, body_html=html, available_at=0.0)
+        )
+        refreshed += cast(CursorResult[Any], result).rowcount
+    return refreshed
+
+
+async def _render_submission_email(
+    session: AsyncSession, storage: Storage, submission: Submission, *, settings: Settings
+) -> tuple[User, str, str, str, bool]:
+    """(owner, subject, text, html, rank pending) of the email about the submission's status."""
+    status = submission.status
     owner = await session.get(User, submission.user_id)
     if owner is None:
         raise ValueError(f"submission {submission.id} has no owner to email")
@@ -298,20 +369,7 @@ async def queue_submission_email(
         subject = f"[Weighbridge] {submission.name} on {context['task_name']} failed at {stage}"
     context["subject"] = subject
     text, html = render_email(status, context)
-    notification = Notification(
-        message_id=message_id,
-        submission_id=submission.id,
-        user_id=owner.id,
-        to_address=owner.email,
-        subject=subject[:255],
-        body_text=text,
-        body_html=html,
-        status="pending",
-        available_at=0.0,
-    )
-    session.add(notification)
-    await session.flush()
-    return notification
+    return owner, subject, text, html, bool(context.get("rank_pending"))
 
 
 # ---------------------------------------------------------------------------------------------

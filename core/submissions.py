@@ -301,8 +301,13 @@ async def purge_submission(
             sa.select(col(Submission.id)).where(col(Submission.parent_id) == submission.id)
         ),
     ]
-    for table in (Score, Run, Event, Notification):
+    from core.boards import mark_leaderboard_stale
+    from core.models import LeaderboardEntry
+
+    for table in (Score, Run, Event, Notification, LeaderboardEntry):
         await session.execute(sa.delete(table).where(col(table.submission_id).in_(family)))
+    if submission.task_id is not None:
+        await mark_leaderboard_stale(session, submission.task_id)
     await session.execute(sa.delete(Submission).where(col(Submission.id).in_(family)))
     files = 0
     for sid in family:

@@ -30,7 +30,16 @@ async def sync_tasks(session: AsyncSession, configs: dict[str, TaskConfig]) -> l
             task.config_sha256 = digest
             task.eval_server_id = config.eval.eval_server_id
             task.updated_at = utcnow()
+            changed = True
+        else:
+            changed = False
         await session.flush()
+        if changed:
+            # Weights, metrics or datasets may have moved: the stored board is rebuilt.
+            from core.boards import mark_leaderboard_stale
+
+            assert task.id is not None
+            await mark_leaderboard_stale(session, task.id)
         existing = {
             d.name: d
             for d in (

@@ -663,6 +663,11 @@ class Evaluation:
                 payload=receipt,
                 parent=self.envelope,
             )
+            if submission.task_id is not None:
+                # The board is rebuilt after this commits (core.boards), not in here.
+                from core.boards import mark_leaderboard_stale
+
+                await mark_leaderboard_stale(session, submission.task_id)
             await queue_email(session, self.services, submission)
 
     async def note_cancelled(self, dataset: str | None) -> None:

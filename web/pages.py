@@ -10,9 +10,10 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from core import submissions as subs
+from core.boards import read_leaderboard
 from core.context import services_of
 from core.errors import WeighbridgeError
-from core.leaderboard import parse_weights, read_leaderboard
+from core.leaderboard import parse_weights
 from core.models import Task, User
 from core.tasks import describe_task, get_task, list_datasets, list_tasks
 from web.markdown import render_markdown
@@ -84,20 +85,16 @@ async def index(request: Request) -> HTMLResponse:
 @router.get("/tasks/{slug}", response_class=HTMLResponse)
 async def task_page(slug: str, request: Request, weights: str | None = None) -> HTMLResponse:
     error = None
-    storage = services_of(request).storage
     async with services_of(request).db.session() as session:
         task = await get_task(session, slug)
         info = describe_task(task, await list_datasets(session, task))
         try:
             board = await read_leaderboard(
-                session,
-                task,
-                weights=parse_weights(weights) if weights else None,
-                storage=storage,
+                session, task, weights=parse_weights(weights) if weights else None
             )
         except WeighbridgeError as exc:
             error = exc.message
-            board = await read_leaderboard(session, task, storage=storage)
+            board = await read_leaderboard(session, task)
     return templates.TemplateResponse(
         request,
         "task.html",

@@ -26,16 +26,13 @@ async def read_task(slug: str, request: Request) -> dict:
 
 @router.get("/{slug}/leaderboard")
 async def read_task_leaderboard(slug: str, request: Request, weights: str | None = None) -> dict:
-    from core.leaderboard import parse_weights, read_leaderboard
+    from core.boards import read_leaderboard
+    from core.leaderboard import parse_weights
 
     services = services_of(request)
     async with services.db.session() as session:
         viewer = await optional_user(session, request)
         task = await get_task(session, slug)
         return await read_leaderboard(
-            session,
-            task,
-            weights=parse_weights(weights) if weights else None,
-            viewer=viewer,
-            storage=services.storage,
+            session, task, weights=parse_weights(weights) if weights else None, viewer=viewer
         )

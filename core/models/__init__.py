@@ -1,6 +1,7 @@
 """Every table, imported in one place so metadata and migrations see them all."""
 
 from core.models.base import SQLModel, new_id, table_of, utcnow
+from core.models.leaderboards import Leaderboard, LeaderboardEntry
 from core.models.notifications import Notification
 from core.models.queue import QueueMessage
 from core.models.submissions import Event, Run, Score, Submission
@@ -11,6 +12,8 @@ __all__ = [
     "ApiToken",
     "Dataset",
     "Event",
+    "Leaderboard",
+    "LeaderboardEntry",
     "Notification",
     "QueueMessage",
     "Run",

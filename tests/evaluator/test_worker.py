@@ -162,7 +162,7 @@ async def test_a_model_is_evaluated_scored_and_receipted(
 async def test_without_the_sandbox_the_receipt_and_the_leaderboard_say_so(
     services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from core.leaderboard import read_leaderboard
+    from core.boards import read_leaderboard, rebuild_stale_leaderboards
     from sandbox import jail
 
     monkeypatch.setattr(services.settings, "sandbox", jail.UNSAFE)
@@ -178,6 +178,12 @@ async def test_without_the_sandbox_the_receipt_and_the_leaderboard_say_so(
     assert receipt["sandbox"]["tool"] == "none" and "UNSAFE" in receipt["sandbox"]["warning"]
     async with services.db.session() as session:
         board = await read_leaderboard(session, "toy")
+    # Done marks the stored board stale; the rebuild (not the evaluator) ranks it.
+    assert board["rows"] == [] and board["board"]["stale"] is True
+    assert await rebuild_stale_leaderboards(services) >= 1
+    async with services.db.session() as session:
+        board = await read_leaderboard(session, "toy")
+    assert board["board"]["stale"] is False and board["board"]["version"] >= 1
     assert [row["unsandboxed"] for row in board["rows"]] == [True]
 
 

@@ -1,4 +1,8 @@
-"""The leaderboard ranks done submissions by Dynascore over every hidden scoring dataset."""
+"""The leaderboard ranks done submissions by Dynascore over every hidden scoring dataset.
+
+The board is stored (core.boards) and rebuilt when it changes; these tests rebuild it where the
+service's background loop would, then read the stored rows.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from core.boards import rank_of, read_leaderboard, rebuild_leaderboard
 from core.context import Services, start_services
 from core.db import Database
 from core.errors import WeighbridgeError
-from core.leaderboard import rank_of, read_leaderboard
+from core.tasks import get_task
 from tests.conftest import ROOT, make_settings
 from tests.notifications.conftest import make_owner, make_scored_submission, task_row
 
@@ -24,6 +29,13 @@ async def digits_services(
     services = await start_services(settings, migrate=False)
     yield services
     await services.close()
+
+
+async def rebuild(services: Services, slug: str = "digits", *, storage: bool = False) -> None:
+    """What the background loop does after a change: rebuild the task's stored board."""
+    async with services.db.session() as session:
+        task = await get_task(session, slug)
+        await rebuild_leaderboard(session, task, storage=services.storage if storage else None)
 
 
 def scores(acc: float, f1: float, *, noisy: bool = True, ci: float = 0.02) -> dict:
@@ -58,6 +70,7 @@ async def populate(services: Services) -> dict:
                 session, ada, task, scores(1.0, 1.0), name="running", status="evaluating"
             ),
         }
+    await rebuild(services)
     return {"ada": ada, "bob": bob, **made}
 
 
@@ -111,12 +124,14 @@ async def test_weights_override_changes_the_order(digits_services: Services) -> 
         # Higher accuracy but lower macro F1 than "balanced".
         await make_scored_submission(session, ada, task, scores(0.95, 0.80), name="accurate")
         await make_scored_submission(session, ada, task, scores(0.94, 0.93), name="balanced")
-        default = await read_leaderboard(session, task)
-        f1_only = await read_leaderboard(session, task, weights={"accuracy": 0, "macro_f1": 1})
+    await rebuild(digits_services)
+    async with digits_services.db.session() as session:
+        default = await read_leaderboard(session, "digits")
+        f1_only = await read_leaderboard(session, "digits", weights={"accuracy": 0, "macro_f1": 1})
         with pytest.raises(WeighbridgeError, match="not a metric"):
-            await read_leaderboard(session, task, weights={"bleu": 1})
+            await read_leaderboard(session, "digits", weights={"bleu": 1})
         with pytest.raises(WeighbridgeError, match="non-negative"):
-            await read_leaderboard(session, task, weights={"accuracy": -1})
+            await read_leaderboard(session, "digits", weights={"accuracy": -1})
     assert [r["model"] for r in default["rows"]] == ["accurate", "balanced"]
     assert [r["model"] for r in f1_only["rows"]] == ["balanced", "accurate"]
     # The override replaces the named weights; robustness keeps its default.
@@ -130,6 +145,8 @@ async def test_overlapping_intervals_are_marked_tied(digits_services: Services) 
         await make_scored_submission(session, ada, task, scores(0.95, 0.95), name="a")
         await make_scored_submission(session, ada, task, scores(0.949, 0.949), name="b")
         await make_scored_submission(session, ada, task, scores(0.80, 0.80), name="c")
+    await rebuild(digits_services)
+    async with digits_services.db.session() as session:
         board = await read_leaderboard(session, "digits")
     assert [(r["model"], r["tied"]) for r in board["rows"]] == [
         ("a", False),
@@ -182,8 +199,9 @@ async def test_ties_come_from_a_paired_bootstrap_on_stored_predictions(
                 lines.append(json.dumps({"uid": example["uid"], "outputs": {"label": label}}))
             key = f"submissions/{submission.id}/results/{dataset}/predictions.jsonl"
             await services.storage.write_bytes(key, "\n".join(lines).encode())
+    await rebuild(services, storage=True)
     async with services.db.session() as session:
-        board = await read_leaderboard(session, "digits", storage=services.storage)
+        board = await read_leaderboard(session, "digits")
     got = {r["model"]: (r["tied"], r["pvalue"]) for r in board["rows"]}
     assert got["a"] == (False, None)
     assert got["b"][0] is True and got["b"][1] > 0.05

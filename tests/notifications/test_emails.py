@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from core.boards import rebuild_leaderboard
 from core.context import Services
 from core.models import Notification, Submission
 from core.notifications import notification_message_id, queue_submission_email, render_email
@@ -34,6 +35,8 @@ async def test_done_email_has_scores_ci_rank_and_link(services: Services) -> Non
             },
             name="parity <net>",
         )
+        # The rank comes from the stored board, rebuilt (here by hand) after the scores.
+        await rebuild_leaderboard(session, task, storage=None)
         note = await queue_submission_email(
             session, services.storage, submission, settings=services.settings
         )
@@ -152,3 +155,35 @@ def test_templates_render_without_a_database() -> None:
         },
     )
     assert "failed at the build stage" in text and "<html" in html
+
+
+async def test_the_done_email_waits_for_the_stored_board_and_then_says_the_rank(
+    services: Services,
+) -> None:
+    from core.boards import mark_leaderboard_stale, rebuild_stale_leaderboards
+
+    async with services.db.session() as session:
+        owner = await make_owner(session)
+        task = await task_row(session, "toy")
+        submission = await make_scored_submission(
+            session, owner, task, {"test": {"accuracy": 0.9, "macro_f1": 0.88}}
+        )
+        # As the evaluator's final transaction does: mark the board, queue the email.
+        assert task.id is not None
+        await mark_leaderboard_stale(session, task.id)
+        note = await queue_submission_email(
+            session, services.storage, submission, settings=services.settings
+        )
+    # Not on the stored board yet: the email does not guess, and it waits for the rebuild.
+    assert "rank pending" in note.body_text and "not ranked" not in note.body_text
+    assert "rank" not in note.subject and note.available_at > 0
+
+    assert await rebuild_stale_leaderboards(services) >= 1
+    async with services.db.session() as session:
+        note = await session.scalar(
+            sa.select(Notification).where(Notification.submission_id == submission.id)
+        )
+    assert note is not None
+    assert "rank 1 of 1" in note.subject and "rank 1 of 1" in note.body_text
+    assert "rank 1 of 1" in note.body_html and "pending" not in note.body_text
+    assert note.available_at == 0.0

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
+from core.boards import rebuild_leaderboard
 from core.context import Services
 from core.errors import WeighbridgeError
 from core.mailers import FileMailer, SmtpMailer, mailer_from_url
@@ -61,14 +62,19 @@ async def queue_emails(services: Services, count: int = 1) -> list[Notification]
     async with services.db.session() as session:
         owner = await make_owner(session)
         task = await task_row(session, "toy")
-        for i in range(count):
-            submission = await make_scored_submission(
+        submissions = [
+            await make_scored_submission(
                 session,
                 owner,
                 task,
                 {"test": {"accuracy": 0.5 + i / 100, "macro_f1": 0.5}},
                 name=f"model-{i}",
             )
+            for i in range(count)
+        ]
+        # Ranked on the stored board, so no email waits for its rank (core.notifications).
+        await rebuild_leaderboard(session, task, storage=None)
+        for submission in submissions:
             notes.append(
                 await queue_submission_email(
                     session, services.storage, submission, settings=services.settings

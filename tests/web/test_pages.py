@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from core.accounts import create_user
+from core.boards import rebuild_leaderboard
 from core.db import Database
 from core.models import Score, Submission, Task
 from tests.conftest import FIXTURES, free_port
@@ -90,6 +91,8 @@ async def _seed(url: str) -> str:
                         ci_high=value + 0.03,
                     )
                 )
+        # What the background loop of `up` / `serve scheduler` does after a change.
+        await rebuild_leaderboard(session, await session.get(Task, task.id), storage=None)
     await db.dispose()
     return token
 

@@ -1,0 +1,326 @@
+"""Stored leaderboards: marked stale where a board changes, rebuilt in the background, read by
+one query.
+
+A change that moves a board (a submission done or purged, a task config changed) calls
+`mark_leaderboard_stale` in its own transaction: one UPDATE raising the board's `requested`
+counter, so the request commits or rolls back with the change. `run_leaderboards` (a worker
+loop of `weighbridge up` and `serve scheduler`) rebuilds every board whose `requested` is past
+its `built` with `rebuild_leaderboard`: the scores, predictions and paired bootstraps of
+core/leaderboard.py, once per change, never inside the evaluator's transaction. Reads
+(`read_leaderboard`: the API, the web page, the CLI, the email's rank) use the stored rows only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from core.errors import WeighbridgeError
+from core.leaderboard import (
+    compute_entries,
+    leaderboard_weights,
+    row_json,
+    scoring_datasets,
+    tied_with_above,
+    visible_to,
+)
+from core.models import Leaderboard as LeaderboardHeader
+from core.models import LeaderboardEntry, Submission, Task, User, table_of, utcnow
+from core.storage import Storage
+from core.tasks import get_task, task_config
+
+if TYPE_CHECKING:
+    from core.context import Services
+    from metrics.leaderboard import LeaderboardRow
+
+log = logging.getLogger(__name__)
+
+
+async def mark_leaderboard_stale(session: AsyncSession, task_id: int) -> None:
+    """Ask for the task's board to be rebuilt, in the caller's transaction."""
+    header = table_of(LeaderboardHeader)
+    raise_request = (
+        sa.update(header)
+        .where(header.c.task_id == task_id)
+        .values(requested=header.c.requested + 1)
+    )
+    result = cast(CursorResult[Any], await session.execute(raise_request))
+    if result.rowcount:
+        return
+    try:
+        async with session.begin_nested():
+            session.add(LeaderboardHeader(task_id=task_id, requested=1))
+    except IntegrityError:
+        # Another transaction made the header first: raise its counter instead.
+        await session.execute(raise_request)
+
+
+async def rebuild_leaderboard(
+    session: AsyncSession, task: Task, *, storage: Storage | None
+) -> LeaderboardHeader:
+    """Recompute the task's board and replace its stored rows (the caller commits).
+
+    Idempotent: rebuilding twice stores the same rows under a new version. A request that
+    arrives while this runs leaves `requested` past `built`, so the board is rebuilt again.
+    """
+    assert task.id is not None
+    header = await session.get(LeaderboardHeader, task.id, with_for_update=True)
+    if header is None:
+        header = LeaderboardHeader(task_id=task.id)
+        session.add(header)
+        await session.flush()
+    requested = header.requested
+    entries = await compute_entries(session, task, storage=storage)
+    table = table_of(LeaderboardEntry)
+    await session.execute(sa.delete(table).where(table.c.task_id == task.id))
+    if entries:
+        await session.execute(sa.insert(table), [{"task_id": task.id, **e} for e in entries])
+    header.version += 1
+    header.built = requested
+    header.config_sha256 = task.config_sha256
+    header.updated_at = utcnow()
+    session.add(header)
+    await session.flush()
+    return header
+
+
+async def stale_tasks(session: AsyncSession) -> list[Task]:
+    """Tasks whose board was asked for again, never built, or built from another config."""
+    header = table_of(LeaderboardHeader).c
+    return list(
+        await session.scalars(
+            sa.select(Task)
+            .outerjoin(table_of(LeaderboardHeader), header.task_id == col(Task.id))
+            .where(
+                sa.or_(
+                    header.task_id.is_(None),
+                    header.requested > header.built,
+                    header.config_sha256 != col(Task.config_sha256),
+                )
+            )
+            .order_by(col(Task.id))
+        )
+    )
+
+
+async def rebuild_stale_leaderboards(services: Services) -> int:
+    """Rebuild every stale board, each in its own transaction, then refresh the done emails
+    that were waiting for their rank; returns how many boards were rebuilt."""
+    from core.notifications import refresh_rank_pending_emails
+
+    async with services.db.session() as session:
+        tasks = await stale_tasks(session)
+    for task in tasks:
+        async with services.db.session() as session:
+            fresh = await session.get(Task, task.id)
+            if fresh is None:
+                continue
+            await rebuild_leaderboard(session, fresh, storage=services.storage)
+        async with services.db.session() as session:
+            fresh = await session.get(Task, task.id)
+            if fresh is not None:
+                await refresh_rank_pending_emails(session, services, fresh)
+    return len(tasks)
+
+
+async def run_leaderboards(
+    services: Services, stop: asyncio.Event, *, poll_seconds: float = 0.5
+) -> None:
+    """Rebuild stale boards until `stop` is set; an error is logged and the loop goes on."""
+    while not stop.is_set():
+        try:
+            await rebuild_stale_leaderboards(services)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("rebuilding the leaderboards failed; retrying")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
+
+
+def _entry_columns() -> list[Any]:
+    entries = table_of(LeaderboardEntry).c
+    return [
+        entries.submission_id,
+        entries.ranked,
+        entries.reason,
+        entries.metrics,
+        entries.datasets,
+        entries.ci_low,
+        entries.ci_high,
+        entries.compared_with,
+        entries.pvalue,
+        entries.unsandboxed,
+    ]
+
+
+async def read_leaderboard(
+    session: AsyncSession,
+    task: Task | str,
+    *,
+    weights: dict[str, float] | None = None,
+    viewer: User | None = None,
+) -> dict[str, Any]:
+    """The stored board as `viewer` sees it, in one query; see docs/api.md for the JSON.
+
+    `{"task", "primary_metric", "weights", "rows": [{rank, model, submission_id, owner, score,
+    metrics, ci, tied, pvalue, private, datasets, unsandboxed}], "unranked", "board", "ties"}`.
+    Dynascore (and so the order) is computed here from the stored per-metric averages with the
+    task's weights overridden by `weights`. A row's tie comes from the stored paired bootstrap
+    when the row above it here is the one it was compared with (default weights, public board),
+    else from overlapping intervals; `ties` counts each. `board` says which version is shown and
+    whether a rebuild is pending (`stale`), or `built: false` before the first one.
+    """
+    if isinstance(task, str):
+        task = await get_task(session, task)
+    config = task_config(task)
+    metric_weights = leaderboard_weights(config, weights)
+    header = table_of(LeaderboardHeader).c
+    entries = table_of(LeaderboardEntry)
+    shown = sa.join(entries, Submission, entries.c.submission_id == col(Submission.id)).join(
+        User, col(User.id) == col(Submission.user_id)
+    )
+    # One statement: the header, outer-joined to the rows this viewer may see.
+    rows = (
+        await session.execute(
+            sa.select(
+                header.version,
+                header.updated_at,
+                header.requested,
+                header.built,
+                header.config_sha256,
+                *_entry_columns(),
+                col(Submission.name),
+                col(Submission.private),
+                col(User.name).label("owner"),
+            )
+            .select_from(
+                sa.outerjoin(
+                    table_of(LeaderboardHeader),
+                    shown,
+                    sa.and_(entries.c.task_id == header.task_id, visible_to(task, viewer)),
+                )
+            )
+            .where(header.task_id == task.id)
+            .order_by(entries.c.position)
+        )
+    ).all()
+    first = rows[0] if rows else None
+    result: dict[str, Any] = {
+        "task": task.slug,
+        "primary_metric": config.primary_metric.name,
+        "weights": metric_weights,
+        "rows": [],
+        "unranked": [],
+        "board": {
+            "built": bool(first is not None and first.updated_at is not None),
+            "version": first.version if first is not None else 0,
+            "updated_at": first.updated_at.isoformat() if first and first.updated_at else None,
+            "stale": first is None
+            or first.requested > first.built
+            or first.config_sha256 != task.config_sha256,
+        },
+        "ties": {"weights": "default", "paired_bootstrap": 0, "interval_overlap": 0},
+    }
+    found = [r for r in rows if r.submission_id is not None]
+    result["unranked"] = [
+        {"model": r.name, "submission_id": r.submission_id, "owner": r.owner, "reason": r.reason}
+        for r in found
+        if not r.ranked
+    ]
+    ranked = {r.submission_id: r for r in found if r.ranked}
+    if not ranked or not scoring_datasets(config):
+        return result
+    from metrics.errors import MetricError
+    from metrics.leaderboard import rank_models
+
+    try:
+        board = rank_models(
+            [
+                {
+                    # One pseudo-dataset holding the stored averages: the dataset weights were
+                    # applied when the board was built.
+                    "model": sid,
+                    "scores": {"": r.metrics},
+                    "primary_ci": (r.ci_low, r.ci_high) if r.ci_low is not None else None,
+                    "name": r.name,
+                    "owner": r.owner,
+                    "private": r.private,
+                }
+                for sid, r in ranked.items()
+            ],
+            metrics=[{"name": m.name, "offset": m.offset} for m in config.metrics],
+            datasets={"": 1.0},
+            weights=metric_weights,
+            primary=config.primary_metric.name,
+        )
+    except MetricError as exc:
+        raise WeighbridgeError(str(exc), field="weights") from None
+    previous: LeaderboardRow | None = None
+    for row in board.rows:
+        stored = ranked[row.model]
+        paired = previous is not None and stored.compared_with == previous.model
+        pvalue = stored.pvalue if paired else None
+        if previous is not None:
+            result["ties"]["paired_bootstrap" if paired else "interval_overlap"] += 1
+        tied = tied_with_above(row.primary_ci, previous.primary_ci if previous else None, pvalue)
+        result["rows"].append(
+            row_json(
+                replace(row, datasets=stored.datasets),
+                tied=tied or (previous is not None and row.rank == previous.rank),
+                pvalue=pvalue,
+                unsandboxed=bool(stored.unsandboxed),
+            )
+        )
+        previous = row
+    return result
+
+
+async def rank_of(
+    session: AsyncSession,
+    task: Task | str,
+    submission_id: str,
+    *,
+    viewer: User | None = None,
+) -> tuple[int, int] | None:
+    """(rank, number of ranked models) of a submission on the stored board as `viewer` sees
+    it, or None when it is not ranked there (yet: see `board_place`)."""
+    place = await board_place(session, task, submission_id, viewer=viewer)
+    return place.rank
+
+
+@dataclass(frozen=True)
+class BoardPlace:
+    """Where a submission stands on the stored board: ranked (rank, of), left out (reason),
+    or pending (the board has not been rebuilt since it finished)."""
+
+    rank: tuple[int, int] | None = None
+    reason: str | None = None
+    pending: bool = False
+
+
+async def board_place(
+    session: AsyncSession,
+    task: Task | str,
+    submission_id: str,
+    *,
+    viewer: User | None = None,
+) -> BoardPlace:
+    """The submission's place on the stored board as `viewer` sees it."""
+    board = await read_leaderboard(session, task, viewer=viewer)
+    for row in board["rows"]:
+        if row["submission_id"] == submission_id:
+            return BoardPlace(rank=(row["rank"], len(board["rows"])))
+    for row in board["unranked"]:
+        if row["submission_id"] == submission_id:
+            return BoardPlace(reason=row["reason"])
+    return BoardPlace(pending=True)
