@@ -52,8 +52,9 @@ class LeaderboardEntry(SQLModel, table=True):
     reason: str | None = Field(default=None, max_length=512)
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=json_column())
     datasets: dict[str, Any] = Field(default_factory=dict, sa_column=json_column())
-    ci_low: float | None = None
-    ci_high: float | None = None
+    # Double, not Float: MySQL's FLOAT is single precision.
+    ci_low: float | None = Field(default=None, sa_column=sa.Column(sa.Double(), nullable=True))
+    ci_high: float | None = Field(default=None, sa_column=sa.Column(sa.Double(), nullable=True))
     compared_with: str | None = Field(default=None, max_length=32)
-    pvalue: float | None = None
+    pvalue: float | None = Field(default=None, sa_column=sa.Column(sa.Double(), nullable=True))
     unsandboxed: bool = False

@@ -47,10 +47,10 @@ def upgrade() -> None:
         sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(length=512), nullable=True),
         sa.Column("metrics", sa.JSON(), nullable=False),
         sa.Column("datasets", sa.JSON(), nullable=False),
-        sa.Column("ci_low", sa.Float(), nullable=True),
-        sa.Column("ci_high", sa.Float(), nullable=True),
+        sa.Column("ci_low", sa.Double(), nullable=True),
+        sa.Column("ci_high", sa.Double(), nullable=True),
         sa.Column("compared_with", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
-        sa.Column("pvalue", sa.Float(), nullable=True),
+        sa.Column("pvalue", sa.Double(), nullable=True),
         sa.Column("unsandboxed", sa.Boolean(), nullable=False),
         sa.ForeignKeyConstraint(
             ["submission_id"],
