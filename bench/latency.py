@@ -72,8 +72,9 @@ def initialize(context):
 
 
 def handle(data, context):
-    if model is None:
+    if data is None:  # TorchServe's load-time call: it never calls initialize itself
         initialize(context)
+        return None
     xs = torch.tensor([[float(item["body"]["x"] % 2)] for item in data])
     with torch.no_grad():
         labels = model(xs).argmax(dim=1).tolist()

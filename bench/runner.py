@@ -82,7 +82,8 @@ def initialize(context):
 
 
 def handle(data, context):
-    if data is None:
+    if data is None:  # TorchServe's load-time call: it never calls initialize itself
+        initialize(context)
         return None
     pixels = torch.tensor([item["body"]["pixels"] for item in data], dtype=torch.float32)
     with torch.inference_mode():

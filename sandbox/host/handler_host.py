@@ -27,6 +27,7 @@ the standard library.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -219,6 +220,10 @@ class Host:
         message = f"{type(exc).__name__}: {exc}".strip()
         if isinstance(exc, SyntaxError) and exc.msg:
             message = f"{type(exc).__name__}: {exc.msg}"  # its place is in "where"
+        hint = getattr(exc, "weighbridge_hint", "")
+        if hint and isinstance(hint, str):
+            message = f"{message.splitlines()[0] if message else type(exc).__name__} ({hint})"
+            log(f"note: {hint}")
         if isinstance(exc, MemoryError) or any(m in str(exc).lower() for m in MEMORY_MARKERS):
             kind = "memory"
         return {
@@ -342,6 +347,7 @@ def package_versions() -> dict:
 
 
 def _classes_of(module) -> list[type]:
+    """The classes the module defines itself (TorchServe's list_classes_from_module)."""
     return [
         cls
         for _, cls in inspect.getmembers(module, inspect.isclass)
@@ -349,17 +355,21 @@ def _classes_of(module) -> list[type]:
     ]
 
 
-def load_handler(spec: str, model_dir: str, context: Context):
-    """TorchServe's loading rules: `file.py[:function]`, a module, or a built-in ts handler.
+UNCALLED_INITIALIZE = (
+    "{file} defines a module-level initialize(context), but TorchServe never calls it: it "
+    "initialises a module handler with {entry}(None, context) only, and that call did not "
+    "run initialize; call initialize(context) from {entry} when data is None"
+)
 
-    A function entry point is initialised the way TorchServe does it, with `handle(None,
-    context)`, unless the module defines its own `initialize(context)`; a class entry point is
-    the module's one class, instantiated and initialised with `initialize(context)`.
-    """
+
+def _import_handler(spec: str):
+    """The handler's module and function name, resolved as TorchServe's model_loader does:
+    `file.py[:function]` from the model folder (any folders in the name dropped), else one of
+    TorchServe's built-in handlers (ts.torch_handler.<name>) when `ts` is installed."""
     module_name, _, function_name = spec.partition(":")
     if module_name.endswith(".py"):
         module_name = module_name[:-3]
-    module_name = module_name.replace(os.sep, "/").split("/")[-1]
+    module_name = module_name.split("/")[-1]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -373,26 +383,103 @@ def load_handler(spec: str, model_dir: str, context: Context):
                 "one of TorchServe's built-in handlers",
                 name=module_name,
             ) from None
-    function_name = function_name or "handle"
-    entry = getattr(module, function_name, None)
-    if callable(entry) and not inspect.isclass(entry):
-        initialize = getattr(module, "initialize", None)
-        if callable(initialize) and not inspect.isclass(initialize):
-            initialize(context)
-        else:
+    return module, function_name or "handle"
+
+
+def load_handler(spec: str, model_dir: str, context: Context):
+    """Load and initialise the handler exactly as TorchServe 0.12 does (ts/model_loader.py).
+
+    When the module has an attribute named by the spec (`handle` by default), that is the
+    entry point and TorchServe initialises it with `entry(None, context)`, once; it never
+    calls a module-level `initialize(context)`, so neither do we. Otherwise the module must
+    define exactly one class (of any kind); it is instantiated with no arguments, must have
+    `handle`, and its `initialize(context)` is called. Returns the per-request callable,
+    `entry(data, context)`.
+    """
+    module, function_name = _import_handler(spec)
+    if hasattr(module, function_name):
+        entry = getattr(module, function_name)
+        watch = _InitializeWatch(module, entry)
+        try:
             entry(None, context)
+        except BaseException as exc:
+            hint = watch.finish()
+            if hint:
+                _attach_hint(exc, hint)
+            raise
+        hint = watch.finish()
+        if hint:
+            log(f"note: {hint}")
         return entry
-    classes = [c for c in _classes_of(module) if callable(getattr(c, "handle", None))]
+    classes = _classes_of(module)
     if len(classes) != 1:
-        found = ", ".join(c.__name__ for c in _classes_of(module)) or "none"
+        found = ", ".join(c.__name__ for c in classes) or "none"
         raise ValueError(
-            f"{spec}: expected a function {function_name!r} or exactly one handler class with "
-            f"a handle() method; found classes: {found}"
+            f"{spec}: TorchServe needs a function {function_name!r} or exactly one class in "
+            f"the handler module; found classes: {found}"
         )
     service = classes[0]()
-    if callable(getattr(service, "initialize", None)):
-        service.initialize(context)
-    return service.handle
+    if not hasattr(service, "handle"):
+        raise ValueError(f"{spec}: class {classes[0].__name__} has no handle method")
+    if not hasattr(service, "initialize"):
+        raise AttributeError(
+            f"{spec}: class {classes[0].__name__} has no initialize(context) method, which "
+            "TorchServe calls at load (subclass ts.torch_handler.base_handler.BaseHandler or "
+            "define it)"
+        )
+    entry, initialize = service.handle, service.initialize
+    initialize(context)
+    return entry
+
+
+class _InitializeWatch:
+    """Notes whether a module handler's own `initialize` ran during `handle(None, context)`,
+    to say why a handler that relied on the local runner calling it fails (as on TorchServe).
+    The module attribute is wrapped only for that call, then restored."""
+
+    def __init__(self, module, entry) -> None:
+        self.module = module
+        self.entry = entry
+        self.original = getattr(module, "initialize", None)
+        self.called = False
+        self.active = (
+            callable(self.original)
+            and not inspect.isclass(self.original)
+            and self.original is not entry
+        )
+        if self.active:
+            original = self.original
+
+            def initialize(*args, **kwargs):
+                self.called = True
+                return original(*args, **kwargs)
+
+            try:
+                initialize.__wrapped__ = original  # type: ignore[attr-defined]
+                initialize.__name__ = getattr(original, "__name__", "initialize")
+                initialize.__doc__ = getattr(original, "__doc__", None)
+                module.initialize = initialize
+            except Exception:
+                self.active = False
+
+    def finish(self) -> str:
+        """Restore the attribute; the hint when initialize was defined and never called."""
+        if not self.active:
+            return ""
+        self.active = False
+        if getattr(self.module, "initialize", None) is not self.original:
+            with contextlib.suppress(Exception):
+                self.module.initialize = self.original
+        if self.called:
+            return ""
+        file = os.path.basename(getattr(self.module, "__file__", None) or "handler.py")
+        entry = getattr(self.entry, "__name__", "handle")
+        return UNCALLED_INITIALIZE.format(file=file, entry=entry)
+
+
+def _attach_hint(exc: BaseException, hint: str) -> None:
+    with contextlib.suppress(Exception):
+        exc.weighbridge_hint = hint  # type: ignore[attr-defined]
 
 
 def main() -> int:

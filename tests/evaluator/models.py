@@ -82,6 +82,9 @@ def initialize(context):
 
 
 def handle(data, context):
+    if data is None:  # TorchServe's load-time call: it never calls initialize itself
+        initialize(context)
+        return None
     return [
         {
             "label": 0,

@@ -34,6 +34,9 @@ def initialize(context):
 
 
 def handle(data, context):
+    if data is None:  # TorchServe's load-time call: it never calls initialize itself
+        initialize(context)
+        return None
     time.sleep(0.02)
     if any(item["body"]["x"] > FAIL_ABOVE for item in data):
         raise ValueError("x is too large for this model")

@@ -101,6 +101,8 @@ async def test_slow_initialisation_hits_the_time_limit(tmp_path: Path) -> None:
         time.sleep(30)
 
     def handle(data, context):
+        if data is None:
+            initialize(context)
         return [{}]
     """
     error = await failure(make_sandbox(tmp_path, source, timeout=1.0))
