@@ -6,7 +6,10 @@ crashes, exits, allocates without end or attacks the machine at import time cann
 builder or see anything but its own files. With the builder's own interpreter the child is
 forked from the warm interpreter (`sandbox.zygote`: torch already imported) and confines
 itself the same way. The module must expose `handle(data, context)` or (TorchServe's rule)
-exactly one class of its own with a `handle` method, usually with `initialize(context)`.
+exactly one class of its own with `initialize(context)` and `handle(data, context)`.
+TorchServe initialises a module handler with `handle(None, context)` and never calls a
+module-level `initialize(context)`: a handler whose `handle` never reaches the `initialize` it
+defines fails the build (it would fail, or silently skip its set-up, on TorchServe).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class HandlerInfo:
     executable: str
     torch: str | None
     import_seconds: float
+    warnings: tuple[str, ...] = ()  # said in the build log; the build goes on
 
 
 def find_handler(bundle: Bundle) -> str:
@@ -190,14 +194,16 @@ def _check_in_sandbox(
         raise JobFailed(
             "build",
             f"{file} did not finish importing within {timeout:g} s; do slow work (loading "
-            "weights, downloads) in initialize(context), not at import time",
+            "weights, downloads) in initialize(context) (a module handler: in handle(None, "
+            "context)), not at import time",
             log_tail=run.tail,
         )
     if killed_for_memory:
         raise JobFailed(
             "build",
             f"importing {file} used more than {CHECK_LIMITS.memory_mb} MB of memory and was "
-            "stopped; load weights in initialize(context), not at import time",
+            "stopped; load weights in initialize(context) (a module handler: in handle(None, "
+            "context)), not at import time",
             log_tail=run.tail,
         )
     if result is None:
@@ -227,8 +233,11 @@ def _check_in_sandbox(
         executable=str(result.get("executable", python)),
         torch=result.get("torch") if isinstance(result.get("torch"), str) else None,
         import_seconds=_number(result.get("import_seconds"), seconds),
+        warnings=(f"{file} {result['warning']}",) if isinstance(result.get("warning"), str) else (),
     )
     log.write(f"handler entry point: {info.entry} (initialize: {info.initialize})\n")
+    for warning in info.warnings:
+        log.write(f"warning: {warning}\n")
     return info
 
 

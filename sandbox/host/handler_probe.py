@@ -57,21 +57,75 @@ def accepts_two(fn):
     return len(required) <= 2 <= len(positional)
 
 
-if function:
-    fn = getattr(module, function, None)
-    if not callable(fn):
-        result["problem"] = f"defines no function {function}() (named by the .mar's manifest)"
+def refers_to(fn, name: str):
+    """Whether `fn` can reach `name`: its code (nested functions included), or a function of
+    the model folder it names, transitively, names it (a call, an attribute, a getattr string).
+    None when `fn` has no Python code to read."""
+    fn = getattr(fn, "__func__", fn)
+    code = getattr(fn, "__code__", None)
+    if not inspect.iscode(code):
+        return None
+    todo = [(code, getattr(fn, "__globals__", {}))]
+    seen = set()
+    while todo and len(seen) < 5000:
+        code, names = todo.pop()
+        if code in seen:
+            continue
+        seen.add(code)
+        if name in code.co_names or name in code.co_freevars:
+            return True
+        for const in code.co_consts:
+            if const == name:
+                return True
+            if inspect.iscode(const):
+                todo.append((const, names))
+        for used in code.co_names:
+            target = names.get(used) if isinstance(names, dict) else None
+            target = getattr(target, "__func__", target)
+            if inspect.isfunction(target) and (
+                target.__globals__ is names or target.__code__.co_filename.startswith(model_dir)
+            ):
+                todo.append((target.__code__, target.__globals__))
+    return False
+
+
+NEVER_CALLED = (
+    "defines a module-level initialize(context) that TorchServe never calls: TorchServe "
+    "initialises a module handler by calling {entry}(None, context) once at load, and "
+    "{entry} never calls initialize. Call initialize(context) from {entry} when data is None "
+    "(as `weighbridge init`'s template does), or remove initialize"
+)
+
+# TorchServe's rules (ts/model_loader.py): the attribute named by the handler (`handle` unless
+# the manifest says handler.py:function) is the entry point if the module has it, called once
+# with (None, context) at load; otherwise the module's one class is instantiated with no
+# arguments, and its initialize(context) then handle(data, context) are called.
+entry_name = function or "handle"
+if hasattr(module, entry_name):
+    fn = getattr(module, entry_name)
+    if not callable(fn) or inspect.isclass(fn):
+        result["problem"] = (
+            f"has a module-level {entry_name} that is not a function; TorchServe calls "
+            f"{entry_name}(data, context)"
+        )
     elif not accepts_two(fn):
-        result["problem"] = f"{function}() must accept (data, context)"
+        result["problem"] = f"{entry_name}() must accept (data, context)"
     else:
-        result["entry"] = function
-        result["initialize"] = callable(getattr(module, "initialize", None))
-elif callable(getattr(module, "handle", None)) and not inspect.isclass(module.handle):
-    if accepts_two(module.handle):
-        result["entry"] = "handle"
-        result["initialize"] = callable(getattr(module, "initialize", None))
-    else:
-        result["problem"] = "handle() must accept (data, context)"
+        result["entry"] = entry_name
+        initialize = getattr(module, "initialize", None)
+        result["initialize"] = False
+        if callable(initialize) and not inspect.isclass(initialize) and initialize is not fn:
+            reached = refers_to(fn, "initialize")
+            if reached is False:
+                result["problem"] = NEVER_CALLED.format(entry=entry_name)
+            else:
+                result["initialize"] = True
+                if reached is None:
+                    result["warning"] = (
+                        "defines a module-level initialize(context); TorchServe never calls "
+                        f"it (only {entry_name}(None, context) at load), and whether "
+                        f"{entry_name} calls it could not be read: make sure it does"
+                    )
 else:
     classes = sorted(
         name
@@ -80,21 +134,43 @@ else:
     )
     if not classes:
         result["problem"] = (
-            "defines neither a module-level handle(data, context) nor a handler class"
+            f"defines no function {function}() (named by the .mar's manifest) nor a handler class"
+            if function
+            else "defines neither a module-level handle(data, context) nor a handler class"
         )
     elif len(classes) > 1:
         result["problem"] = (
             f"defines {len(classes)} classes ({', '.join(classes)}) and no module-level "
-            "handle(data, context); TorchServe needs exactly one class or a handle function"
+            f"{entry_name}(data, context); TorchServe needs exactly one class or a "
+            f"{entry_name} function"
         )
     else:
         cls = getattr(module, classes[0])
+        try:
+            required = [
+                p
+                for p in inspect.signature(cls).parameters.values()
+                if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            ]
+        except (TypeError, ValueError):
+            required = []
         if not callable(getattr(cls, "handle", None)):
             result["problem"] = (
                 f"class {classes[0]} has no handle(data, context) method "
                 "(subclass ts.torch_handler.base_handler.BaseHandler or define handle)"
             )
+        elif not callable(getattr(cls, "initialize", None)):
+            result["problem"] = (
+                f"class {classes[0]} has no initialize(context) method, which TorchServe "
+                "calls at load (subclass ts.torch_handler.base_handler.BaseHandler or "
+                "define initialize)"
+            )
+        elif required:
+            result["problem"] = (
+                f"class {classes[0]} needs arguments ({', '.join(p.name for p in required)}) "
+                "to be created; TorchServe creates the handler class with none"
+            )
         else:
             result["entry"] = f"class {classes[0]}"
-            result["initialize"] = callable(getattr(cls, "initialize", None))
+            result["initialize"] = True
 report(result)

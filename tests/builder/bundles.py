@@ -14,6 +14,9 @@ def initialize(context):
 
 
 def handle(data, context):
+    if data is None:  # TorchServe's load-time call; it never calls initialize itself
+        initialize(context)
+        return None
     return [{"label": int(item["body"]["x"]) % 2} for item in data]
 """
 
@@ -35,6 +38,9 @@ def initialize(context):
 
 
 def handle(data, context):
+    if data is None:  # TorchServe's load-time call; it never calls initialize itself
+        initialize(context)
+        return None
     xs = torch.tensor([[float(item["body"]["x"])] for item in data])
     with torch.no_grad():
         return [{"label": int(i)} for i in _model(xs).argmax(dim=1)]

@@ -258,3 +258,81 @@ def test_another_interpreter_is_checked_in_a_fresh_process(tmp_path: Path, zygot
     text = (tmp_path / "log").read_text()
     assert "forked from the warm interpreter" not in text
     assert f"$ {env / 'python'} -I -B -u" in text
+
+
+# -- TorchServe 0.12's loading rules (ts/model_loader.py) ----------------------------------------
+
+
+def test_a_module_initialize_that_handle_never_calls_fails_the_build(tmp_path: Path) -> None:
+    # TorchServe calls handle(None, context) at load and never a module-level initialize.
+    source = (
+        "_model = None\n"
+        "def initialize(context):\n    global _model\n    _model = 1\n"
+        "def handle(data, context):\n    return [{'label': _model} for item in data]\n"
+    )
+    error = refused(tmp_path, source)
+    assert "initialize(context) that TorchServe never calls" in error.reason
+    assert "handle(None, context)" in error.reason
+
+
+def test_initialize_reached_through_a_helper_or_getattr_passes(tmp_path: Path) -> None:
+    helper = (
+        "def initialize(context):\n    pass\n"
+        "def _ready(context):\n    initialize(context)\n"
+        "def handle(data, context):\n    _ready(context)\n    return data and [1 for _ in data]\n"
+    )
+    assert check(tmp_path / "a", helper).initialize is True
+    by_name = (
+        "def initialize(context):\n    pass\n"
+        "def handle(data, context):\n"
+        "    if data is None:\n        return globals()['initialize'](context)\n"
+        "    return [1 for _ in data]\n"
+    )
+    assert check(tmp_path / "b", by_name).initialize is True
+
+
+def test_a_module_handler_without_initialize_passes(tmp_path: Path) -> None:
+    info = check(tmp_path, "def handle(data, context):\n    return data and [1 for _ in data]\n")
+    assert info.entry == "handle" and info.initialize is False
+
+
+def test_a_handler_class_without_initialize_fails_as_on_torchserve(tmp_path: Path) -> None:
+    source = "class H:\n    def handle(self, data, context):\n        return data\n"
+    error = refused(tmp_path, source)
+    assert "class H has no initialize(context) method" in error.reason
+
+
+def test_a_handler_class_needing_arguments_fails(tmp_path: Path) -> None:
+    source = (
+        "class H:\n    def __init__(self, path):\n        self.path = path\n"
+        "    def initialize(self, context):\n        pass\n"
+        "    def handle(self, data, context):\n        return data\n"
+    )
+    assert "needs arguments (path)" in refused(tmp_path, source).reason
+
+
+def test_two_classes_and_no_handle_fail_even_if_one_has_no_handle(tmp_path: Path) -> None:
+    # TorchServe counts every class the module defines, not only those with handle().
+    source = (
+        "class Config:\n    pass\n"
+        "class H:\n    def initialize(self, context):\n        pass\n"
+        "    def handle(self, data, context):\n        return data\n"
+    )
+    assert "defines 2 classes (Config, H)" in refused(tmp_path, source).reason
+
+
+def test_a_named_function_missing_falls_back_to_the_one_class(tmp_path: Path) -> None:
+    # handler.py:predict with no predict(): TorchServe uses the module's one class.
+    source = (
+        "class H:\n    def initialize(self, context):\n        pass\n"
+        "    def handle(self, data, context):\n        return data\n"
+    )
+    folder = write_model_folder(tmp_path / "model", handler=source)
+    log = BuildLog(tmp_path / "log")
+    try:
+        info = check_handler(
+            folder, "handler.py:predict", python=sys.executable, timeout=20, log=log
+        )
+    finally:
+        log.close()
+    assert info.entry == "class H"
