@@ -1,7 +1,8 @@
 """A linear (multinomial logistic) digits classifier as a TorchServe-style handler.
 
-TorchServe (and Weighbridge's local runner) import this module, call `initialize(context)`
-(or `handle(None, context)`) once, then `handle(data, context)` with one item per example:
+TorchServe (and Weighbridge's local runner) import this module, call `handle(None, context)`
+once (which calls `initialize(context)`: TorchServe never calls a module-level initialize
+itself), then `handle(data, context)` with one item per example:
 `{"body": {"pixels": [64 floats, 0..16]}}`. It answers `{"label": int}` per item.
 """
 
