@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 PORT ?= 8000
 SHELL := /bin/bash
 
-.PHONY: install up test lint bench migrate services browser sandbox-tools clean
+.PHONY: install up test lint bench migrate services browser java sandbox-tools clean
 
 install: sandbox-tools $(VENV)/.installed
 
@@ -47,12 +47,19 @@ browser:
 	  && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium absent: the browser tests are skipped"; }
 
+# A Java runtime for the TorchServe conformance test (tests/conformance): TorchServe's
+# frontend is Java. apt only where this machine lets us; else that test is skipped.
+java:
+	@command -v java >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null) \
+	  || echo "java absent: the TorchServe conformance test is skipped"; }
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: install services browser lint
+test: install services browser java lint
 	$(VENV)/bin/pytest -q
 
 # Run as modules: bench/queue.py must not shadow the standard library's queue.
