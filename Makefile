@@ -69,6 +69,7 @@ bench: install
 	$(PY) -m bench.metrics
 	$(PY) -m bench.runner
 	$(PY) -m bench.latency
+	$(PY) -m bench.leaderboard
 
 migrate: install
 	$(VENV)/bin/weighbridge db upgrade

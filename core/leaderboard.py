@@ -234,7 +234,12 @@ def tied_with_above(
 
 
 def row_json(
-    row: LeaderboardRow, *, tied: bool, pvalue: float | None, unsandboxed: bool
+    row: LeaderboardRow,
+    *,
+    tied: bool,
+    pvalue: float | None,
+    unsandboxed: bool,
+    datasets: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     ci = row.primary_ci
     return {
@@ -248,7 +253,7 @@ def row_json(
         "tied": tied,
         "pvalue": pvalue,
         "private": row.info["private"],
-        "datasets": row.datasets,
+        "datasets": row.datasets if datasets is None else datasets,
         # Evaluated with WEIGHBRIDGE_SANDBOX=unsafe-no-isolation: its code could have read the
         # hidden labels, so the row says so wherever it is shown.
         "unsandboxed": unsandboxed,

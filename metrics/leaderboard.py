@@ -113,6 +113,13 @@ def _metric(item: Any) -> LeaderboardMetric:
     return metric
 
 
+def leaderboard_columns(
+    items: Sequence[str | LeaderboardMetric | Mapping[str, Any]],
+) -> list[LeaderboardMetric]:
+    """Leaderboard columns from names, specs or name/direction/offset mappings (checked)."""
+    return [_metric(item) for item in items]
+
+
 def default_weights(metric_names: Sequence[str], *, primary: str | None = None) -> dict[str, float]:
     """Dynabench's defaults: 4 for the primary metric (the first unless named), 1 for the rest."""
     primary = primary if primary is not None else metric_names[0]
@@ -228,6 +235,51 @@ def _dataset_weights(
     return normalise_weights(dict(datasets))
 
 
+@dataclass(frozen=True)
+class ScoredAverages:
+    """Dynascores of a matrix of per-model metric averages, and the order they give."""
+
+    dynascores: np.ndarray
+    utilities: np.ndarray
+    amrs: dict[str, float | None]
+    order: list[int]
+    ranks: list[int]
+
+
+def score_averages(
+    raw: np.ndarray,
+    *,
+    columns: Sequence[LeaderboardMetric],
+    weights: Mapping[str, float],
+    primary: str,
+) -> ScoredAverages:
+    """Dynascore of each row of `raw` (one model per row, one column per metric of `columns`,
+    each already averaged over the datasets); `weights` are normalised metric weights.
+
+    Models are ordered by Dynascore, then by the primary metric's utility, then by row; ranks
+    are competition ranks. This is the numeric heart of `rank_models`, and what a stored board
+    applies a reader's weights with.
+    """
+    names = [m.name for m in columns]
+    direction = np.array([m.utility_direction for m in columns], dtype=np.float64)
+    offset = np.array([m.offset for m in columns])
+    converted = direction * raw + offset
+    p = names.index(primary)
+    order = np.argsort(raw[:, p], kind="stable")
+    amrs = dict(zip(names, _amrs(converted, order, p), strict=True))
+    utilities = np.column_stack(
+        [
+            converted[:, j] / amrs[n] if amrs[n] is not None else np.zeros(len(raw))
+            for j, n in enumerate(names)
+        ]
+    )
+    scores = utilities @ np.array([weights[n] for n in names])
+    # lexsort's last key is the primary one: -score, then -utility of the primary, then row.
+    by_score = [int(i) for i in np.lexsort((np.arange(len(raw)), -converted[:, p], -scores))]
+    ranks = _competition_ranks([float(scores[i]) for i in by_score])
+    return ScoredAverages(scores, utilities, amrs, by_score, ranks)
+
+
 def rank_models(
     models: Sequence[Mapping[str, Any]],
     *,
@@ -262,12 +314,14 @@ def rank_models(
 
     ranked: list[tuple[Mapping[str, Any], dict[str, float]]] = []
     unranked: dict[str, str] = {}
+    seen: set[str] = set()  # a set: a board of thousands of models is checked in linear time
     for row in models:
         model = str(row.get("model", ""))
         if not model:
             raise MetricError(None, f"leaderboard: a model row needs a 'model' id: {row!r}")
-        if model in unranked or any(r["model"] == model for r, _ in ranked):
+        if model in seen:
             raise MetricError(None, f"leaderboard: model {model!r} appears twice")
+        seen.add(model)
         averages, reason = _aggregate(row, columns, dataset_weights)
         if averages is None:
             unranked[model] = reason
@@ -278,22 +332,9 @@ def rank_models(
     rows: list[LeaderboardRow] = []
     if ranked:
         raw = np.array([[averages[n] for n in names] for _, averages in ranked])
-        direction = np.array([m.utility_direction for m in columns], dtype=np.float64)
-        offset = np.array([m.offset for m in columns])
-        converted = direction * raw + offset
-        p = names.index(primary)
-        order = np.argsort(raw[:, p], kind="stable")
-        amrs = dict(zip(names, _amrs(converted, order, p), strict=True))
-        utilities = np.column_stack(
-            [
-                converted[:, j] / amrs[n] if amrs[n] is not None else np.zeros(len(raw))
-                for j, n in enumerate(names)
-            ]
-        )
-        scores = utilities @ np.array([metric_weights[n] for n in names])
-        by_score = sorted(range(len(ranked)), key=lambda i: (-scores[i], -converted[i, p], i))
-        ranks = _competition_ranks([float(scores[i]) for i in by_score])
-        for rank, i in zip(ranks, by_score, strict=True):
+        scored = score_averages(raw, columns=columns, weights=metric_weights, primary=primary)
+        amrs, utilities, scores = scored.amrs, scored.utilities, scored.dynascores
+        for rank, i in zip(scored.ranks, scored.order, strict=True):
             row, averages = ranked[i]
             ci = row.get("primary_ci")
             rows.append(
