@@ -87,6 +87,13 @@ def leaderboard_notes(board: dict[str, Any]) -> Text:
         if not all(tested):
             how.append(f"the {primary} intervals overlap or the scores are equal")
         lines.append(f"≈: not significantly different from the row above ({' or '.join(how)}).")
+    stored = board.get("board") or {}
+    if stored.get("stale"):
+        when = printable(str(stored.get("updated_at") or ""))[:19].replace("T", " ")
+        lines.append(
+            "the leaderboard is being updated"
+            + (f"; shown as it was at {when} UTC." if when else ".")
+        )
     for row in board.get("unranked") or []:
         lines.append(
             f"not ranked: {printable(row.get('model') or row.get('submission_id') or '-')} "

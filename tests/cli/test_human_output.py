@@ -4,7 +4,7 @@ able to drive the reader's terminal.
 The submissions here are scored and ranked, which takes the builder, the evaluator and its
 sandbox; the server is therefore a stand-in that answers the API's documents. The records
 are made by the API's own serializers (api.serializers) from model rows, the leaderboard in
-the shape core.leaderboard.read_leaderboard returns, so the CLI reads what the real server
+the shape core.boards.read_leaderboard returns, so the CLI reads what the real server
 sends.
 """
 

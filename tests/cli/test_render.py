@@ -93,3 +93,13 @@ def test_printable_shows_every_control_and_keeps_ordinary_text() -> None:
         "\\x1b]0;t\\x07\\x1b[2J\\r\\n\\t\\x7f\\x9b\\u202e\\u2066\\ud800"
     )
     assert render.printable("a\r\nb\tc\rd\x1b", keep_lines=True) == "a\nb\tc\\rd\\x1b"
+
+
+def test_the_notes_say_when_the_stored_board_is_being_updated() -> None:
+    from cli.leaderboard import leaderboard_notes
+
+    board = {"rows": [], "board": {"stale": True, "updated_at": "2026-12-06T09:00:00+00:00"}}
+    assert "being updated; shown as it was at 2026-12-06 09:00:00 UTC" in str(
+        leaderboard_notes(board)
+    )
+    assert "being updated" not in str(leaderboard_notes({"rows": [], "board": {"stale": False}}))

@@ -129,3 +129,30 @@ async def test_a_task_config_change_rebuilds_the_board(digits_services: Services
         assert await stale_tasks(session) == []
     assert after["board"]["version"] == version + 1 and after["board"]["stale"] is False
     assert after["weights"]["macro_f1"] == 9.0
+
+
+async def test_the_background_loop_rebuilds_a_board_marked_stale(digits_services: Services) -> None:
+    import asyncio
+
+    from core.boards import mark_leaderboard_stale, run_leaderboards
+
+    stop = asyncio.Event()
+    loop = asyncio.create_task(run_leaderboards(digits_services, stop, poll_seconds=0.05))
+    try:
+        async with digits_services.db.session() as session:
+            ada = await make_owner(session, "ada")
+            task = await task_row(session, "digits")
+            await make_scored_submission(session, ada, task, scores(0.9, 0.9), name="late")
+            assert task.id is not None
+            await mark_leaderboard_stale(session, task.id)
+        async with asyncio.timeout(10):
+            while True:
+                async with digits_services.db.session() as session:
+                    board = await read_leaderboard(session, "digits")
+                if not board["board"]["stale"] and board["rows"]:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await loop
+    assert [r["model"] for r in board["rows"]] == ["late"]
