@@ -71,13 +71,18 @@ async def rebuild_leaderboard(
     arrives while this runs leaves `requested` past `built`, so the board is rebuilt again.
     """
     assert task.id is not None
-    header = await session.get(LeaderboardHeader, task.id, with_for_update=True)
+    header = await session.get(LeaderboardHeader, task.id)
     if header is None:
         header = LeaderboardHeader(task_id=task.id)
         session.add(header)
         await session.flush()
-    requested = header.requested
+    requested, version = header.requested, header.version
+    # The long part (scores, predictions, bootstraps) holds no lock: a submission finishing
+    # meanwhile marks the board without waiting, and so stays stale for the next round.
     entries = await compute_entries(session, task, storage=storage)
+    await session.refresh(header, with_for_update=True)
+    if header.version != version and header.built >= requested:
+        return header  # another rebuilder stored a board at least as new while we computed
     table = table_of(LeaderboardEntry)
     await session.execute(sa.delete(table).where(table.c.task_id == task.id))
     if entries:
@@ -131,9 +136,11 @@ async def rebuild_stale_leaderboards(services: Services) -> int:
 
 
 async def run_leaderboards(
-    services: Services, stop: asyncio.Event, *, poll_seconds: float = 0.5
+    services: Services, stop: asyncio.Event, *, poll_seconds: float | None = None
 ) -> None:
-    """Rebuild stale boards until `stop` is set; an error is logged and the loop goes on."""
+    """Rebuild stale boards until `stop` is set (polling every `poll_seconds`, the settings'
+    by default); an error is logged and the loop goes on."""
+    poll_seconds = services.settings.poll_seconds if poll_seconds is None else poll_seconds
     while not stop.is_set():
         try:
             await rebuild_stale_leaderboards(services)

@@ -156,3 +156,30 @@ async def test_the_background_loop_rebuilds_a_board_marked_stale(digits_services
         stop.set()
         await loop
     assert [r["model"] for r in board["rows"]] == ["late"]
+
+
+async def test_a_change_during_a_rebuild_leaves_the_board_stale_for_the_next_round(
+    digits_services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.boards
+    from core.boards import mark_leaderboard_stale, rebuild_leaderboard
+
+    made = await populate(digits_services)
+    compute = core.boards.compute_entries
+
+    async def compute_while_one_finishes(session, task, **kwargs):
+        entries = await compute(session, task, **kwargs)
+        # Another transaction (the evaluator's) marks the board while this one computes.
+        async with digits_services.db.session() as other:
+            await mark_leaderboard_stale(other, task.id)
+        return entries
+
+    monkeypatch.setattr(core.boards, "compute_entries", compute_while_one_finishes)
+    async with digits_services.db.session() as session:
+        await rebuild_leaderboard(session, await get_task(session, "digits"), storage=None)
+    async with digits_services.db.session() as session:
+        assert [t.slug for t in await stale_tasks(session)] == ["digits"]
+        board = await read_leaderboard(session, "digits")
+    assert board["board"]["stale"] is True
+    assert [r["model"] for r in board["rows"]] == ["cnn", "linear"]
+    assert made["cnn"].id == board["rows"][0]["submission_id"]
