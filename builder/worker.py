@@ -3,7 +3,7 @@
 Idempotent: a message for a submission already past `building` is acknowledged and skipped; a
 redelivered message for one still `building` (the last worker died) builds again. The work runs
 off the event loop (a thread driving subprocesses). Success marks `built` and stages the
-`evaluate` message on `eval.<eval_server_id>` in one transaction; a JobFailed marks `failed`
+`evaluate` message on `eval-<eval_server_id>` in one transaction; a JobFailed marks `failed`
 (stage "build", the reason, the log key) and queues the owner's email in the same transaction.
 """
 

@@ -194,3 +194,129 @@ def create_user(
         f"--token {created['token']}[/]",
         soft_wrap=True,
     )
+
+
+async def _queue_report(redrive: str | None) -> dict[str, Any]:
+    from core.context import start_services
+    from core.queue import dead_letter_queue, is_dead_letter_queue
+    from core.settings import Settings
+
+    settings = Settings()
+    require_database(settings)
+    services = await start_services(settings, sync=False)
+    try:
+        queue = services.queue
+        names = await queue.queues()
+        main = sorted({n.removesuffix("-dlq") if is_dead_letter_queue(n) else n for n in names})
+        redriven = None
+        if redrive is not None:
+            for name in main:
+                if await queue.redrive(name, redrive):
+                    redriven = name
+                    break
+            else:
+                raise CliError(
+                    f"no dead letter {redrive!r} in any queue",
+                    hint="`weighbridge admin queue` lists them with their message ids",
+                )
+        rows, letters = [], []
+        for name in main:
+            dead = await queue.dead_letters(name)
+            rows.append(
+                {
+                    "queue": name,
+                    "waiting": await queue.depth(name),
+                    "in_flight": await queue.in_flight(name),
+                    "dead_letters": len(dead),
+                    "dead_letters_unrecorded": await queue.depth(dead_letter_queue(name)),
+                }
+            )
+            letters += [
+                {
+                    "queue": name,
+                    "message_id": d.message_id,
+                    "submission_id": d.body.get("action_id"),
+                    "type": d.body.get("type"),
+                    "attempts": d.attempts,
+                    "recorded": d.settled,
+                    "error": d.last_error or "",
+                }
+                for d in dead
+            ]
+    finally:
+        await services.close()
+    return {
+        "home": str(settings.home),
+        "database": masked_url(settings.database_url),
+        "queues": rows,
+        "dead_letters": letters,
+        "redriven": {"message_id": redrive, "queue": redriven} if redriven else None,
+    }
+
+
+@admin_app.command("queue")
+@reports_errors
+def queue(
+    redrive: Annotated[
+        str | None,
+        typer.Option(
+            "--redrive",
+            metavar="MESSAGE_ID",
+            help="Send this dead letter back to its queue with fresh attempts.",
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document on stdout.")
+    ] = False,
+) -> None:
+    """The queues: messages waiting, leased to a worker, and dead letters (with --redrive,
+    send one back). Acts on the database of WEIGHBRIDGE_HOME / WEIGHBRIDGE_DATABASE_URL."""
+    from rich.table import Table
+
+    report = asyncio.run(_queue_report(redrive))
+    if json_output:
+        render.print_json(report)
+        return
+    console = render.stdout()
+    console.print(
+        f"[dim]in {escape(report['home'])} (database {escape(report['database'])})[/]",
+        soft_wrap=True,
+    )
+    if report["redriven"]:
+        back = report["redriven"]
+        console.print(
+            f"sent dead letter {escape(back['message_id'])} back to {escape(back['queue'])}"
+        )
+    if not report["queues"]:
+        render.note("the queues are empty")
+        return
+    table = Table(title="queues")
+    for column in ("queue", "waiting", "in flight", "dead letters", "not yet recorded"):
+        table.add_column(column, justify="left" if column == "queue" else "right")
+    for row in report["queues"]:
+        render.add_row(
+            table,
+            render.plain(row["queue"]),
+            str(row["waiting"]),
+            str(row["in_flight"]),
+            str(row["dead_letters"]),
+            str(row["dead_letters_unrecorded"]),
+        )
+    console.print(table)
+    if report["dead_letters"]:
+        letters = Table(title="dead letters")
+        for column in ("queue", "message id", "submission", "attempts", "recorded", "error"):
+            letters.add_column(column)
+        for d in report["dead_letters"]:
+            first = (d["error"].strip().splitlines() or [""])[0]
+            render.add_row(
+                letters,
+                render.plain(d["queue"]),
+                render.plain(d["message_id"]),
+                render.plain(d["submission_id"]),
+                str(d["attempts"]),
+                "yes" if d["recorded"] else "not yet",
+                render.plain(first[:120]),
+            )
+        console.print(letters)
+        render.note("send one back with: weighbridge admin queue --redrive MESSAGE_ID")

@@ -72,7 +72,7 @@ class BuildConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    eval_server_id: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    eval_server_id: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]{0,58}$")
     instance_type: str = "ml.m5.xlarge"
     instance_count: int = Field(default=1, ge=1)
     aws_region: str = "us-east-1"

@@ -5,26 +5,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from core.errors import RetryableError
-from core.queue import Delivery, Queue
+from core.queue import Delivery, Queue, dead_letter_queue
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Delivery], Awaitable[None]]
 DeadHandler = Callable[[Delivery, str], Awaitable[None]]
+# The cancel message of a job stopped because its lease was lost.
+LEASE_LOST = "weighbridge: lease lost"
+
+
+def _lost_lease(job: asyncio.Future[None]) -> bool:
+    try:
+        job.result()
+    except asyncio.CancelledError as exc:
+        return LEASE_LOST in exc.args
+    except BaseException:
+        return False
+    return False
 
 
 class Consumer:
     """Runs `handle` for each message of `queues`; one bad message never stops the loop.
 
     - handler returns: ack.
-    - RetryableError: retried with backoff (dead-lettered after max attempts).
-    - any other exception: retried too (it may be a passing fault we did not foresee);
-      when the message is dead-lettered, `on_dead` records the failure on the submission.
+    - RetryableError, or any other exception (it may be a passing fault we did not foresee):
+      retried with a jittered backoff; after the last attempt the message moves to its
+      dead-letter queue.
+    - dead letters of `queues` (durable, in `<queue>-dlq`) go to `on_dead`, which records the
+      failure on the submission (idempotently: it may see a dead letter twice after a crash),
+      and are then settled. Only the consumers of a queue see its dead letters.
+    - while a handler runs, its lease is extended; if the lease is lost (another worker holds
+      the message now) the handler is stopped and the message left to its new holder.
+    - a handler cancelled by shutdown hands its message back without spending an attempt.
     """
 
     def __init__(
@@ -41,6 +60,8 @@ class Consumer:
     ) -> None:
         self.queue = queue
         self.queues = list(queues)
+        # Each queue's dead letters are received by the same consumers, after its messages.
+        self.receives = [*self.queues, *(dead_letter_queue(q) for q in self.queues)]
         self.handle = handle
         self.name = name
         self.on_dead = on_dead
@@ -49,15 +70,55 @@ class Consumer:
         self.wait_seconds = wait_seconds
         self.processed = 0
 
-    async def _heartbeat(self, delivery: Delivery) -> None:
+    async def _heartbeat(self, delivery: Delivery, job: asyncio.Future[None]) -> None:
+        """Extend the lease every third of it; stop the job when the lease is lost.
+
+        A failed extend (the database briefly away) is retried at the next beat; only when
+        no extend succeeded for a whole lease is the lease taken as lost."""
+        held_until = time.monotonic() + self.lease_seconds
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
-            await self.queue.extend(delivery, self.lease_seconds)
+            try:
+                kept = await self.queue.extend(delivery, self.lease_seconds)
+            except Exception as exc:
+                log.warning(
+                    "%s: could not extend the lease of %s: %s",
+                    self.name,
+                    delivery.envelope.message_id,
+                    exc,
+                )
+                if time.monotonic() < held_until:
+                    continue
+                kept = False
+            if not kept:
+                log.error(
+                    "%s: lost the lease of %s (another worker may hold it now); stopping it",
+                    self.name,
+                    delivery.envelope.message_id,
+                )
+                job.cancel(LEASE_LOST)
+                return
+            held_until = time.monotonic() + self.lease_seconds
 
     async def process(self, delivery: Delivery) -> None:
-        beat = asyncio.create_task(self._heartbeat(delivery))
+        run = self._record_dead if delivery.dead else self.handle
+        job: asyncio.Future[None] = asyncio.ensure_future(run(delivery))
+        beat = asyncio.create_task(self._heartbeat(delivery, job))
         try:
-            await self.handle(delivery)
+            try:
+                await asyncio.shield(job)
+            except asyncio.CancelledError:
+                if job.cancelled() and _lost_lease(job):
+                    return  # the new holder has it: neither ack nor retry
+                if not job.done():
+                    # Shutdown: stop the job, hand the message back with its attempt unspent.
+                    job.cancel()
+                    with contextlib.suppress(BaseException):
+                        await job
+                    with contextlib.suppress(Exception):
+                        await self.queue.release(delivery)
+                    raise
+                raise
         except asyncio.CancelledError:
             raise
         except RetryableError as exc:
@@ -68,7 +129,10 @@ class Consumer:
             tail = "".join(traceback.format_exception(exc)[-3:])
             await self._retry(delivery, f"{type(exc).__name__}: {exc}\n{tail}")
         else:
-            await self.queue.ack(delivery)
+            if delivery.dead:
+                await self.queue.settle(delivery)
+            else:
+                await self.queue.ack(delivery)
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -76,28 +140,27 @@ class Consumer:
             self.processed += 1
 
     async def _retry(self, delivery: Delivery, error: str) -> None:
-        if await self.queue.retry(delivery, error=error):
-            await self._record_dead(delivery, error)
+        try:
+            await self.queue.retry(delivery, error=error)
+        except Exception:
+            # The lease runs out and the message comes back: nothing is lost.
+            log.exception("%s: could not hand %s back", self.name, delivery.envelope.message_id)
 
-    async def _record_dead(self, delivery: Delivery, error: str) -> None:
+    async def _record_dead(self, delivery: Delivery) -> None:
+        """A dead letter of our queues: `on_dead` records the failure (raising retries it)."""
         if self.on_dead is None:
             return
-        try:
-            await self.on_dead(delivery, error)
-        except Exception:
-            log.exception("%s: could not record the dead letter", self.name)
+        await self.on_dead(delivery, delivery.error or "the message used its last attempt")
 
     async def run_once(self, *, wait_seconds: float = 0.0) -> int:
         """Receive one batch and process it; returns how many messages were handled."""
         deliveries = await self.queue.receive(
-            self.queues,
+            self.receives,
             max_messages=self.concurrency,
             lease_seconds=self.lease_seconds,
             wait_seconds=wait_seconds,
         )
         await asyncio.gather(*(self.process(d) for d in deliveries))
-        for delivery, error in await self.queue.take_expired():
-            await self._record_dead(delivery, error)
         return len(deliveries)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -108,7 +171,8 @@ class Consumer:
         the others back. When the queue can ring a doorbell (`core.doorbell.RingingQueue`,
         `weighbridge up`) and is polled (the database queue), an idle consumer sleeps until a
         message for its queues is committed in this process, a message in hand is done, or
-        the poll interval passes, whichever is first. On stop, messages in hand finish.
+        the poll interval passes, whichever is first. On stop, messages in hand finish;
+        cancelled, they are stopped and handed back without spending an attempt.
         """
         doorbell = getattr(self.queue, "doorbell", None)
         idle = float(getattr(self.queue, "poll_seconds", 0) or 0)
@@ -137,8 +201,15 @@ class Consumer:
                     waits.append(bell.wait())
                 await _first(*waits, seconds=idle or self.wait_seconds, also=in_hand)
                 in_hand = {t for t in in_hand if not t.done()}
+        except asyncio.CancelledError:
+            # Cancelled (the shutdown grace ran out): stop the jobs in hand; each hands its
+            # message back with the attempt unspent.
+            for task in in_hand:
+                task.cancel()
+            await asyncio.gather(*in_hand, return_exceptions=True)
+            raise
         finally:
-            if in_hand:
+            if in_hand:  # a requested stop: the messages in hand finish
                 await asyncio.gather(*in_hand, return_exceptions=True)
             if bell is not None and doorbell is not None:
                 doorbell.unsubscribe(bell)
@@ -149,15 +220,13 @@ class Consumer:
             bell.clear()  # before claiming: a ring during the claim is kept
         wait = 0.0 if bell is not None or in_hand else self.wait_seconds
         deliveries = await self.queue.receive(
-            self.queues,
+            self.receives,
             max_messages=room,
             lease_seconds=self.lease_seconds,
             wait_seconds=wait,
         )
         for delivery in deliveries:
             in_hand.add(asyncio.create_task(self.process(delivery), name=f"{self.name}-job"))
-        for delivery, error in await self.queue.take_expired():
-            await self._record_dead(delivery, error)
         return len(deliveries)
 
 

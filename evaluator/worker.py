@@ -1,4 +1,4 @@
-"""The `eval.<fleet>` worker: consumes evaluate messages for the fleets it serves.
+"""The `eval-<fleet>` worker: consumes evaluate messages for the fleets it serves.
 
 A failed model (JobFailed) fails its submission and the message is acknowledged, so the
 worker goes straight on to the next one; anything else is retried by the Consumer and, once
@@ -74,7 +74,7 @@ async def record_dead(services: Services, delivery: Delivery, error: str) -> Non
 
 
 async def run_evaluator(services: Services, fleets: list[str], stop: asyncio.Event) -> None:
-    """Serve `eval.<fleet>` for each of `fleets` (and nothing else) until `stop` is set."""
+    """Serve `eval-<fleet>` for each of `fleets` (and nothing else) until `stop` is set."""
     if not fleets:
         raise ValueError("an evaluator needs at least one fleet to serve")
     configure_sandbox(services.settings.sandbox)  # refuses to start without one

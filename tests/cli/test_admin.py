@@ -113,3 +113,42 @@ def test_create_user_on_the_servers_database_is_checked(server: Server) -> None:
     )
     assert token.returncode == 0, token.stderr
     assert token.stdout.strip().startswith("wb_") and len(token.stdout.strip().split()) == 1
+
+
+async def test_admin_queue_shows_depths_and_dead_letters_and_redrives_one(
+    cli: Cli, tmp_path: Path
+) -> None:
+    from core.queue import DbQueue
+    from tests.core.factories import make_envelope
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'home' / 'weighbridge.db'}")
+    q = DbQueue(db, max_attempts=1)
+    try:
+        waiting, dying = make_envelope(1), make_envelope(2)
+        await q.send("eval-default", waiting)
+        await q.send("build", dying)
+        (taken,) = await q.receive(["build"])
+        assert await q.retry(taken, error="RuntimeError: the disk is full\ntraceback...")
+    finally:
+        await db.dispose()
+
+    report = cli.json("admin", "queue")
+    by_queue = {row["queue"]: row for row in report["queues"]}
+    assert by_queue["eval-default"]["waiting"] == 1
+    assert by_queue["build"]["dead_letters"] == 1
+    assert by_queue["build"]["dead_letters_unrecorded"] == 1  # no builder ran to record it
+    (letter,) = report["dead_letters"]
+    assert letter["message_id"] == dying.message_id
+    assert letter["error"].startswith("RuntimeError: the disk is full")
+
+    human = cli.run("admin", "queue")
+    assert human.returncode == 0, human.stderr
+    assert "dead letters" in human.stdout and "not yet" in human.stdout
+
+    redriven = cli.json("admin", "queue", "--redrive", dying.message_id)
+    assert redriven["redriven"] == {"message_id": dying.message_id, "queue": "build"}
+    by_queue = {row["queue"]: row for row in redriven["queues"]}
+    assert (by_queue["build"]["waiting"], by_queue["build"]["dead_letters"]) == (1, 0)
+
+    unknown = cli.run("admin", "queue", "--redrive", "f" * 32)
+    assert unknown.returncode == 1 and "no dead letter" in unknown.stderr

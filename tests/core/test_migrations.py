@@ -33,3 +33,56 @@ async def test_a_model_change_without_a_migration_is_noticed(
     described = [(d[0], getattr(d[-1], "name", None)) for d in diffs if isinstance(d, tuple)]
     assert ("add_column", "priority") in described
     assert ("remove_table", "notifications") in described
+
+
+async def test_old_queue_names_and_dead_letters_are_carried_over(tmp_path) -> None:
+    """Before 3b7e2d9f1a40: fleets' queues were `eval.<id>` and dead letters stayed in their
+    queue with their follow-up in memory only; after it, messages wait where today's workers
+    look for them, and every old dead letter is recorded again (on_dead is idempotent)."""
+    from core.migrate import upgrade_database
+    from core.models import QueueMessage, table_of
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
+    try:
+        await upgrade_database(db, "c96abd069aaf")
+        qm = table_of(QueueMessage)
+        row = {
+            "body": {},
+            "max_attempts": 3,
+            "available_at": 0.0,
+            "created_at": 0.0,
+            "dead": False,
+            "last_error": None,
+        }
+        async with db.engine.begin() as conn:
+            await conn.execute(
+                sa.insert(qm),
+                [
+                    {**row, "queue": "eval.gpu", "message_id": "a" * 32, "attempts": 0},
+                    {
+                        **row,
+                        "queue": "eval.gpu",
+                        "message_id": "b" * 32,
+                        "attempts": 3,
+                        "dead": True,
+                        "last_error": "boom",
+                    },
+                    {**row, "queue": "build", "message_id": "c" * 32, "attempts": 1},
+                ],
+            )
+        await upgrade_database(db)
+        async with db.engine.connect() as conn:
+            rows = {
+                r.message_id[0]: r
+                for r in (await conn.execute(sa.select(qm).order_by(qm.c.id))).all()
+            }
+        assert (rows["a"].queue, rows["a"].dead) == ("eval-gpu", False)
+        assert (rows["b"].queue, rows["b"].dead, rows["b"].last_error) == (
+            "eval-gpu-dlq",
+            False,
+            "boom",
+        )
+        assert rows["b"].max_attempts == rows["b"].attempts + 10
+        assert (rows["c"].queue, rows["c"].attempts) == ("build", 1)
+    finally:
+        await db.dispose()

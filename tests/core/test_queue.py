@@ -23,7 +23,7 @@ SPAWN = multiprocessing.get_context("spawn")
 
 
 def unique_queue(prefix: str = "test") -> str:
-    return f"{prefix}.{new_id()[:8]}"
+    return f"{prefix}-{new_id()[:8]}"
 
 
 async def test_four_consumers_process_each_of_1000_messages_exactly_once(db: Database) -> None:

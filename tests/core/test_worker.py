@@ -38,7 +38,7 @@ async def wait_until(condition: Callable[[], bool], within: float = 10.0) -> Non
 
 
 def queue_name() -> str:
-    return f"work.{new_id()[:8]}"
+    return f"work-{new_id()[:8]}"
 
 
 async def test_a_retryable_error_is_retried_then_dead_lettered_and_reported(db: Database) -> None:
