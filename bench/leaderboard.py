@@ -151,7 +151,10 @@ async def measure(models: int, datasets: int, repeats: int) -> tuple[list[list[s
 
             stored_read = core.boards.read_leaderboard
 
-            async def recompute(session: Any, task: Any, **kwargs: Any) -> dict[str, Any]:
+            async def recompute(
+                session: Any, task: Any, *, with_datasets: bool = True, **kwargs: Any
+            ) -> dict[str, Any]:
+                # Today's read: everything recomputed (it always had the per-dataset values).
                 return await compute_leaderboard(session, task, storage=services.storage, **kwargs)
 
             def use(read: Callable[..., Any]) -> None:
@@ -185,10 +188,10 @@ async def measure(models: int, datasets: int, repeats: int) -> tuple[list[list[s
                     target = TARGETS[kind]
                     rows.append(
                         [
-                            f"{kind}, " + (f"weights={weights}" if weights else "default weights"),
+                            f"{kind} ({weights or 'default weights'})",
                             f"{ours * 1000:.1f} ms",
                             f"{theirs * 1000:.1f} ms",
-                            f"{theirs / ours:.1f}x faster",
+                            f"{theirs / ours:.1f}x",
                             f"<= {target * 1000:.0f} ms",
                             "yes" if ours <= target else "NO",
                         ]
@@ -211,9 +214,10 @@ def main() -> None:
     rows, note = asyncio.run(measure(args.models, args.datasets, args.repeats))
     table = Table(
         title=f"Leaderboard reads: {args.models:,} models x {args.datasets} datasets, SQLite "
-        f"(median of {args.repeats})"
+        f"(median of {args.repeats})",
+        caption="ours: the stored board; baseline: recomputed per read; ratio: baseline / ours",
     )
-    for column in ("read", "ours (stored board)", "baseline (recompute)", "ratio", "target", "met"):
+    for column in ("read", "ours", "baseline", "ratio", "target", "met"):
         table.add_column(column, justify="left" if column == "read" else "right", no_wrap=True)
     for row in rows:
         table.add_row(*row)

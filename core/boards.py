@@ -152,14 +152,17 @@ async def run_leaderboards(
             await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
 
 
-def _entry_columns() -> list[Any]:
+def _entry_columns(*, with_datasets: bool) -> list[Any]:
     entries = table_of(LeaderboardEntry).c
+    datasets = (sa.type_coerce(entries.datasets, sa.Text) if with_datasets else sa.null()).label(
+        "datasets"
+    )
     return [
         entries.submission_id,
         entries.ranked,
         entries.reason,
         sa.type_coerce(entries.metrics, sa.Text).label("metrics"),
-        sa.type_coerce(entries.datasets, sa.Text).label("datasets"),
+        datasets,
         entries.ci_low,
         entries.ci_high,
         entries.compared_with,
@@ -174,8 +177,11 @@ async def read_leaderboard(
     *,
     weights: dict[str, float] | None = None,
     viewer: User | None = None,
+    with_datasets: bool = True,
 ) -> dict[str, Any]:
     """The stored board as `viewer` sees it, in one query; see docs/api.md for the JSON.
+
+    `with_datasets=False` leaves out each row's per-dataset values (the page shows none).
 
     `{"task", "primary_metric", "weights", "rows": [{rank, model, submission_id, owner, score,
     metrics, ci, tied, pvalue, private, datasets, unsandboxed}], "unranked", "board", "ties"}`.
@@ -203,7 +209,7 @@ async def read_leaderboard(
                 header.requested,
                 header.built,
                 header.config_sha256,
-                *_entry_columns(),
+                *_entry_columns(with_datasets=with_datasets),
                 col(Submission.name),
                 col(Submission.private),
                 col(User.name).label("owner"),
@@ -310,7 +316,7 @@ async def read_leaderboard(
                 "tied": tied,
                 "pvalue": pvalue,
                 "private": bool(stored.private),
-                "datasets": _json(stored.datasets),
+                "datasets": _json(stored.datasets) if with_datasets else None,
                 # Evaluated with WEIGHBRIDGE_SANDBOX=unsafe-no-isolation: its code could have
                 # read the hidden labels, so the row says so wherever it is shown.
                 "unsandboxed": bool(stored.unsandboxed),

@@ -90,11 +90,14 @@ async def task_page(slug: str, request: Request, weights: str | None = None) -> 
         info = describe_task(task, await list_datasets(session, task))
         try:
             board = await read_leaderboard(
-                session, task, weights=parse_weights(weights) if weights else None
+                session,
+                task,
+                weights=parse_weights(weights) if weights else None,
+                with_datasets=False,
             )
         except WeighbridgeError as exc:
             error = exc.message
-            board = await read_leaderboard(session, task)
+            board = await read_leaderboard(session, task, with_datasets=False)
     return templates.TemplateResponse(
         request,
         "task.html",
