@@ -10,7 +10,6 @@ off the event loop (a thread driving subprocesses). Success marks `built` and st
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import shutil
 from functools import partial
@@ -28,6 +27,7 @@ from builder.processes import BuildLog
 from core.context import Services
 from core.errors import JobFailed, WeighbridgeError
 from core.models import Dataset, Submission, Task, new_id
+from core.notifications import queue_submission_email
 from core.queue import BUILD_QUEUE, Delivery, eval_queue
 from core.states import Status, fail, transition
 from core.taskconfig import TaskConfig
@@ -82,20 +82,7 @@ def envs_root(services: Services) -> Path:
 
 
 async def _queue_email(session: AsyncSession, services: Services, submission: Submission) -> None:
-    try:
-        from core.notifications import queue_submission_email
-    except ModuleNotFoundError as exc:
-        if exc.name != "core.notifications":
-            raise
-        log.warning(
-            "core.notifications is missing; no email queued for submission %s", submission.id
-        )
-        return
-    queued = queue_submission_email(
-        session, services.storage, submission, settings=services.settings
-    )
-    if inspect.isawaitable(queued):
-        await queued
+    await queue_submission_email(session, services.storage, submission, settings=services.settings)
 
 
 async def _locked_submission(session: AsyncSession, submission_id: str) -> Submission | None:

@@ -1,8 +1,8 @@
 """Running Weighbridge: `up` (everything in one process) and `serve ROLE` (one role).
 
 The API (uvicorn) and the workers share one asyncio loop and one set of services. Each
-worker lives in a module written beside this one; a module missing from this build is
-skipped with a warning by `up` and refused by `serve`.
+worker's module is imported only by the processes that run it (an API process never loads
+torch, the builder never loads the evaluator).
 """
 
 from __future__ import annotations
@@ -48,37 +48,30 @@ class Worker:
     function: str
     takes_fleets: bool = False
 
-    def load(self) -> Callable[..., Any] | None:
-        """The loop's function, or None when its module is not part of this build."""
-        try:
-            module = importlib.import_module(self.module)
-        except ModuleNotFoundError as exc:
-            # Only the worker's own module missing means "not built"; a missing dependency
-            # inside it is a real error and must be seen.
-            if exc.name and (self.module == exc.name or self.module.startswith(exc.name + ".")):
-                return None
-            raise
-        return getattr(module, self.function, None)
+    def load(self) -> Callable[..., Any]:
+        """The loop's function (imported only by the processes that run it)."""
+        return getattr(importlib.import_module(self.module), self.function)
 
 
 WORKERS = {
     "builder": Worker("builder", "builder.worker", "run_builder"),
     "evaluator": Worker("evaluator", "evaluator.worker", "run_evaluator", takes_fleets=True),
-    "scheduler": Worker("scheduler", "core.scheduler", "run_scheduler"),
     "mailer": Worker("mailer", "core.notifications", "run_mailer"),
     # Removes what failed uploads and crashes left in storage; rides with the API.
     "sweeper": Worker("sweeper", "core.incoming", "run_sweeper"),
+    # Fails submissions stuck past their task's deadline (core.reaper); one per deployment.
+    "reaper": Worker("reaper", "core.reaper", "run_reaper"),
     # Rebuilds the stored leaderboards marked stale (core.boards); one per deployment.
     "leaderboards": Worker("leaderboards", "core.boards", "run_leaderboards"),
 }
-# What each `serve` role runs besides (or instead of) the API. The mailer rides with the
-# scheduler: both are the one-per-deployment background duties. The first is required; the
-# scheduler (cron runs) is not part of this build yet, so `serve scheduler` runs the mailer.
+# What each `serve` role runs besides (or instead of) the API. `serve scheduler` runs the
+# one-per-deployment background duties: the mailer, the leaderboard rebuilds and the reaper
+# (cron runs of benchmarks join them when they exist).
 ROLE_WORKERS = {
     Role.API: ["sweeper"],
     Role.BUILDER: ["builder"],
     Role.EVALUATOR: ["evaluator"],
-    Role.SCHEDULER: ["mailer", "scheduler", "leaderboards"],
+    Role.SCHEDULER: ["mailer", "leaderboards", "reaper"],
 }
 
 
@@ -90,8 +83,6 @@ class Plan:
     api: tuple[str, int] | None = None
     fleets: list[str] | None = None
     demo: bool = False
-    # Missing workers are skipped with a warning, except these (`serve ROLE` needs its own).
-    required: frozenset[str] = frozenset()
     show_banner: bool = False
     log_level: str = "info"
 
@@ -119,12 +110,10 @@ def browser_url(host: str, port: int) -> str:
 
 
 async def count_users(services: Services) -> int:
-    import sqlalchemy as sa
-
-    from core.models import User
+    from core import accounts
 
     async with services.db.session() as session:
-        return int(await session.scalar(sa.select(sa.func.count()).select_from(User)) or 0)
+        return await accounts.count_users(session)
 
 
 async def _serve_api(server: Any, host: str, port: int) -> None:
@@ -140,9 +129,6 @@ DEMO = Worker("demo", "cli.demo", "run_demo")
 
 async def _run_demo(services: Services, server: Any, base_url: str) -> None:
     run_demo = DEMO.load()
-    if run_demo is None:
-        render.note("--demo: the demo is not available in this build; starting without it")
-        return
     while not server.started:
         if server.should_exit:
             return
@@ -186,12 +172,6 @@ def _start_workers(
     for name in plan.workers:
         worker = WORKERS[name]
         run = worker.load()
-        if run is None:
-            if name in plan.required:
-                raise CliError(f"{name} not available in this build")
-            # Not an error: `up` lists every role, including those still to come.
-            log.debug("%s is not part of this build; running without it", name)
-            continue
         if worker.takes_fleets:
             fleets = plan.fleets or fleets_to_serve(services.settings, services.tasks)
             log.info("evaluator serving fleets: %s", ", ".join(fleets))
@@ -378,7 +358,7 @@ def up(
 ) -> None:
     """Run everything in one process: API and website, builder, evaluator(s), scheduler."""
     plan = Plan(
-        workers=["builder", "evaluator", "scheduler", "mailer", "sweeper", "leaderboards"],
+        workers=["builder", "evaluator", "mailer", "sweeper", "leaderboards", "reaper"],
         api=(host, port),
         demo=demo,
         show_banner=True,
@@ -409,7 +389,6 @@ def serve(
         workers=list(ROLE_WORKERS[role]),
         api=(host, port) if role is Role.API else None,
         fleets=list(fleet) if fleet else None,
-        required=frozenset(ROLE_WORKERS[role][:1]),
         show_banner=role is Role.API,
         log_level=log_level.value,
     )

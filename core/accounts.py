@@ -79,3 +79,7 @@ async def delete_new_user(session: AsyncSession, user: User) -> None:
 
 async def get_user(session: AsyncSession, name: str) -> User | None:
     return await session.scalar(sa.select(User).where(col(User.name) == name))
+
+
+async def count_users(session: AsyncSession) -> int:
+    return int(await session.scalar(sa.select(sa.func.count()).select_from(User)) or 0)

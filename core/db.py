@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -91,6 +91,11 @@ class Database:
             except BaseException:
                 await session.rollback()
                 raise
+
+    async def check(self) -> None:
+        """Raise when the database cannot be reached (one round trip)."""
+        async with self.autocommit_engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
         await self.engine.dispose()

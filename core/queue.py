@@ -549,6 +549,15 @@ class DbQueue:
         return None
 
 
+async def count_messages(session: AsyncSession) -> list[tuple[str, bool, int]]:
+    """(queue, dead, how many) for every queue of the database queue (Prometheus)."""
+    qm = table_of(QueueMessage)
+    rows = await session.execute(
+        sa.select(qm.c.queue, qm.c.dead, sa.func.count()).group_by(qm.c.queue, qm.c.dead)
+    )
+    return [(queue, bool(dead), int(count)) for queue, dead, count in rows]
+
+
 def _in_dlq(column: Any) -> Any:
     return column.like(f"%{DLQ_SUFFIX}")
 

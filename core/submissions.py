@@ -313,3 +313,13 @@ async def purge_submission(
     for sid in family:
         files += await storage.delete_prefix(f"submissions/{sid}")
     return {"id": submission.id, "purged": family, "files_deleted": files}
+
+
+async def count_submissions(session: AsyncSession) -> list[tuple[str, str, int]]:
+    """(kind, status, how many) for every kind and status present (Prometheus)."""
+    rows = await session.execute(
+        sa.select(col(Submission.kind), col(Submission.status), sa.func.count()).group_by(
+            col(Submission.kind), col(Submission.status)
+        )
+    )
+    return [(kind, status, int(count)) for kind, status, count in rows]

@@ -213,11 +213,8 @@ class TaskConfig(_Strict):
 
 
 def _unknown_metrics(config: TaskConfig) -> list[str]:
-    import metrics  # the registry; imported here so core has no import-time dependency
+    from metrics.registry import is_registered  # here: no import-time dependency
 
-    is_registered = getattr(metrics, "is_registered", None)
-    if is_registered is None:
-        return []
     return [m.name for m in config.metrics if not is_registered(m.name)]
 
 

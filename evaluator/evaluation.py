@@ -17,7 +17,6 @@ delta already stored is not recomputed.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import tempfile
@@ -32,6 +31,7 @@ from core.context import Services
 from core.envelope import Envelope
 from core.errors import JobFailed, RetryableError
 from core.models import Submission
+from core.notifications import queue_submission_email
 from core.states import (
     TERMINAL,
     RunStatus,
@@ -111,18 +111,7 @@ class EvaluatePayload(BaseModel):
 
 async def queue_email(session: AsyncSession, services: Services, submission: Submission) -> None:
     """The completion email, written in the caller's transaction (the outbox sends it)."""
-    try:
-        from core.notifications import queue_submission_email
-    except ModuleNotFoundError as exc:
-        if exc.name != "core.notifications":
-            raise
-        log.error("core.notifications is missing: no email queued for %s", submission.id)
-        return
-    result = queue_submission_email(
-        session, services.storage, submission, settings=services.settings
-    )
-    if inspect.isawaitable(result):
-        await result
+    await queue_submission_email(session, services.storage, submission, settings=services.settings)
 
 
 async def fail_submission(

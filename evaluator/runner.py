@@ -297,12 +297,11 @@ def summarize_performance(
     peak_memory_bytes: int,
 ) -> dict[str, float]:
     """The metric library's performance summary (throughput, latency percentiles, memory)."""
-    import metrics
+    from metrics.performance import summarize_performance
 
-    summarize = getattr(metrics, "summarize_performance", None)
-    if summarize is None:  # the package's exports are still being written
-        from metrics.performance import summarize_performance as summarize
-    return summarize(latencies, sizes, wall_time=wall_time, peak_memory_bytes=peak_memory_bytes)
+    return summarize_performance(
+        latencies, sizes, wall_time=wall_time, peak_memory_bytes=peak_memory_bytes
+    )
 
 
 async def _run_within(seconds: float, work: Awaitable[Any], *, dataset: str) -> Any:

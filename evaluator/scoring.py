@@ -53,15 +53,10 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def _metric_functions() -> tuple[Any, Any]:
-    import metrics
+    from metrics.bootstrap import confidence_interval
+    from metrics.registry import compute
 
-    compute = getattr(metrics, "compute", None)
-    interval = getattr(metrics, "confidence_interval", None)
-    if compute is None:  # the package's exports are still being written
-        from metrics.registry import compute
-    if interval is None:
-        from metrics.bootstrap import confidence_interval as interval
-    return compute, interval
+    return compute, confidence_interval
 
 
 def score_metric(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request
 
 from api.deps import optional_user, services_of
@@ -16,8 +15,7 @@ router = APIRouter()
 async def healthz(request: Request) -> dict:
     services = services_of(request)
     try:
-        async with services.db.session() as session:
-            await session.execute(sa.text("SELECT 1"))
+        await services.db.check()
     except Exception as exc:
         raise WeighbridgeError(
             f"database unreachable: {type(exc).__name__}", status=503, code="unavailable"

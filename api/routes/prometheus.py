@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -13,7 +12,8 @@ from prometheus_client import (
 )
 
 from api.deps import services_of
-from core.models import QueueMessage, Submission
+from core.queue import count_messages
+from core.submissions import count_submissions
 
 router = APIRouter(tags=["health"])
 
@@ -47,20 +47,12 @@ class ApiMetrics:
 async def metrics(request: Request) -> Response:
     state: ApiMetrics = request.app.state.metrics
     async with services_of(request).db.session() as session:
-        by_status = await session.execute(
-            sa.select(Submission.kind, Submission.status, sa.func.count()).group_by(
-                Submission.kind, Submission.status
-            )
-        )
-        state.submissions.clear()
-        for kind, status, count in by_status:
-            state.submissions.labels(kind, status).set(count)
-        depths = await session.execute(
-            sa.select(QueueMessage.queue, QueueMessage.dead, sa.func.count()).group_by(
-                QueueMessage.queue, QueueMessage.dead
-            )
-        )
-        state.queue_messages.clear()
-        for queue, dead, count in depths:
-            state.queue_messages.labels(queue, str(bool(dead)).lower()).set(count)
+        by_status = await count_submissions(session)
+        depths = await count_messages(session)
+    state.submissions.clear()
+    for kind, status, count in by_status:
+        state.submissions.labels(kind, status).set(count)
+    state.queue_messages.clear()
+    for queue, dead, count in depths:
+        state.queue_messages.labels(queue, str(dead).lower()).set(count)
     return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
