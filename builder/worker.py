@@ -12,20 +12,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from builder.archives import safe_model_name
-from builder.builds import LOG, BuildOptions, BuildResult, build_model
+from builder.backends import Builder, builder_from_settings
+from builder.builds import LOG, BuildOptions, BuildResult
 from builder.bundle import BundleLimits
 from builder.processes import BuildLog
 from core.context import Services
 from core.errors import JobFailed, WeighbridgeError
+from core.messages import (
+    BuildMessage,
+    BuildRef,
+    EvaluateMessage,
+    MessageRefused,
+    payload_of,
+    read_message,
+)
 from core.models import Dataset, Submission, Task, new_id
 from core.notifications import queue_submission_email
 from core.queue import BUILD_QUEUE, Delivery, eval_queue
@@ -45,40 +55,12 @@ PAST_BUILDING = frozenset(
 )
 
 
-class _Loose(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class SubmissionRef(_Loose):
-    id: str
-    kind: str
-    name: str
-    upload_key: str | None = None
-    upload_filename: str | None = None
-    upload_sha256: str | None = None
-
-
-class TaskRef(_Loose):
-    slug: str
-    config: dict[str, Any]
-
-
-class BuildPayload(_Loose):
-    """The parts of the `build` message (docs/pipeline.md) the builder relies on."""
-
-    submission: SubmissionRef
-    task: TaskRef | None = None
-    owner: dict[str, Any] | None = None
+# The `build` message, as its sender (core/submissions.py) writes it.
+BuildPayload = BuildMessage
 
 
 def build_key(submission_id: str, name: str) -> str:
     return f"submissions/{submission_id}/build/{name}"
-
-
-def envs_root(services: Services) -> Path:
-    """`envs/` of the local storage folder, or `$WEIGHBRIDGE_HOME/envs` on remote storage."""
-    local = services.storage.local_path("envs")
-    return local if local is not None else services.settings.home / "envs"
 
 
 async def _queue_email(session: AsyncSession, services: Services, submission: Submission) -> None:
@@ -122,12 +104,15 @@ async def _fail(
     delivery: Delivery | None,
     log_key: str | None = None,
     payload: dict[str, Any] | None = None,
-) -> None:
-    """Mark the submission failed at the build stage (if it still can be) and queue the email."""
+) -> bool:
+    """Mark the submission failed at the build stage (if it still can be) and queue the email;
+    False when there is no such submission."""
     async with services.db.session() as session:
         submission = await _locked_submission(session, submission_id)
-        if submission is None or Status(submission.status) in PAST_BUILDING:
-            return
+        if submission is None:
+            return False
+        if Status(submission.status) in PAST_BUILDING:
+            return True
         await _mark_failed(
             session,
             services,
@@ -137,24 +122,25 @@ async def _fail(
             log_key=log_key,
             payload=payload,
         )
+    return True
 
 
 async def handle_build(
-    services: Services, delivery: Delivery, *, options: BuildOptions | None = None
+    services: Services,
+    delivery: Delivery,
+    *,
+    builder: Builder | None = None,
+    options: BuildOptions | None = None,
 ) -> None:
     """Build one submission; see the module docstring for the contract."""
     envelope = delivery.envelope
     submission_id = envelope.action_id
     try:
-        payload = BuildPayload.model_validate(envelope.payload)
-    except ValidationError as exc:
-        await _fail(
-            services,
-            submission_id,
-            f"internal error: the build message is malformed ({exc.error_count()} errors: "
-            f"{exc.errors()[0]['loc']} {exc.errors()[0]['msg']})",
-            delivery=delivery,
-        )
+        payload = read_message(envelope, BuildMessage)
+    except MessageRefused as exc:
+        reason = f"internal error: the build message is refused: {exc.reason}"
+        if not await _fail(services, submission_id, reason, delivery=delivery):
+            raise  # no submission to fail: the Consumer dead-letters it with the reason
         return
 
     async with services.db.session() as session:
@@ -180,13 +166,34 @@ async def handle_build(
             payload={"attempt": delivery.attempts},
             parent=envelope,
         )
+        kind = submission.kind
+    await KINDS[kind](
+        services,
+        delivery,
+        payload,
+        config,
+        builder=builder or builder_from_settings(services),
+        options=options,
+    )
 
+
+async def build_model_submission(
+    services: Services,
+    delivery: Delivery,
+    payload: BuildPayload,
+    config: TaskConfig,
+    *,
+    builder: Builder,
+    options: BuildOptions | None,
+) -> None:
+    """A model: fetch the bundle, build it, store the artifacts, hand it to its fleet."""
+    submission_id = delivery.envelope.action_id
     work = jobs_root() / "builds" / f"{submission_id}-{new_id()[:8]}"
     work.mkdir(parents=True)
     build_log = BuildLog(work / "build" / LOG)
     try:
         try:
-            result = await _build(services, payload, config, work, build_log, options)
+            result = await _build(services, builder, payload, config, work, build_log, options)
         except JobFailed as exc:
             build_log.step(f"build failed: {exc.reason}")
             build_log.close()
@@ -208,12 +215,17 @@ async def handle_build(
         await asyncio.to_thread(shutil.rmtree, work, True)
 
 
+# The build of each kind of submission: the one dispatch point (benchmarks and inspections
+# join here, beside models, without touching the model path).
+KINDS: dict[str, Callable[..., Awaitable[None]]] = {"model": build_model_submission}
+
+
 def _refusal(submission: Submission, payload: BuildPayload) -> tuple[str | None, TaskConfig | None]:
     """Why this submission cannot be built here (None: go ahead), and its task's config."""
-    if submission.kind != "model":
+    if submission.kind not in KINDS:
         return (
-            f"{submission.kind} submissions are not supported in this build of the builder "
-            "yet; only models can be built",
+            f"{submission.kind} submissions are not built by this builder (it builds: "
+            f"{', '.join(sorted(KINDS))})",
             None,
         )
     if payload.task is None:
@@ -228,6 +240,7 @@ def _refusal(submission: Submission, payload: BuildPayload) -> tuple[str | None,
 
 async def _build(
     services: Services,
+    builder: Builder,
     payload: BuildPayload,
     config: TaskConfig,
     work: Path,
@@ -250,14 +263,12 @@ async def _build(
     if options is None:
         max_archive = config.limits.max_upload_bytes or services.settings.max_upload_bytes
         options = BuildOptions(limits=BundleLimits(max_archive_bytes=max_archive))
-    return await asyncio.to_thread(
-        build_model,
+    return await builder.build(
         source,
         source_name=filename,
         submission_id=ref.id,
         model_name=safe_model_name(ref.name),
         build=config.build,
-        envs_root=envs_root(services),
         work=work,
         log=build_log,
         options=options,
@@ -277,19 +288,20 @@ async def _store_and_hand_off(
         keys[name] = build_key(submission_id, name)
         await services.storage.write_file(keys[name], result.folder / name)
     spec = result.specification
-    build_info = {
-        "mar_key": keys["model.mar"],
-        "python": str(result.env.python) if result.env else None,
-        "env_key": result.env.key if result.env else None,
-        "requirements_sha256": result.requirements_sha256,
-        "handler": result.handler.handler,
-        "handler_entry": result.handler.entry,
-        "bundle_sha256": result.bundle.sha256,
-        "model_name": spec["model_name"],
-        "dockerfile_key": keys["Dockerfile"],
-        "specification_key": keys["specification.json"],
-        "log_key": keys[LOG],
-    }
+    # Keys and hashes only: the evaluator finds the env by its key (core/environments.py).
+    build = BuildRef(
+        mar_key=keys["model.mar"],
+        env_key=result.env.key if result.env else None,
+        requirements_sha256=result.requirements_sha256,
+        handler=result.handler.handler,
+        handler_entry=result.handler.entry,
+        bundle_sha256=result.bundle.sha256,
+        model_name=spec["model_name"],
+        dockerfile_key=keys["Dockerfile"],
+        specification_key=keys["specification.json"],
+        log_key=keys[LOG],
+    )
+    build_info = build.model_dump(mode="json")
     await _ensure_datasets(services, config)
     async with services.db.session() as session:
         submission = await _locked_submission(session, submission_id)
@@ -300,6 +312,22 @@ async def _store_and_hand_off(
             )
             return
         datasets = await _hidden_datasets(session, submission.task_id)
+        try:
+            evaluate = EvaluateMessage.model_validate(
+                {
+                    **payload.model_dump(mode="json", exclude={"schema_version"}),
+                    "build": build_info,
+                    "datasets": datasets,
+                }
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            reason = f"internal error: the evaluate message does not validate: {where}"
+            await _mark_failed(
+                session, services, submission, f"{reason}: {first['msg']}", delivery=delivery
+            )
+            return
         transition(
             session,
             submission,
@@ -313,9 +341,7 @@ async def _store_and_hand_off(
             parent=delivery.envelope,
         )
         message = delivery.envelope.follow(
-            "evaluate",
-            {**delivery.envelope.payload, "build": build_info, "datasets": datasets},
-            service=SERVICE,
+            EvaluateMessage.TYPE, payload_of(evaluate), service=SERVICE
         )
         await services.queue.stage(session, eval_queue(config.eval.eval_server_id), message)
 
@@ -387,16 +413,11 @@ async def record_dead_build(services: Services, delivery: Delivery, error: str) 
 
 def build_consumer(services: Services, *, options: BuildOptions | None = None) -> Consumer:
     """The Consumer of the `build` queue (one build at a time per process)."""
-    if services.settings.builder != "local":
-        raise WeighbridgeError(
-            f"WEIGHBRIDGE_BUILDER={services.settings.builder!r} is not part of this build yet; "
-            "use local",
-            field="WEIGHBRIDGE_BUILDER",
-        )
+    builder = builder_from_settings(services)  # refuses one this build does not have
     return Consumer(
         services.queue,
         [BUILD_QUEUE],
-        partial(handle_build, services, options=options),
+        partial(handle_build, services, builder=builder, options=options),
         name=SERVICE,
         on_dead=partial(record_dead_build, services),
         concurrency=1,

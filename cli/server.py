@@ -213,6 +213,23 @@ def check_sandbox(settings: Settings, plan: Plan) -> None:
         )
 
 
+def check_backends(settings: Settings, plan: Plan) -> None:
+    """Refuse at start, in one sentence, a builder or runner this build does not have."""
+    from core.errors import WeighbridgeError
+
+    try:
+        if "builder" in plan.workers:
+            from builder.backends import check_builder
+
+            check_builder(settings.builder)
+        if "evaluator" in plan.workers:
+            from evaluator.runners import runner_from_settings
+
+            runner_from_settings(settings)
+    except WeighbridgeError as exc:
+        raise CliError(exc.message) from None
+
+
 async def run_plan(settings: Settings, plan: Plan) -> int:
     """Start the services and everything in the plan; stop cleanly on SIGINT/SIGTERM."""
     from core.context import start_services
@@ -220,6 +237,7 @@ async def run_plan(settings: Settings, plan: Plan) -> int:
     from core.heap import freeze_startup_heap
 
     check_sandbox(settings, plan)
+    check_backends(settings, plan)
 
     services = await start_services(settings)
     # Roles sharing this process hear of each other's messages at once, not at the next poll.

@@ -24,12 +24,13 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.context import Services
 from core.envelope import Envelope
+from core.environments import local_env_python
 from core.errors import JobFailed, RetryableError
+from core.messages import DatasetRef, EvaluateMessage
 from core.models import Submission
 from core.notifications import queue_submission_email
 from core.states import (
@@ -54,9 +55,9 @@ from evaluator.runner import (
     ModelSpec,
     prediction_values,
     results_prefix,
-    run_dataset,
     write_result,
 )
+from evaluator.runners import Runner, runner_from_settings
 from evaluator.scoring import PERFORMANCE_UNITS, score_delta, score_metrics
 from sandbox.jobs import jobs_root
 
@@ -66,47 +67,8 @@ SERVICE = "evaluator"
 STAGE_CHARS = 32  # submissions.failed_stage
 
 
-class BuildRef(BaseModel):
-    """What the builder made (docs/pipeline.md)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    mar_key: str
-    python: str | None = None
-    env_key: str | None = None
-    requirements_sha256: str | None = None
-    handler: str | None = None
-    bundle_sha256: str | None = None
-
-
-class DatasetRef(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    key: str
-    sha256: str
-    access: str = "hidden"
-    split: str = "test"
-    weight: float = 1.0
-    perturbation_of: str | None = None
-    n_examples: int | None = None
-
-
-class TaskRef(BaseModel):
-    slug: str
-    config: dict[str, Any]
-
-
-class EvaluatePayload(BaseModel):
-    """The `evaluate` message's payload: the build payload plus `build` and `datasets`."""
-
-    model_config = ConfigDict(extra="allow")
-
-    submission: dict[str, Any]
-    task: TaskRef
-    owner: dict[str, Any] | None = None
-    build: BuildRef
-    datasets: list[DatasetRef] = Field(default_factory=list)
+# The `evaluate` message, as its sender (builder/worker.py) writes it.
+EvaluatePayload = EvaluateMessage
 
 
 async def queue_email(session: AsyncSession, services: Services, submission: Submission) -> None:
@@ -121,12 +83,15 @@ async def fail_submission(
     *,
     parent: Envelope | None = None,
     dataset: str | None = None,
-) -> None:
-    """Mark the submission failed with its stage, reason and log; queue the email."""
+) -> bool:
+    """Mark the submission failed with its stage, reason and log; queue the email.
+    False when there is no such submission."""
     async with services.db.session() as session:
         submission = await records.lock_submission(session, submission_id)
-        if submission is None or Status(submission.status) in TERMINAL:
-            return
+        if submission is None:
+            return False
+        if Status(submission.status) in TERMINAL:
+            return True
         if dataset is not None:
             run = await records.get_run(session, submission_id, dataset)
             if run is not None and can_move_run(run.status, RunStatus.FAILED):
@@ -152,6 +117,7 @@ async def fail_submission(
             parent=parent,
         )
         await queue_email(session, services, submission)
+    return True
 
 
 class Evaluation:
@@ -166,6 +132,7 @@ class Evaluation:
         *,
         pool: Executor,
         attempt: int = 1,
+        runner: Runner | None = None,
     ) -> None:
         self.services = services
         self.envelope = envelope
@@ -173,7 +140,8 @@ class Evaluation:
         self.task = task
         self.pool = pool
         self.attempt = attempt
-        self.submission_id = str(payload.submission.get("id") or envelope.action_id)
+        self.runner = runner or runner_from_settings(services.settings)
+        self.submission_id = payload.submission.id or envelope.action_id
 
     # -- the whole job ---------------------------------------------------------------------
 
@@ -182,12 +150,6 @@ class Evaluation:
             return
         self.current: str | None = None
         try:
-            if self.payload.submission.get("kind", "model") != "model":
-                raise JobFailed(
-                    "evaluate",
-                    f"this evaluator runs models; {self.payload.submission.get('kind')} "
-                    "submissions are not supported by it yet",
-                )
             if not self.payload.datasets:
                 raise JobFailed("evaluate", "the task has no prepared hidden dataset to run on")
             hwinfo.prefetch()  # collected once per process, while the model is fetched
@@ -217,6 +179,28 @@ class Evaluation:
                 "eval.total_timeout_seconds); it was stopped",
             ) from None
 
+    def env_python(self) -> str | None:
+        """The interpreter of the model's env on this host (None: the evaluator's own).
+
+        The message names the env by key; the local evaluator shares its host (and envs root)
+        with the local builder, so the key resolves to the env the builder made."""
+        key = self.payload.build.env_key
+        if key is None:
+            return None
+        try:
+            python = local_env_python(
+                key, storage=self.services.storage, home=self.services.settings.home
+            )
+        except ValueError as exc:
+            raise JobFailed("evaluate", f"internal error: build.env_key: {exc}") from None
+        if python is None:
+            raise JobFailed(
+                "evaluate",
+                f"the model's environment {key} (its requirements.txt) is not on this "
+                "evaluator's host; it is built by a builder sharing the host's storage",
+            )
+        return str(python)
+
     async def run_datasets(self) -> None:
         # In the jobs folder: the warm interpreter forks workers only for models there.
         with tempfile.TemporaryDirectory(prefix="eval-", dir=jobs_root()) as tmp:
@@ -226,9 +210,9 @@ class Evaluation:
                 self.services.storage,
                 mar_key=build.mar_key,
                 scratch=scratch,
-                python=build.python,
+                python=self.env_python(),
                 handler=build.handler,
-                name=str(self.payload.submission.get("name") or "model"),
+                name=self.payload.submission.name or "model",
             )
             summaries: dict[str, dict[str, Any]] = {}
             for ref in self.payload.datasets:
@@ -313,7 +297,7 @@ class Evaluation:
         self, ref: DatasetRef, model: ModelSpec, scratch: Path
     ) -> dict[str, Any]:
         await self.start_dataset(ref)
-        run = await run_dataset(
+        run = await self.runner.run_dataset(
             self.services.storage,
             submission_id=self.submission_id,
             task=self.task,
@@ -330,9 +314,8 @@ class Evaluation:
             run.keys["hwinfo"],
             submission_id=self.submission_id,
             dataset=ref.name,
-            runner=self.services.settings.runner,
-            # The local runner runs the handler on this machine, in a sandboxed subprocess.
-            describes="the evaluator machine the handler ran on",
+            runner=self.runner.name,
+            describes=self.runner.describes,
         )
         scores = await self.score(ref, run)
         await write_result(self.services.storage, run, scores=scores)
@@ -621,12 +604,12 @@ class Evaluation:
     ) -> None:
         """done, its receipt (the last event) and the email, in one transaction."""
         receipt = build_receipt(
-            submission=self.payload.submission,
+            submission=self.payload.submission.model_dump(mode="json"),
             build=self.payload.build.model_dump(),
             mar_sha256=mar_sha256,
             datasets=[d.model_dump() for d in self.payload.datasets],
             summaries=summaries,
-            runner=self.services.settings.runner,
+            runner=self.runner.name,
             hwinfo=await asyncio.to_thread(hwinfo.machine_info),
             deltas=deltas or [],
         )

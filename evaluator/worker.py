@@ -16,10 +16,12 @@ from pydantic import ValidationError
 
 from core.context import Services
 from core.errors import JobFailed
+from core.messages import EvaluateMessage, MessageRefused, read_message
 from core.queue import Delivery, eval_queue
 from core.taskconfig import TaskConfig
 from core.worker import Consumer
-from evaluator.evaluation import EvaluatePayload, Evaluation, fail_submission
+from evaluator.evaluation import Evaluation, fail_submission
+from evaluator.runners import Runner, runner_from_settings
 from evaluator.scoring import make_pool, score_metric
 from sandbox.jail import configure as configure_sandbox
 from sandbox.zygote import warm_interpreter
@@ -27,17 +29,32 @@ from sandbox.zygote import warm_interpreter
 log = logging.getLogger(__name__)
 
 
+# The evaluation of each kind of submission: the one dispatch point (benchmarks and
+# inspections join here, beside models, without touching the model path).
+KINDS: dict[str, type[Evaluation]] = {"model": Evaluation}
+
+
 async def handle_evaluate(
-    services: Services, delivery: Delivery, *, pool: Executor | None = None
+    services: Services,
+    delivery: Delivery,
+    *,
+    pool: Executor | None = None,
+    runner: Runner | None = None,
 ) -> None:
     """Evaluate one submission; returns (ack) when it is done, failed, cancelled or skipped."""
     envelope = delivery.envelope
     try:
-        payload = EvaluatePayload.model_validate(envelope.payload)
+        payload = read_message(envelope, EvaluateMessage)
+    except MessageRefused as exc:
+        failure = JobFailed("evaluate", f"internal error: evaluate message refused: {exc.reason}")
+        if not await fail_submission(services, envelope.action_id, failure, parent=envelope):
+            raise  # no submission to fail: the Consumer dead-letters it with the reason
+        return
+    try:
         task = TaskConfig.model_validate(payload.task.config)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        where = "task.config." + ".".join(str(p) for p in first["loc"])
         await fail_submission(
             services,
             envelope.action_id,
@@ -47,11 +64,31 @@ async def handle_evaluate(
             parent=envelope,
         )
         return
+    kind = payload.submission.kind
+    evaluation_of = KINDS.get(kind)
+    if evaluation_of is None:
+        await fail_submission(
+            services,
+            envelope.action_id,
+            JobFailed(
+                "evaluate",
+                f"{kind} submissions are not evaluated by this evaluator (it evaluates: "
+                f"{', '.join(sorted(KINDS))})",
+            ),
+            parent=envelope,
+        )
+        return
     own_pool = pool is None
     metrics_pool = pool if pool is not None else make_pool(1)
     try:
-        evaluation = Evaluation(
-            services, envelope, payload, task, pool=metrics_pool, attempt=delivery.attempts
+        evaluation = evaluation_of(
+            services,
+            envelope,
+            payload,
+            task,
+            pool=metrics_pool,
+            attempt=delivery.attempts,
+            runner=runner,
         )
         await evaluation.run()
     finally:
@@ -78,12 +115,13 @@ async def run_evaluator(services: Services, fleets: list[str], stop: asyncio.Eve
     if not fleets:
         raise ValueError("an evaluator needs at least one fleet to serve")
     configure_sandbox(services.settings.sandbox)  # refuses to start without one
+    runner = runner_from_settings(services.settings)  # refuses one this build does not have
     pool = make_pool()
     warming = _warm_pool(pool)
     consumer = Consumer(
         services.queue,
         [eval_queue(f) for f in fleets],
-        functools.partial(handle_evaluate, services, pool=pool),
+        functools.partial(handle_evaluate, services, pool=pool, runner=runner),
         name=f"evaluator[{','.join(fleets)}]",
         on_dead=functools.partial(record_dead, services),
         lease_seconds=services.settings.lease_seconds,

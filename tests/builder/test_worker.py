@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from builder.worker import build_consumer, handle_build, record_dead_build, run_builder
 from core.accounts import create_user
 from core.context import Services
+from core.environments import local_env_python
 from core.models import Event, Notification, QueueMessage, Submission, User, new_id
 from core.queue import BUILD_QUEUE, eval_queue
 from core.states import Status, cancel
@@ -94,7 +95,7 @@ async def test_upload_is_built_and_handed_to_the_task_fleet(
     build = payload["build"]
     assert build["mar_key"] == f"submissions/{submission_id}/build/model.mar"
     assert build["handler"] == "handler.py"
-    assert build["python"] is None and build["env_key"] is None
+    assert "python" not in build and build["env_key"] is None
     assert build["requirements_sha256"] is None
     assert build["bundle_sha256"] == submission.upload_sha256
     assert [d["name"] for d in payload["datasets"]] == ["test"]  # hidden sets only
@@ -198,7 +199,7 @@ async def test_benchmarks_are_refused_as_not_supported_yet(
     await build_consumer(services).run_once()
     submission, _ = await load(services, submission_id)
     assert submission.status == Status.FAILED and submission.failed_stage == "build"
-    assert "benchmark submissions are not supported in this build" in (submission.error or "")
+    assert "benchmark submissions are not built by this builder" in (submission.error or "")
 
 
 async def test_dead_letter_marks_the_build_failed(services: Services, tmp_path: Path) -> None:
@@ -261,9 +262,13 @@ async def test_bundle_with_requirements_hands_on_its_environment(
     build = delivery.envelope.payload["build"]
     sha = hashlib.sha256(b"numpy\n").hexdigest()
     assert build["requirements_sha256"] == sha and build["env_key"] == f"envs/{sha}"
+    # The key, not the builder host's path: the evaluator resolves it on its own host.
+    python = local_env_python(
+        build["env_key"], storage=services.storage, home=services.settings.home
+    )
     env = services.storage.local_path(f"envs/{sha}")
-    assert env is not None and build["python"] == str(env / "bin" / "python")
-    assert await asyncio.to_thread(Path(build["python"]).exists)
+    assert env is not None and python == env / "bin" / "python"
+    assert await asyncio.to_thread(python.exists)
 
 
 async def test_the_worker_checks_handlers_in_its_warm_interpreter(

@@ -106,3 +106,21 @@ def test_an_unknown_sandbox_setting_is_refused(tmp_path: Path) -> None:
     result = cli.installed("serve", "evaluator", WEIGHBRIDGE_SANDBOX="docker", timeout=60)
     assert result.returncode == 1
     assert "WEIGHBRIDGE_SANDBOX is 'docker'" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("role", "setting", "value"),
+    [
+        ("builder", "WEIGHBRIDGE_BUILDER", "docker"),
+        ("evaluator", "WEIGHBRIDGE_RUNNER", "sagemaker"),
+    ],
+)
+def test_a_builder_or_runner_this_build_does_not_have_is_refused_at_start(
+    tmp_path: Path, role: str, setting: str, value: str
+) -> None:
+    cli = Cli(env=clean_env(tmp_path, **{setting: value}), cwd=tmp_path)
+    result = cli.installed("serve", role, timeout=60)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert f"{setting}={value!r} is not a" in result.stderr
+    assert "(it has: local)" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr

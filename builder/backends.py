@@ -1,0 +1,101 @@
+"""Builders: a fetched bundle in, build artifacts out. One protocol, chosen by WEIGHBRIDGE_BUILDER.
+
+The local builder unpacks and checks the bundle in the sandbox, makes the .mar with
+torch-model-archiver, a virtualenv per requirements hash (cached) and renders the Dockerfile
+(`builder.builds.build_model`). A Docker builder (image pushed to ECR, SageMaker model
+registered) joins the registry with the AWS backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from builder.builds import BuildOptions, BuildResult, build_model
+from builder.processes import BuildLog
+from core.errors import WeighbridgeError
+
+if TYPE_CHECKING:
+    from core.context import Services
+    from core.taskconfig import BuildConfig
+
+
+class Builder(Protocol):
+    """Builds one model bundle."""
+
+    name: str
+
+    async def build(
+        self,
+        source: Path,
+        *,
+        source_name: str,
+        submission_id: str,
+        model_name: str,
+        build: BuildConfig,
+        work: Path,
+        log: BuildLog,
+        options: BuildOptions,
+    ) -> BuildResult: ...
+
+
+@dataclass(frozen=True)
+class LocalBuilder:
+    """Builds on this machine (off the event loop: a thread driving sandboxed subprocesses)."""
+
+    envs_root: Path
+    name: str = "local"
+
+    async def build(
+        self,
+        source: Path,
+        *,
+        source_name: str,
+        submission_id: str,
+        model_name: str,
+        build: BuildConfig,
+        work: Path,
+        log: BuildLog,
+        options: BuildOptions,
+    ) -> BuildResult:
+        return await asyncio.to_thread(
+            build_model,
+            source,
+            source_name=source_name,
+            submission_id=submission_id,
+            model_name=model_name,
+            build=build,
+            envs_root=self.envs_root,
+            work=work,
+            log=log,
+            options=options,
+        )
+
+
+def _local(services: Services) -> Builder:
+    # Built environments live under storage's envs/ when storage is a local folder.
+    local = services.storage.local_path("envs")
+    return LocalBuilder(envs_root=local if local is not None else services.settings.home / "envs")
+
+
+BUILDERS: dict[str, Callable[[Services], Builder]] = {"local": _local}
+
+
+def check_builder(name: str) -> Callable[[Services], Builder]:
+    """How to make the builder called `name`; a clear error for one this build does not have."""
+    make = BUILDERS.get(name)
+    if make is None:
+        raise WeighbridgeError(
+            f"WEIGHBRIDGE_BUILDER={name!r} is not a builder of this build "
+            f"(it has: {', '.join(sorted(BUILDERS))})",
+            field="WEIGHBRIDGE_BUILDER",
+        )
+    return make
+
+
+def builder_from_settings(services: Services) -> Builder:
+    """The builder WEIGHBRIDGE_BUILDER names."""
+    return check_builder(services.settings.builder)(services)

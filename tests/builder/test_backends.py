@@ -1,0 +1,83 @@
+"""The builder seam and the kinds dispatch: WEIGHBRIDGE_BUILDER picks a builder from the
+registry (an unknown one refused in one sentence), every registered builder passes the same
+contract, and each submission kind goes to its own build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import builder.worker
+from builder.backends import BUILDERS, LocalBuilder, builder_from_settings, check_builder
+from builder.builds import BuildOptions
+from builder.processes import BuildLog
+from builder.worker import build_consumer
+from core.context import Services
+from core.errors import WeighbridgeError
+from core.states import Status
+from core.taskconfig import BuildConfig
+from tests.builder.bundles import tar_folder, write_model_folder
+from tests.builder.test_worker import load, submit
+
+
+def test_the_setting_picks_the_builder_and_an_unknown_one_is_refused(
+    services: Services,
+) -> None:
+    assert isinstance(builder_from_settings(services), LocalBuilder)
+    with pytest.raises(WeighbridgeError) as refused:
+        check_builder("docker")
+    assert refused.value.field == "WEIGHBRIDGE_BUILDER"
+    assert "'docker' is not a builder of this build (it has: local)" in refused.value.message
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+async def test_every_builder_turns_a_bundle_into_an_archive(
+    name: str, services: Services, tmp_path: Path
+) -> None:
+    made = BUILDERS[name](services)
+    assert made.name == name
+    folder = write_model_folder(tmp_path / "m", files={"model.pt": b"weights"})
+    source = tar_folder(folder, tmp_path / "m.tar.gz", arcname="m")
+    log = BuildLog(tmp_path / "work" / "build" / "log")
+    try:
+        result = await made.build(
+            source,
+            source_name="m.tar.gz",
+            submission_id="s" * 32,
+            model_name="m",
+            build=BuildConfig(),
+            work=tmp_path / "work",
+            log=log,
+            options=BuildOptions(),
+        )
+    finally:
+        log.close()
+    assert "model.mar" in result.files()
+    assert result.handler is not None
+
+
+async def test_each_kind_goes_to_its_own_build_and_an_unknown_kind_fails_with_the_reason(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tar_folder(
+        write_model_folder(tmp_path / "m", files={"model.pt": b"w"}), tmp_path / "m.tar.gz"
+    )
+    unknown = await submit(services, source, kind="inspection")
+    assert await build_consumer(services).run_once() == 1
+    submission, _ = await load(services, unknown)
+    assert submission.status == Status.FAILED
+    assert "inspection submissions are not built by this builder (it builds: model)" in (
+        submission.error or ""
+    )
+
+    # A kind registered beside the models is dispatched to, with the builder chosen.
+    seen: list[tuple[str, str]] = []
+
+    async def build_inspection(services, delivery, payload, config, *, builder, options):
+        seen.append((delivery.envelope.action_id, builder.name))
+
+    monkeypatch.setitem(builder.worker.KINDS, "inspection", build_inspection)
+    planned = await submit(services, source, kind="inspection")
+    assert await build_consumer(services).run_once() == 1
+    assert seen == [(planned, "local")]
