@@ -229,3 +229,19 @@ async def test_list_info_reports_sizes_times_and_unfinished_writes(storage: Loca
     ]
     assert await storage.delete_prefix("incoming/b") == 1
     assert [o.key for o in await storage.list_info("")] == ["incoming/a/model.zip"]
+
+
+async def test_two_holders_writing_one_key_leave_one_whole_object(storage: LocalStorage) -> None:
+    """Two workers may hold one message for a moment (a lease lost while a write is under
+    way): every write replaces the object whole, so readers see one attempt's file or the
+    other's, never a mixture or a torn file."""
+    import asyncio
+
+    versions = [bytes([i]) * (2 * 1024 * 1024 + i) for i in range(6)]
+    await asyncio.gather(
+        *(storage.write_bytes("submissions/s/results/test/predictions.jsonl", v) for v in versions)
+    )
+    stored = await storage.read_bytes("submissions/s/results/test/predictions.jsonl")
+    assert stored in versions
+    leftovers = [p.name for p in storage.root.rglob("*") if p.name.endswith(".part")]
+    assert leftovers == []
