@@ -111,76 +111,45 @@ def build_model(
     log: BuildLog,
     options: BuildOptions | None = None,
 ) -> BuildResult:
-    """Build `source` (folder, archive or .mar) into `work/build/`; JobFailed on a bad bundle."""
+    """Build `source` (folder, archive or .mar) into `work/build/`; JobFailed on a bad bundle.
+
+    The steps, each timed: unpack and find the handler; the environment for its
+    requirements; import the handler in the sandbox; the .mar; the Dockerfile and
+    config.properties; the specification that describes all of it."""
     options = options or BuildOptions()
     clock = _Clock(build.timeout_seconds)
     out = work / "build"
     out.mkdir(parents=True, exist_ok=True)
-    unpack = work / "unpack"
-    unpack.mkdir(parents=True, exist_ok=True)
 
-    log.step(f"unpacking {source_name}")
-    bundle = open_bundle(source, unpack, name=source_name, limits=options.limits)
-    log.write(
-        f"{bundle.format}: {len(bundle.files)} files, {bundle.total_bytes} bytes, "
-        f"sha256 {bundle.sha256}\n"
-        + "".join(f"  {f.path} ({f.bytes} bytes)\n" for f in bundle.files[:200])
-        + (f"  … and {len(bundle.files) - 200} more\n" if len(bundle.files) > 200 else "")
-    )
-    clock.lap("unpack_s")
+    bundle = _unpack(source, source_name, work / "unpack", options, log)
     handler = find_handler(bundle)
+    clock.lap("unpack_s")
 
-    requirements = _requirements_file(bundle)
-    env: PythonEnv | None = None
-    req_sha = None
-    if requirements is not None:
-        req_sha = requirements_sha256(requirements)
-        env = ensure_env(requirements, envs_root=envs_root, log=log, timeout=clock.left())
-        shutil.copyfile(requirements, out / REQUIREMENTS)
+    env, req_sha = _environment(bundle, out, envs_root=envs_root, timeout=clock.left(), log=log)
     clock.lap("environment_s")
 
-    python = str(env.python) if env else sys.executable
     info = check_handler(
         bundle.root,
         handler,
-        python=python,
+        python=str(env.python) if env else sys.executable,
         timeout=clock.left(options.handler_timeout),
         log=log,
     )
     clock.lap("handler_check_s")
 
-    if bundle.mar_path is not None:
-        log.step("keeping the uploaded .mar as it is")
-        shutil.copyfile(bundle.mar_path, out / MAR)
-        manifest = read_manifest(out / MAR)
-        name = manifest.get("model", {}).get("modelName") or model_name
-        model_name = safe_model_name(str(name), fallback=model_name)
-        serialized = manifest.get("model", {}).get("serializedFile")
-    else:
-        _, manifest, serialized = archive_model(
-            bundle.root,
-            model_name=model_name,
-            handler=handler,
-            work=work / "archive",
-            log=log,
-            timeout=clock.left(options.archiver_timeout),
-        )
-        shutil.move(str(work / "archive" / MAR), out / MAR)
+    model_name, manifest, serialized = _archive(
+        bundle,
+        handler,
+        out,
+        model_name=model_name,
+        work=work,
+        options=options,
+        clock=clock,
+        log=log,
+    )
     clock.lap("archive_s")
 
-    log.step("rendering the Dockerfile and config.properties")
-    settings = torchserve_settings(build)
-    (out / CONFIG_PROPERTIES).write_text(render_config_properties(settings), encoding="utf-8")
-    (out / DOCKERFILE).write_text(
-        render_dockerfile(
-            build=build,
-            model_name=model_name,
-            submission_id=submission_id,
-            requirements_sha256=req_sha,
-            settings=settings,
-        ),
-        encoding="utf-8",
-    )
+    settings = _image_files(out, build, model_name, submission_id, req_sha, log)
     clock.lap("dockerfile_s")
 
     specification = {
@@ -188,14 +157,7 @@ def build_model(
         "builder": "local",
         "weighbridge_version": __version__,
         "created_at": datetime.now(UTC).isoformat(),
-        "bundle": {
-            "source": source_name,
-            "format": bundle.format,
-            "sha256": bundle.sha256,
-            "bytes": bundle.source_bytes,
-            "unpacked_bytes": bundle.total_bytes,
-            "files": [asdict(f) for f in bundle.files],
-        },
+        "bundle": _bundle_summary(bundle, source_name),
         "model_name": model_name,
         "handler": {
             "handler": info.handler,
@@ -225,11 +187,7 @@ def build_model(
             "bytes": (out / MAR).stat().st_size,
             "manifest": manifest,
         },
-        "docker": {
-            "base_image": base_image(build),
-            "gpu": build.gpu,
-            "torchserve": settings,
-        },
+        "docker": {"base_image": base_image(build), "gpu": build.gpu, "torchserve": settings},
         "timings": {**clock.timings, "total_s": clock.total()},
     }
     (out / SPECIFICATION).write_text(json.dumps(specification, indent=2), encoding="utf-8")
@@ -242,6 +200,105 @@ def build_model(
         requirements_sha256=req_sha,
         specification=specification,
     )
+
+
+def _unpack(
+    source: Path, source_name: str, unpack: Path, options: BuildOptions, log: BuildLog
+) -> Bundle:
+    """The bundle, unpacked with the limits, its listing in the log."""
+    unpack.mkdir(parents=True, exist_ok=True)
+    log.step(f"unpacking {source_name}")
+    bundle = open_bundle(source, unpack, name=source_name, limits=options.limits)
+    log.write(
+        f"{bundle.format}: {len(bundle.files)} files, {bundle.total_bytes} bytes, "
+        f"sha256 {bundle.sha256}\n"
+        + "".join(f"  {f.path} ({f.bytes} bytes)\n" for f in bundle.files[:200])
+        + (f"  … and {len(bundle.files) - 200} more\n" if len(bundle.files) > 200 else "")
+    )
+    return bundle
+
+
+def _environment(
+    bundle: Bundle, out: Path, *, envs_root: Path, timeout: float, log: BuildLog
+) -> tuple[PythonEnv | None, str | None]:
+    """The cached environment for the bundle's requirements (None without any) and their hash."""
+    requirements = _requirements_file(bundle)
+    if requirements is None:
+        return None, None
+    env = ensure_env(requirements, envs_root=envs_root, log=log, timeout=timeout)
+    shutil.copyfile(requirements, out / REQUIREMENTS)
+    return env, requirements_sha256(requirements)
+
+
+def _archive(
+    bundle: Bundle,
+    handler: str,
+    out: Path,
+    *,
+    model_name: str,
+    work: Path,
+    options: BuildOptions,
+    clock: _Clock,
+    log: BuildLog,
+) -> tuple[str, dict[str, Any], str | None]:
+    """`out/model.mar`: an uploaded .mar kept as it is, else made by torch-model-archiver;
+    returns the model's name, the manifest and the serialized file."""
+    if bundle.mar_path is not None:
+        log.step("keeping the uploaded .mar as it is")
+        shutil.copyfile(bundle.mar_path, out / MAR)
+        manifest = read_manifest(out / MAR)
+        name = manifest.get("model", {}).get("modelName") or model_name
+        return (
+            safe_model_name(str(name), fallback=model_name),
+            manifest,
+            manifest.get("model", {}).get("serializedFile"),
+        )
+    _, manifest, serialized = archive_model(
+        bundle.root,
+        model_name=model_name,
+        handler=handler,
+        work=work / "archive",
+        log=log,
+        timeout=clock.left(options.archiver_timeout),
+    )
+    shutil.move(str(work / "archive" / MAR), out / MAR)
+    return model_name, manifest, serialized
+
+
+def _image_files(
+    out: Path,
+    build: BuildConfig,
+    model_name: str,
+    submission_id: str,
+    req_sha: str | None,
+    log: BuildLog,
+) -> dict[str, Any]:
+    """The Dockerfile and config.properties of the TorchServe image; returns its settings."""
+    log.step("rendering the Dockerfile and config.properties")
+    settings = torchserve_settings(build)
+    (out / CONFIG_PROPERTIES).write_text(render_config_properties(settings), encoding="utf-8")
+    (out / DOCKERFILE).write_text(
+        render_dockerfile(
+            build=build,
+            model_name=model_name,
+            submission_id=submission_id,
+            requirements_sha256=req_sha,
+            settings=settings,
+        ),
+        encoding="utf-8",
+    )
+    return settings
+
+
+def _bundle_summary(bundle: Bundle, source_name: str) -> dict[str, Any]:
+    return {
+        "source": source_name,
+        "format": bundle.format,
+        "sha256": bundle.sha256,
+        "bytes": bundle.source_bytes,
+        "unpacked_bytes": bundle.total_bytes,
+        "files": [asdict(f) for f in bundle.files],
+    }
 
 
 def _requirements_file(bundle: Bundle) -> Path | None:
