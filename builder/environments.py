@@ -36,11 +36,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from builder.processes import BuildLog, last_line
+from core.environments import MARKER, env_python, is_ready
 from core.errors import JobFailed
 from sandbox.jail import Job, Limits, current_jail
 from sandbox.rootfs import Mount
 
-MARKER = ".weighbridge-ready.json"
 PTH = "_weighbridge_base.pth"
 
 
@@ -58,14 +58,6 @@ class PythonEnv:
 
 def requirements_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def env_python(env_dir: Path) -> Path:
-    return env_dir / "bin" / "python"
-
-
-def is_ready(env_dir: Path) -> bool:
-    return (env_dir / MARKER).is_file() and env_python(env_dir).exists()
 
 
 @contextlib.contextmanager

@@ -142,6 +142,10 @@ class Queue(Protocol):
     async def settle(self, delivery: Delivery, *, error: str | None = None) -> bool:
         """Keep a dead letter, recorded, in its dead-letter queue (after `on_dead` ran)."""
 
+    async def dead_letter(self, delivery: Delivery, *, error: str) -> bool:
+        """Move the message to its dead-letter queue now, its attempts unspent: retrying
+        could not help (a message no receiver can read)."""
+
     async def dead_letters(self, queue: str) -> list[DeadLetter]: ...
     async def redrive(self, queue: str, message_id: str) -> bool:
         """Send a dead letter of `queue` back to it with fresh attempts."""
@@ -472,6 +476,19 @@ class DbQueue:
         if error is not None:
             values["last_error"] = error[-8000:]
         return await self._update_held(delivery, **values)
+
+    async def dead_letter(self, delivery: Delivery, *, error: str) -> bool:
+        if is_dead_letter_queue(delivery.queue):
+            return await self.settle(delivery, error=error)
+        qm = table_of(QueueMessage)
+        return await self._update_held(
+            delivery,
+            queue=_dlq_of(qm.c.queue),
+            max_attempts=qm.c.attempts + DEAD_LETTER_TRIES,
+            available_at=self._now(),
+            lease_token=None,
+            last_error=error[-8000:],
+        )
 
     async def dead_letters(self, queue: str) -> list[DeadLetter]:
         qm = table_of(QueueMessage)

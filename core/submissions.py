@@ -12,6 +12,7 @@ from sqlmodel import col
 
 from core.envelope import Envelope, Visit
 from core.errors import Forbidden, NotFound, RateLimited, WeighbridgeError
+from core.messages import BuildMessage, OwnerRef, SubmissionRef, TaskRef, payload_of
 from core.models import Event, Run, Score, Submission, Task, User, table_of, utcnow
 from core.queue import BUILD_QUEUE, Queue
 from core.states import TERMINAL, Status, cancel, record_event
@@ -104,26 +105,27 @@ async def check_submission_limit(session: AsyncSession, user: User, task: Task) 
 
 def build_message(submission: Submission, task: Task | None, owner: User) -> Envelope:
     """The fat `build` message: everything the builder needs, no lookups required."""
+    message = BuildMessage(
+        submission=SubmissionRef(
+            id=submission.id,
+            kind=submission.kind,
+            name=submission.name,
+            upload_key=submission.upload_key,
+            upload_filename=submission.upload_filename,
+            upload_sha256=submission.upload_sha256,
+            upload_bytes=submission.upload_bytes,
+            meta=submission.meta,
+        ),
+        task=TaskRef(slug=task.slug, config=task.config) if task else None,
+        owner=OwnerRef(id=owner.id, name=owner.name, email=owner.email),
+    )
     return Envelope(
         action_id=submission.id,
         parent_action_id=submission.parent_id,
         client_id=submission.client_id,
-        type="build",
+        type=BuildMessage.TYPE,
         visited=[Visit(service="api")],
-        payload={
-            "submission": {
-                "id": submission.id,
-                "kind": submission.kind,
-                "name": submission.name,
-                "upload_key": submission.upload_key,
-                "upload_filename": submission.upload_filename,
-                "upload_sha256": submission.upload_sha256,
-                "upload_bytes": submission.upload_bytes,
-                "meta": submission.meta,
-            },
-            "task": {"slug": task.slug, "config": task.config} if task else None,
-            "owner": {"id": owner.id, "name": owner.name, "email": owner.email},
-        },
+        payload=payload_of(message),
     )
 
 

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from core.errors import RetryableError
+from core.messages import MessageRefused
 from core.queue import Delivery, Queue, dead_letter_queue
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class Consumer:
     - RetryableError, or any other exception (it may be a passing fault we did not foresee):
       retried with a jittered backoff; after the last attempt the message moves to its
       dead-letter queue.
+    - MessageRefused (core.messages: a message no attempt can read, with no submission to
+      fail): moved to the dead-letter queue at once, with the reason.
     - dead letters of `queues` (durable, in `<queue>-dlq`) go to `on_dead`, which records the
       failure on the submission (idempotently: it may see a dead letter twice after a crash),
       and are then settled. Only the consumers of a queue see its dead letters.
@@ -121,6 +124,11 @@ class Consumer:
                 raise
         except asyncio.CancelledError:
             raise
+        except MessageRefused as exc:
+            # No attempt can read it: not retried; dead-lettered with the reason (its handler
+            # raises this only where it had no submission to fail).
+            log.warning("%s: refused %s: %s", self.name, delivery.envelope.message_id, exc)
+            await self._dead_letter(delivery, f"refused: {exc.reason}")
         except RetryableError as exc:
             log.warning("%s: retrying %s: %s", self.name, delivery.envelope.message_id, exc)
             await self._retry(delivery, f"{type(exc).__name__}: {exc}")
@@ -145,6 +153,12 @@ class Consumer:
         except Exception:
             # The lease runs out and the message comes back: nothing is lost.
             log.exception("%s: could not hand %s back", self.name, delivery.envelope.message_id)
+
+    async def _dead_letter(self, delivery: Delivery, error: str) -> None:
+        try:
+            await self.queue.dead_letter(delivery, error=error)
+        except Exception:
+            log.exception("%s: could not dead-letter %s", self.name, delivery.envelope.message_id)
 
     async def _record_dead(self, delivery: Delivery) -> None:
         """A dead letter of our queues: `on_dead` records the failure (raising retries it)."""

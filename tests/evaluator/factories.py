@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from core.accounts import create_user
 from core.context import Services
 from core.envelope import Envelope, Visit
+from core.messages import EvaluateMessage
 from core.models import Dataset, Event, Submission, Task, User, new_id
 from core.queue import eval_queue
 from core.states import TERMINAL, Status
@@ -75,7 +76,6 @@ async def make_built_submission(
     name: str = "a model",
     eval_overrides: dict[str, Any] | None = None,
     mar_key: str | None = None,
-    python: str | None = None,
 ) -> tuple[str, Envelope]:
     """A submission in `built` with its .mar in storage and its evaluate message staged."""
     submission_id = new_id()
@@ -106,12 +106,12 @@ async def make_built_submission(
             type="evaluate",
             visited=[Visit(service="test")],
             payload={
+                "schema_version": EvaluateMessage.VERSION,
                 "submission": {"id": submission_id, "kind": "model", "name": name, "meta": {}},
                 "task": {"slug": TASK, "config": config},
                 "owner": {"id": user.id, "name": user.name, "email": user.email},
                 "build": {
                     "mar_key": key,
-                    "python": python,
                     "env_key": None,
                     "requirements_sha256": None,
                     "handler": "handler.py",
