@@ -152,40 +152,14 @@ async def run_dataset(
         "log": f"{prefix}/log",
         "result": f"{prefix}/result.json",
     }
-    rows = await load_examples(storage, dataset)
-    if not rows:
-        raise JobFailed(stage, f"dataset {dataset.name} has no examples")
-    missing = [f for f in task.input_fields if f not in rows[0]]
-    if missing:
-        raise RuntimeError(
-            f"dataset {dataset.name} rows lack the task's input field(s) {missing}; "
-            "the dataset and the task config disagree"
-        )
-
+    rows = await _checked_rows(storage, dataset, task, stage=stage)
     folder = scratch / dataset.name
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "log"
     log_path.write_text("")
     limits = SandboxLimits(timeout_seconds=task.eval.timeout_seconds, memory_mb=task.eval.memory_mb)
-    # `max_concurrent_transforms` handler workers serve the dataset side by side, as SageMaker
-    # sends that many requests at once to an instance (whose TorchServe runs one worker each).
-    n_workers = max(1, min(task.eval.max_concurrent_transforms, _n_batches(rows, task)))
-    sandboxes = [
-        Sandbox(
-            model_dir=model.model_dir,
-            handler=model.handler,
-            manifest=model.manifest,
-            workdir=folder / ("work" if n_workers == 1 else f"work-{i + 1}"),
-            log_path=log_path if n_workers == 1 else folder / f"worker-{i + 1}.log",
-            limits=limits,
-            python=model.python,
-            batch_size=task.eval.batch_size,
-            model_name=model.name,
-            server_name=server_name,
-            threads=None if n_workers == 1 else max(1, usable_cpus() // n_workers),
-        )
-        for i in range(n_workers)
-    ]
+    sandboxes = _sandboxes(model, task, rows, folder, log_path, limits, server_name)
+    n_workers = len(sandboxes)
     started_wall = time.time()
     work = _run_batches(sandboxes, rows, task, dataset)
     if should_stop is not None:
@@ -225,15 +199,81 @@ async def run_dataset(
     await storage.write_file(keys["predictions"], predictions_path)
     await _upload_log(storage, keys["log"], log_path)
 
-    sandbox = sandboxes[0]
-    ready = sandbox.ready
     timings = {
         "init_seconds": round(max(float(s.ready.get("init_seconds", 0.0)) for s in sandboxes), 4),
         "inference_seconds": round(inference_seconds, 4),
         "wall_seconds": round(time.time() - started_wall, 4),
         "round_trip_p50_ms": round(_median(round_trips) * 1000, 3),
     }
-    worker = {
+    result = DatasetRun(
+        dataset=dataset.name,
+        sha256=dataset.sha256,
+        uids=uids,
+        answers=answers,
+        references=[reference_of(row, task.label_field) for row in rows],
+        performance=performance,
+        timings=timings,
+        worker=_worker_record(sandboxes, limits, task),
+        keys=keys,
+    )
+    await write_result(storage, result)
+    return result
+
+
+async def _checked_rows(
+    storage: Storage, dataset: DatasetSpec, task: TaskConfig, *, stage: str
+) -> list[dict[str, Any]]:
+    """The dataset's rows, refused when empty or without the task's input fields."""
+    rows = await load_examples(storage, dataset)
+    if not rows:
+        raise JobFailed(stage, f"dataset {dataset.name} has no examples")
+    missing = [f for f in task.input_fields if f not in rows[0]]
+    if missing:
+        raise RuntimeError(
+            f"dataset {dataset.name} rows lack the task's input field(s) {missing}; "
+            "the dataset and the task config disagree"
+        )
+    return rows
+
+
+def _sandboxes(
+    model: ModelSpec,
+    task: TaskConfig,
+    rows: Sequence[Any],
+    folder: Path,
+    log_path: Path,
+    limits: SandboxLimits,
+    server_name: str,
+) -> list[Sandbox]:
+    """The handler workers for one dataset: `max_concurrent_transforms` of them side by side,
+    as SageMaker sends that many requests at once to an instance (whose TorchServe runs one
+    worker each), never more than there are batches."""
+    n_workers = max(1, min(task.eval.max_concurrent_transforms, _n_batches(rows, task)))
+    return [
+        Sandbox(
+            model_dir=model.model_dir,
+            handler=model.handler,
+            manifest=model.manifest,
+            workdir=folder / ("work" if n_workers == 1 else f"work-{i + 1}"),
+            log_path=log_path if n_workers == 1 else folder / f"worker-{i + 1}.log",
+            limits=limits,
+            python=model.python,
+            batch_size=task.eval.batch_size,
+            model_name=model.name,
+            server_name=server_name,
+            threads=None if n_workers == 1 else max(1, usable_cpus() // n_workers),
+        )
+        for i in range(n_workers)
+    ]
+
+
+def _worker_record(
+    sandboxes: Sequence[Sandbox], limits: SandboxLimits, task: TaskConfig
+) -> dict[str, Any]:
+    """What ran the handler, for the receipt: versions, GPU, limits and the sandbox."""
+    sandbox = sandboxes[0]
+    ready = sandbox.ready
+    return {
         "versions": ready.get("versions", {}),
         "gpu_id": ready.get("gpu_id"),
         "gpu_name": ready.get("gpu_name"),
@@ -248,21 +288,8 @@ async def run_dataset(
         # forked from the warm interpreter (sandbox.zygote), or a fresh interpreter
         "start": "forked" if sandbox.forked_from is not None else "exec",
         "batch_size": task.eval.batch_size,
-        "workers": n_workers,
+        "workers": len(sandboxes),
     }
-    result = DatasetRun(
-        dataset=dataset.name,
-        sha256=dataset.sha256,
-        uids=uids,
-        answers=answers,
-        references=[reference_of(row, task.label_field) for row in rows],
-        performance=performance,
-        timings=timings,
-        worker=worker,
-        keys=keys,
-    )
-    await write_result(storage, result)
-    return result
 
 
 async def write_result(
