@@ -269,6 +269,7 @@ async def test_bundle_with_requirements_hands_on_its_environment(
     env = services.storage.local_path(f"envs/{sha}")
     assert env is not None and python == env / "bin" / "python"
     assert await asyncio.to_thread(python.exists)
+    assert not [v for v in build.values() if isinstance(v, str) and v.startswith("/")]
 
 
 async def test_the_worker_checks_handlers_in_its_warm_interpreter(

@@ -3,11 +3,13 @@ naming the field; payloads written before schema_version still read."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from core.envelope import Envelope
+from core.environments import MARKER, local_env_python
 from core.messages import (
     MESSAGES,
     BuildMessage,
@@ -18,6 +20,7 @@ from core.messages import (
     read_message,
 )
 from core.models import Submission, Task, User
+from core.storage import LocalStorage
 from core.submissions import build_message
 
 SHA = "a" * 64
@@ -155,3 +158,16 @@ def test_an_evaluate_message_queued_before_versions_still_reads() -> None:
     assert "python" not in payload_of(read)["build"]
     old_build = read_message(envelope(BuildMessage, build_payload()), BuildMessage)
     assert old_build.schema_version == BuildMessage.VERSION
+
+
+def test_an_env_key_resolves_on_this_host_only_when_ready(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "storage")
+    env = tmp_path / "storage" / "envs" / SHA
+    assert local_env_python(f"envs/{SHA}", storage=storage, home=tmp_path) is None
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "python").write_text("")
+    assert local_env_python(f"envs/{SHA}", storage=storage, home=tmp_path) is None  # no marker
+    (env / MARKER).write_text("{}")
+    assert local_env_python(f"envs/{SHA}", storage=storage, home=tmp_path) == env / "bin" / "python"
+    with pytest.raises(ValueError, match="not an environment key"):
+        local_env_python("envs/../../etc", storage=storage, home=tmp_path)
