@@ -1,0 +1,150 @@
+"""A kill storm: `weighbridge up` is SIGKILLed (with everything it started) at random moments
+while submissions flow, and started again each time. Afterwards every submission ends done or
+failed with a reason, none is stuck, and nothing was done twice: one score per submission,
+dataset and metric, one finished transition and one email per submission.
+
+The generator is seeded; the seed and each kill are printed, so a failure can be replayed
+(WEIGHBRIDGE_TEST_STORM_SEED=<seed> pytest tests/e2e/test_kill_storm.py -s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import free_port
+from tests.e2e.stack import (
+    create_token,
+    kill,
+    query,
+    stack_env,
+    start,
+    stop,
+    upload,
+    wait_healthy,
+    wait_settled,
+    write_task,
+)
+
+pytestmark = pytest.mark.slow
+
+KILLS = 20
+SUBMISSIONS = 10
+SEED = int(os.environ.get("WEIGHBRIDGE_TEST_STORM_SEED", "20261206"))
+
+
+def test_submissions_survive_a_storm_of_kills(tmp_path: Path) -> None:
+    rng = random.Random(SEED)
+    print(f"kill storm: seed {SEED}")
+    configs = tmp_path / "task_configs"
+    write_task(configs, "storm", fleet="storm-fleet")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # Each kill may cost the messages in hand an attempt (their leases run out): with more
+    # attempts than kills, the storm alone can never use them up, so every submission must
+    # end done. Short leases: a killed holder's message comes back within 2 s.
+    env = stack_env(
+        tmp_path,
+        configs,
+        url,
+        WEIGHBRIDGE_MAX_ATTEMPTS=str(KILLS + 5),
+        WEIGHBRIDGE_LEASE_SECONDS="2",
+    )
+    log = tmp_path / "up.log"
+    up = ["up", "--port", str(port)]
+    token = ""
+    ids: list[str] = []
+    began = time.monotonic()
+    for cycle in range(KILLS):
+        log.open("a").write(f"\n===== start {cycle} =====\n")
+        process = start(up, env, log)
+        spawned = time.monotonic()
+        # Now and then the kill lands in start-up (migrations, datasets, warm interpreter).
+        early = cycle > 0 and rng.random() < 0.2
+        try:
+            if early:
+                delay = rng.uniform(0.2, 2.0)
+                time.sleep(delay)
+                moment = f"{delay:.2f}s after spawn"
+            else:
+                wait_healthy(url, process, log)
+                if not token:
+                    token = create_token(env, tmp_path, "storm")
+                if len(ids) < SUBMISSIONS:
+                    ids.append(upload(url, token, task="storm", name=f"parity-{len(ids)}"))
+                # Up to a lease and a build or an evaluation past start-up: work gets done
+                # between kills, and kills land in every stage of it.
+                delay = rng.uniform(0.0, 4.0)
+                time.sleep(delay)
+                since = time.monotonic() - spawned
+                moment = f"{delay:.2f}s after healthy ({since:.2f}s after spawn)"
+        except BaseException:
+            stop(process)
+            raise
+        kill(process)
+        print(f"kill {cycle + 1}/{KILLS}: {moment}; {len(ids)} submitted")
+    print(f"storm over after {time.monotonic() - began:.1f}s")
+    while len(ids) < SUBMISSIONS:  # fewer healthy cycles than submissions: upload the rest
+        ids.append(f"pending-{len(ids)}")
+
+    log.open("a").write("\n===== the last start =====\n")
+    process = start(up, env, log)
+    try:
+        wait_healthy(url, process, log)
+        for i, sid in enumerate(ids):
+            if sid.startswith("pending-"):
+                ids[i] = upload(url, token, task="storm", name=f"parity-{i}")
+        states = wait_settled(url, token, ids, timeout=120, watch=[(process, log)])
+        database = Path(env["WEIGHBRIDGE_HOME"]) / "weighbridge.db"
+        # Every email leaves the outbox (a done email may wait for its rank first).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            unsent = query(database, "SELECT count(*) FROM notifications WHERE status != 'sent'")
+            if unsent[0][0] == 0:
+                break
+            time.sleep(0.25)
+    finally:
+        stop(process)
+    print(f"settled after {time.monotonic() - began:.1f}s")
+
+    for sid, state in states.items():
+        assert state["status"] in ("done", "failed"), (sid, state["status"])
+        if state["status"] == "failed":
+            assert state["error"], f"{sid} failed without a reason"
+    summary = {sid: (s["status"], s["error"]) for sid, s in states.items()}
+    print("outcome:", json.dumps(summary, indent=1))
+    # The handler is right: a crash may cost attempts, but not the result.
+    assert all(s["status"] == "done" for s in states.values()), summary
+
+    duplicates = query(
+        database,
+        "SELECT submission_id, dataset, metric, count(*) FROM scores "
+        "GROUP BY submission_id, dataset, metric HAVING count(*) > 1",
+    )
+    assert duplicates == []
+    scored = query(database, "SELECT submission_id, dataset, metric FROM scores")
+    for sid in ids:
+        assert {(d, m) for s, d, m in scored if s == sid} >= {
+            ("test", "accuracy"),
+            ("test", "macro_f1"),
+        }, sid
+    finished = query(
+        database,
+        "SELECT submission_id, count(*) FROM events WHERE status IN ('done', 'failed') "
+        "GROUP BY submission_id",
+    )
+    assert dict(finished) == dict.fromkeys(ids, 1)
+    emails = query(
+        database,
+        "SELECT submission_id, count(*), min(status) FROM notifications GROUP BY submission_id",
+    )
+    assert {sid: (n, status) for sid, n, status in emails} == dict.fromkeys(ids, (1, "sent"))
+    outbox = sorted((Path(env["WEIGHBRIDGE_HOME"]) / "outbox").glob("*.eml"))
+    assert len(outbox) == SUBMISSIONS, [p.name for p in outbox]
+    # No start after a kill crashed or logged an error on its way.
+    logged = log.read_text(errors="replace")
+    assert "Traceback" not in logged and " ERROR " not in logged, logged[-5000:]
