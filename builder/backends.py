@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from builder.builds import BuildOptions, BuildResult, build_model
 from builder.processes import BuildLog
+from core.environments import envs_root
 from core.errors import WeighbridgeError
 
 if TYPE_CHECKING:
@@ -76,9 +77,7 @@ class LocalBuilder:
 
 
 def _local(services: Services) -> Builder:
-    # Built environments live under storage's envs/ when storage is a local folder.
-    local = services.storage.local_path("envs")
-    return LocalBuilder(envs_root=local if local is not None else services.settings.home / "envs")
+    return LocalBuilder(envs_root=envs_root(services.storage, services.settings.home))
 
 
 BUILDERS: dict[str, Callable[[Services], Builder]] = {"local": _local}
