@@ -62,6 +62,12 @@ def eval_queue(server_id: str) -> str:
     return check_queue_name(f"eval-{server_id}")
 
 
+def fleet_of_queue(queue: str) -> str | None:
+    """The fleet whose evaluators receive `queue` (an eval queue or its dead letters)."""
+    name = queue.removesuffix(DLQ_SUFFIX)
+    return name.removeprefix("eval-") if name.startswith("eval-") else None
+
+
 def dead_letter_queue(queue: str) -> str:
     """Where the messages of `queue` go when they used their last attempt."""
     return queue if queue.endswith(DLQ_SUFFIX) else queue + DLQ_SUFFIX

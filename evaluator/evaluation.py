@@ -47,7 +47,7 @@ from core.submissions import list_scores
 from core.taskconfig import DELTA_METRICS, TaskConfig
 from evaluator import hwinfo, records
 from evaluator.archive import fetch_model
-from evaluator.receipt import build_receipt
+from evaluator.receipt import build_receipt, evaluator_identity
 from evaluator.runner import (
     DatasetRun,
     DatasetSpec,
@@ -133,6 +133,7 @@ class Evaluation:
         pool: Executor,
         attempt: int = 1,
         runner: Runner | None = None,
+        fleet: str | None = None,
     ) -> None:
         self.services = services
         self.envelope = envelope
@@ -140,6 +141,8 @@ class Evaluation:
         self.task = task
         self.pool = pool
         self.attempt = attempt
+        # The fleet whose queue delivered the message (the task's, unless called directly).
+        self.evaluator = evaluator_identity(fleet or task.eval.eval_server_id)
         self.runner = runner or runner_from_settings(services.settings)
         self.submission_id = payload.submission.id or envelope.action_id
 
@@ -253,7 +256,7 @@ class Evaluation:
             if status not in (Status.BUILT, Status.EVALUATING):
                 raise RetryableError(f"submission {submission.id} is still {status.value}")
             resumed = status is Status.EVALUATING
-            fleet = self.task.eval.eval_server_id
+            fleet = self.evaluator["fleet"]
             transition(
                 session,
                 submission,
@@ -264,7 +267,12 @@ class Evaluation:
                     if resumed
                     else f"evaluating on {len(names)} dataset(s) on fleet {fleet}"
                 ),
-                payload={"datasets": names, "fleet": fleet, "attempt": self.attempt},
+                payload={
+                    "datasets": names,
+                    "fleet": fleet,
+                    "attempt": self.attempt,
+                    "evaluator": self.evaluator,
+                },
                 parent=self.envelope,
             )
             await records.ensure_runs(session, submission.id, names)
@@ -612,6 +620,7 @@ class Evaluation:
             runner=self.runner.name,
             hwinfo=await asyncio.to_thread(hwinfo.machine_info),
             deltas=deltas or [],
+            evaluator=self.evaluator,
         )
         async with self.services.db.session() as session:
             submission = await records.lock_submission(session, self.submission_id)

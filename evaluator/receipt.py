@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from core.version import __version__
@@ -16,6 +18,12 @@ def hardware(info: dict[str, Any] | None = None, gpu_name: str | None = None) ->
     return summary
 
 
+def evaluator_identity(fleet: str) -> dict[str, Any]:
+    """Which evaluator did the work: the fleet whose queue it received the message from, and
+    the process (host and pid), so two fleets side by side can be told apart."""
+    return {"fleet": fleet, "host": socket.gethostname(), "pid": os.getpid()}
+
+
 def build_receipt(
     *,
     submission: dict[str, Any],
@@ -26,6 +34,7 @@ def build_receipt(
     runner: str,
     hwinfo: dict[str, Any] | None = None,
     deltas: list[dict[str, Any]] | None = None,
+    evaluator: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a person needs to trust (or reproduce) the scores.
 
@@ -60,6 +69,7 @@ def build_receipt(
             if (s.get("files") or {}).get("hwinfo")
         },
         "runner": runner,
+        "evaluator": evaluator,
         "sandbox": {
             **(worker.get("sandbox") or {}),
             "network": worker.get("network"),

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from core.context import Services
 from core.errors import JobFailed
 from core.messages import EvaluateMessage, MessageRefused, read_message
-from core.queue import Delivery, eval_queue
+from core.queue import Delivery, eval_queue, fleet_of_queue
 from core.taskconfig import TaskConfig
 from core.worker import Consumer
 from evaluator.evaluation import Evaluation, fail_submission
@@ -89,6 +89,7 @@ async def handle_evaluate(
             pool=metrics_pool,
             attempt=delivery.attempts,
             runner=runner,
+            fleet=fleet_of_queue(delivery.queue),
         )
         await evaluation.run()
     finally:

@@ -15,7 +15,15 @@ import sqlalchemy as sa
 from core.db import Database
 from core.errors import WeighbridgeError
 from core.models import QueueMessage, new_id
-from core.queue import BUILD_QUEUE, DbQueue, Delivery, eval_queue, queue_from_url
+from core.queue import (
+    BUILD_QUEUE,
+    DbQueue,
+    Delivery,
+    dead_letter_queue,
+    eval_queue,
+    fleet_of_queue,
+    queue_from_url,
+)
 from tests.core.factories import make_envelope, make_queue
 from tests.core.queue_processes import consume_until_empty, hold_one_message
 
@@ -341,3 +349,10 @@ async def test_dead_letters_and_depth_are_per_queue(db: Database) -> None:
     async with db.session() as session:
         total = await session.scalar(sa.select(sa.func.count()).select_from(QueueMessage))
     assert total == 2
+
+
+def test_the_fleet_of_an_eval_queue_and_of_its_dead_letters() -> None:
+    assert fleet_of_queue(eval_queue("south-fleet")) == "south-fleet"
+    assert fleet_of_queue(dead_letter_queue(eval_queue("south-fleet"))) == "south-fleet"
+    assert fleet_of_queue(BUILD_QUEUE) is None
+    assert fleet_of_queue(dead_letter_queue(BUILD_QUEUE)) is None

@@ -1,0 +1,95 @@
+"""Two evaluator fleets side by side: `serve api`, `serve builder` and one `serve evaluator
+--fleet ID` per fleet, each its own process on one database. A submission is evaluated only by
+the evaluator of its task's `eval_server_id`, never by the other: the evaluating events and the
+receipt name the fleet and the process (host, pid) that did the work."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import free_port
+from tests.e2e.stack import (
+    create_token,
+    query,
+    stack_env,
+    start,
+    stop,
+    tail,
+    upload,
+    wait_healthy,
+    wait_settled,
+    write_task,
+)
+
+pytestmark = pytest.mark.slow
+
+FLEETS = {"toy": "toy-fleet", "toy-south": "south-fleet"}
+PER_TASK = 3
+
+
+def test_each_fleet_evaluates_only_its_own_tasks(tmp_path: Path) -> None:
+    configs = tmp_path / "task_configs"
+    for slug, fleet in FLEETS.items():
+        write_task(configs, slug, fleet=fleet)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = stack_env(tmp_path, configs, url)
+    logs = {name: tmp_path / f"{name}.log" for name in ("api", "builder", *FLEETS.values())}
+    processes = {}
+    try:
+        # The API first: it migrates the database the others then share.
+        processes["api"] = start(["serve", "api", "--port", str(port)], env, logs["api"])
+        wait_healthy(url, processes["api"], logs["api"])
+        processes["builder"] = start(["serve", "builder"], env, logs["builder"])
+        for fleet in FLEETS.values():
+            processes[fleet] = start(["serve", "evaluator", "--fleet", fleet], env, logs[fleet])
+        token = create_token(env, tmp_path, "fleets")
+        task_of = {
+            upload(url, token, task=slug, name=f"{slug}-{i}"): slug
+            for i in range(PER_TASK)
+            for slug in FLEETS
+        }
+        states = wait_settled(
+            url,
+            token,
+            list(task_of),
+            timeout=120,
+            watch=[(processes[name], logs[name]) for name in processes],
+        )
+        pids = {fleet: processes[fleet].pid for fleet in FLEETS.values()}
+    finally:
+        for process in processes.values():
+            stop(process)
+
+    for sid, state in states.items():
+        assert state["status"] == "done", (sid, state["error"], tail(logs[FLEETS[task_of[sid]]]))
+    database = Path(env["WEIGHBRIDGE_HOME"]) / "weighbridge.db"
+    evaluated: dict[str, list[dict]] = {sid: [] for sid in task_of}
+    receipts: dict[str, dict] = {}
+    for sid, kind, envelope in query(
+        database,
+        "SELECT submission_id, type, envelope FROM events "
+        "WHERE type IN ('status.evaluating', 'receipt') ORDER BY id",
+    ):
+        payload = json.loads(envelope)["payload"]
+        if kind == "receipt":
+            receipts[sid] = payload["evaluator"]
+        else:
+            evaluated[sid].append(payload["evaluator"])
+    host = socket.gethostname()
+    for sid, slug in task_of.items():
+        fleet = FLEETS[slug]
+        mine = {"fleet": fleet, "host": host, "pid": pids[fleet]}
+        # Every delivery (a first one, and any after a retry) went to the task's fleet.
+        assert evaluated[sid] and all(e == mine for e in evaluated[sid]), (slug, evaluated[sid])
+        assert receipts[sid] == mine, (slug, receipts[sid])
+    # Each evaluator received only its own queue (and its dead letters).
+    for slug, fleet in FLEETS.items():
+        other = next(f for f in FLEETS.values() if f != fleet)
+        logged = logs[fleet].read_text(errors="replace")
+        assert f"eval-{fleet}" in logged and f"eval-{other}" not in logged, logged[-3000:]
+        assert sum(1 for s in task_of.values() if s == slug) == PER_TASK
