@@ -12,8 +12,10 @@ import json
 import os
 import random
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.cli.conftest import free_port
@@ -31,6 +33,15 @@ from tests.e2e.stack import (
 )
 
 pytestmark = pytest.mark.slow
+
+
+def try_upload(url: str, token: str, name: str) -> str | None:
+    """The new submission's id, or None when a kill cut the upload off."""
+    try:
+        return upload(url, token, task="storm", name=name)
+    except httpx.TransportError:
+        return None
+
 
 KILLS = 20
 SUBMISSIONS = 10
@@ -57,7 +68,10 @@ def test_submissions_survive_a_storm_of_kills(tmp_path: Path) -> None:
     log = tmp_path / "up.log"
     up = ["up", "--port", str(port)]
     token = ""
-    ids: list[str] = []
+    accepted: list[str] = []  # ids the API answered with
+    lost: list[str] = []  # names of uploads cut off by a kill (committed or not)
+    tried = 0
+    uploads = ThreadPoolExecutor(1)
     began = time.monotonic()
     for cycle in range(KILLS):
         log.open("a").write(f"\n===== start {cycle} =====\n")
@@ -65,6 +79,7 @@ def test_submissions_survive_a_storm_of_kills(tmp_path: Path) -> None:
         spawned = time.monotonic()
         # Now and then the kill lands in start-up (migrations, datasets, warm interpreter).
         early = cycle > 0 and rng.random() < 0.2
+        pending: Future[str | None] | None = None
         try:
             if early:
                 delay = rng.uniform(0.2, 2.0)
@@ -74,11 +89,15 @@ def test_submissions_survive_a_storm_of_kills(tmp_path: Path) -> None:
                 wait_healthy(url, process, log)
                 if not token:
                     token = create_token(env, tmp_path, "storm")
-                if len(ids) < SUBMISSIONS:
-                    ids.append(upload(url, token, task="storm", name=f"parity-{len(ids)}"))
-                # Up to a lease and a build or an evaluation past start-up: work gets done
-                # between kills, and kills land in every stage of it.
-                delay = rng.uniform(0.0, 4.0)
+                # One kill in four lands on an upload in flight; the others up to a lease and a
+                # build or an evaluation later: work gets done between kills, and kills land
+                # in every stage of it.
+                on_upload = rng.random() < 0.25
+                delay = rng.uniform(0.0, 0.15) if on_upload else rng.uniform(0.0, 4.0)
+                if len(accepted) < SUBMISSIONS:
+                    name = f"parity-{tried}"
+                    tried += 1
+                    pending = uploads.submit(try_upload, url, token, name)
                 time.sleep(delay)
                 since = time.monotonic() - spawned
                 moment = f"{delay:.2f}s after healthy ({since:.2f}s after spawn)"
@@ -86,20 +105,30 @@ def test_submissions_survive_a_storm_of_kills(tmp_path: Path) -> None:
             stop(process)
             raise
         kill(process)
-        print(f"kill {cycle + 1}/{KILLS}: {moment}; {len(ids)} submitted")
-    print(f"storm over after {time.monotonic() - began:.1f}s")
-    while len(ids) < SUBMISSIONS:  # fewer healthy cycles than submissions: upload the rest
-        ids.append(f"pending-{len(ids)}")
+        if pending is not None:
+            sid = pending.result(timeout=60)
+            (accepted if sid else lost).append(sid or name)
+            moment += f"; upload {name} {'accepted' if sid else 'cut off'}"
+        print(f"kill {cycle + 1}/{KILLS}: {moment}; {len(accepted)} accepted")
+    uploads.shutdown()
+    print(f"storm over after {time.monotonic() - began:.1f}s; cut off: {lost}")
 
     log.open("a").write("\n===== the last start =====\n")
     process = start(up, env, log)
     try:
         wait_healthy(url, process, log)
-        for i, sid in enumerate(ids):
-            if sid.startswith("pending-"):
-                ids[i] = upload(url, token, task="storm", name=f"parity-{i}")
-        states = wait_settled(url, token, ids, timeout=120, watch=[(process, log)])
+        while len(accepted) < SUBMISSIONS:  # fewer uploads got through than planned
+            accepted.append(upload(url, token, task="storm", name=f"parity-{tried}"))
+            tried += 1
         database = Path(env["WEIGHBRIDGE_HOME"]) / "weighbridge.db"
+        # Every submission the database holds: the accepted ones, and any upload whose
+        # answer a kill cut off after it committed.
+        names = dict(query(database, "SELECT id, name FROM submissions"))
+        ids = list(names)
+        assert set(accepted) <= set(ids)
+        assert len(set(names.values())) == len(names), "an upload was stored twice"
+        assert set(names.values()) <= {f"parity-{i}" for i in range(tried)}
+        states = wait_settled(url, token, ids, timeout=120, watch=[(process, log)])
         # Every email leaves the outbox (a done email may wait for its rank first).
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -144,7 +173,7 @@ def test_submissions_survive_a_storm_of_kills(tmp_path: Path) -> None:
     )
     assert {sid: (n, status) for sid, n, status in emails} == dict.fromkeys(ids, (1, "sent"))
     outbox = sorted((Path(env["WEIGHBRIDGE_HOME"]) / "outbox").glob("*.eml"))
-    assert len(outbox) == SUBMISSIONS, [p.name for p in outbox]
+    assert len(outbox) == len(ids), [p.name for p in outbox]
     # No start after a kill crashed or logged an error on its way.
     logged = log.read_text(errors="replace")
     assert "Traceback" not in logged and " ERROR " not in logged, logged[-5000:]
