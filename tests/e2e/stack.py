@@ -68,11 +68,60 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         )
 
 
-def kill(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """Send `sig` to the process and everything it started; wait for the process."""
+def kill(process: subprocess.Popen, sig: int = signal.SIGKILL, *, group: bool = True) -> None:
+    """Send `sig` to the process and everything it started (`group`: as when its container
+    dies), or to the process alone (as the OOM killer does); wait for the process."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, sig)
+        if group:
+            os.killpg(process.pid, sig)
+        else:
+            os.kill(process.pid, sig)
     process.wait(timeout=30)
+
+
+def _parents() -> dict[int, tuple[int, str]]:
+    """Every live process: its parent and its command line (zombies left out)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if fields[0] != "Z":  # a zombie has ended; it waits for its parent to reap it
+            found[int(entry.name)] = (int(fields[1]), cmdline.strip())
+    return found
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """The processes `pid` started, and theirs (pool workers, sandboxes, handler workers)."""
+    live = _parents()
+    found: dict[int, str] = {}
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, cmdline) in live.items():
+            if ppid == parent and child not in found:
+                found[child] = cmdline
+                frontier.append(child)
+    return found
+
+
+def wait_gone(processes: dict[int, str], timeout: float = 15) -> None:
+    """Every one of `processes` ended within `timeout`: a dead server leaves nothing running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        live = _parents()
+        # A pid reused since by an unrelated process does not count: compare command lines.
+        left = [
+            f"{pid}: {cmd}" for pid, cmd in processes.items() if live.get(pid, (0, ""))[1] == cmd
+        ]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not left, f"still running {timeout}s after their server died:\n" + "\n".join(left)
 
 
 def stop(process: subprocess.Popen) -> None:
