@@ -1,12 +1,14 @@
 """Two evaluator fleets side by side: `serve api`, `serve builder` and one `serve evaluator
 --fleet ID` per fleet, each its own process on one database. A submission is evaluated only by
-the evaluator of its task's `eval_server_id`, never by the other: the evaluating events and the
-receipt name the fleet and the process (host, pid) that did the work."""
+the evaluator of its task's `eval_server_id`, never by the other (not even while its own
+fleet's evaluator is not running yet): the evaluating events and the receipt name the fleet and
+the process (host, pid) that did the work."""
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from tests.e2e.stack import (
     stack_env,
     start,
     stop,
+    submission,
     tail,
     upload,
     wait_healthy,
@@ -27,7 +30,8 @@ from tests.e2e.stack import (
 
 pytestmark = pytest.mark.slow
 
-FLEETS = {"toy": "toy-fleet", "toy-south": "south-fleet"}
+NORTH, SOUTH = "toy-fleet", "south-fleet"
+FLEETS = {"toy": NORTH, "toy-south": SOUTH}
 PER_TASK = 3
 
 
@@ -45,21 +49,29 @@ def test_each_fleet_evaluates_only_its_own_tasks(tmp_path: Path) -> None:
         processes["api"] = start(["serve", "api", "--port", str(port)], env, logs["api"])
         wait_healthy(url, processes["api"], logs["api"])
         processes["builder"] = start(["serve", "builder"], env, logs["builder"])
-        for fleet in FLEETS.values():
-            processes[fleet] = start(["serve", "evaluator", "--fleet", fleet], env, logs[fleet])
+        # The south fleet's evaluator starts late: until then its submissions wait, built,
+        # however idle the other fleet's evaluator is.
+        processes[NORTH] = start(["serve", "evaluator", "--fleet", NORTH], env, logs[NORTH])
         token = create_token(env, tmp_path, "fleets")
         task_of = {
             upload(url, token, task=slug, name=f"{slug}-{i}"): slug
             for i in range(PER_TASK)
             for slug in FLEETS
         }
-        states = wait_settled(
-            url,
-            token,
-            list(task_of),
-            timeout=120,
-            watch=[(processes[name], logs[name]) for name in processes],
-        )
+        north = [sid for sid, slug in task_of.items() if FLEETS[slug] == NORTH]
+        south = [sid for sid in task_of if sid not in north]
+        watch = [(processes[name], logs[name]) for name in processes]
+        wait_settled(url, token, north, timeout=120, watch=watch)
+        deadline = time.monotonic() + 30
+        while {submission(url, token, sid)["status"] for sid in south} != {"built"}:
+            assert time.monotonic() < deadline, "the south submissions were not built"
+            time.sleep(0.2)
+        time.sleep(2)  # twenty polls of the idle north evaluator
+        assert {submission(url, token, sid)["status"] for sid in south} == {"built"}
+
+        processes[SOUTH] = start(["serve", "evaluator", "--fleet", SOUTH], env, logs[SOUTH])
+        watch.append((processes[SOUTH], logs[SOUTH]))
+        states = wait_settled(url, token, list(task_of), timeout=120, watch=watch)
         pids = {fleet: processes[fleet].pid for fleet in FLEETS.values()}
     finally:
         for process in processes.values():
