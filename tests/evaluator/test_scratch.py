@@ -64,7 +64,8 @@ async def test_a_killed_evaluators_scratch_is_removed_by_the_next_to_start(
         await wait_for(one_evaluates, within=60)
         await asyncio.sleep(0.5)
         owned = folders(shared)
-        busy, idle = (first, second) if evaluating(owned[first.pid]) else (second, first)
+        first_busy = first.pid in owned and evaluating(owned[first.pid])
+        busy, idle = (first, second) if first_busy else (second, first)
         left = owned[busy.pid]
         os.kill(busy.pid, signal.SIGKILL)
         busy.wait(10)
