@@ -114,9 +114,10 @@ def wait_gone(processes: dict[int, str], timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while True:
         live = _parents()
-        # A pid reused since by an unrelated process does not count: compare command lines.
+        # A pid reused since by an unrelated process does not count: compare command lines
+        # (a process caught mid-exec has an empty one; gone, it is gone).
         left = [
-            f"{pid}: {cmd}" for pid, cmd in processes.items() if live.get(pid, (0, ""))[1] == cmd
+            f"{pid}: {cmd}" for pid, cmd in processes.items() if pid in live and live[pid][1] == cmd
         ]
         if not left or time.monotonic() > deadline:
             break
