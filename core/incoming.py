@@ -12,7 +12,6 @@ order leaves a committed submission without its bundle.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import replace
@@ -28,6 +27,7 @@ from core.models import Submission, Task, User, utcnow
 from core.queue import Queue
 from core.storage import ObjectInfo, Storage, StoredObject
 from core.submissions import create_submission
+from core.worker import run_every
 
 if TYPE_CHECKING:
     from core.context import Services
@@ -141,13 +141,10 @@ async def run_sweeper(
     services: Services, stop: asyncio.Event, *, interval: float = SWEEP_INTERVAL_SECONDS
 ) -> None:
     """Sweep when the API starts, then every `interval` seconds until `stop` is set."""
-    while not stop.is_set():
-        try:
-            removed = await sweep_storage(services.db, services.storage)
-        except Exception:
-            log.exception("sweeping storage failed; trying again in %g s", interval)
-        else:
-            if removed:
-                log.info("swept %d leftovers from storage: %s", len(removed), ", ".join(removed))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+
+    async def sweep() -> None:
+        removed = await sweep_storage(services.db, services.storage)
+        if removed:
+            log.info("swept %d leftovers from storage: %s", len(removed), ", ".join(removed))
+
+    await run_every(interval, stop, sweep, what="sweeping storage")

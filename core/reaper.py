@@ -12,7 +12,6 @@ worker is given a day. A worker that finishes later finds the submission failed 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -24,6 +23,7 @@ from core.models import Submission, Task, utcnow
 from core.notifications import queue_submission_email
 from core.states import Status, fail
 from core.tasks import task_config
+from core.worker import run_every
 
 if TYPE_CHECKING:
     from core.context import Services
@@ -118,13 +118,10 @@ async def run_reaper(
     services: Services, stop: asyncio.Event, *, interval: float = REAP_INTERVAL_SECONDS
 ) -> None:
     """Reap every `interval` seconds until `stop` is set (one per deployment)."""
-    while not stop.is_set():
-        try:
-            reaped = await reap_stuck(services)
-        except Exception:
-            log.exception("reaping stuck submissions failed; trying again in %g s", interval)
-        else:
-            if reaped:
-                log.warning("failed %d stuck submission(s): %s", len(reaped), ", ".join(reaped))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+
+    async def reap() -> None:
+        reaped = await reap_stuck(services)
+        if reaped:
+            log.warning("failed %d stuck submission(s): %s", len(reaped), ", ".join(reaped))
+
+    await run_every(interval, stop, reap, what="reaping stuck submissions")

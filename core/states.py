@@ -168,14 +168,7 @@ async def cancel(
     event = _move(
         session, submission, Status.CANCELLED, service=service, message=message, parent=parent
     )
-    await session.execute(
-        sa.update(Run)
-        .where(
-            col(Run.submission_id) == submission.id,
-            col(Run.status).in_(RUNS_CANCELLED_WITH_SUBMISSION),
-        )
-        .values(status=RunStatus.CANCELLED.value, finished_at=utcnow())
-    )
+    await _end_runs(session, submission)
     return event
 
 
@@ -207,19 +200,25 @@ async def fail(
         parent=parent,
     )
     await session.flush()
+    await _end_runs(session, submission, error=f"not finished: the submission failed at {stage}")
+    return event
+
+
+async def _end_runs(
+    session: AsyncSession, submission: Submission, *, error: str | None = None
+) -> None:
+    """Each of the submission's runs not yet ended (queued or running) -> cancelled."""
+    values: dict[str, Any] = {"status": RunStatus.CANCELLED.value, "finished_at": utcnow()}
+    if error is not None:
+        values["error"] = error
     await session.execute(
         sa.update(Run)
         .where(
             col(Run.submission_id) == submission.id,
             col(Run.status).in_(RUNS_CANCELLED_WITH_SUBMISSION),
         )
-        .values(
-            status=RunStatus.CANCELLED.value,
-            finished_at=utcnow(),
-            error=f"not finished: the submission failed at {stage}",
-        )
+        .values(**values)
     )
-    return event
 
 
 def move_run(run: Run, to: RunStatus | str, *, error: str | None = None) -> None:

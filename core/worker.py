@@ -244,6 +244,24 @@ class Consumer:
         return len(deliveries)
 
 
+async def run_every(
+    interval: float,
+    stop: asyncio.Event,
+    duty: Callable[[], Awaitable[None]],
+    *,
+    what: str,
+) -> None:
+    """Run `duty` now, then every `interval` seconds until `stop` is set; a failure is logged
+    and the duty tried again at the next turn (the periodic loops: sweeper, reaper)."""
+    while not stop.is_set():
+        try:
+            await duty()
+        except Exception:
+            log.exception("%s failed; trying again in %g s", what, interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
 async def _first(
     *waits: Coroutine[Any, Any, Any],
     seconds: float,
