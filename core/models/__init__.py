@@ -3,7 +3,7 @@
 from core.models.base import SQLModel, new_id, table_of, utcnow
 from core.models.leaderboards import Leaderboard, LeaderboardEntry
 from core.models.notifications import Notification
-from core.models.queue import QueueMessage
+from core.models.queue import OutboxMessage, QueueMessage
 from core.models.submissions import Event, Run, Score, Submission
 from core.models.tasks import Dataset, Task
 from core.models.users import ApiToken, User
@@ -15,6 +15,7 @@ __all__ = [
     "Leaderboard",
     "LeaderboardEntry",
     "Notification",
+    "OutboxMessage",
     "QueueMessage",
     "Run",
     "SQLModel",
