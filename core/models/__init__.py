@@ -1,6 +1,7 @@
 """Every table, imported in one place so metadata and migrations see them all."""
 
 from core.models.base import SQLModel, new_id, table_of, utcnow
+from core.models.fetches import DataFetch
 from core.models.leaderboards import Leaderboard, LeaderboardEntry
 from core.models.notifications import Notification
 from core.models.queue import OutboxMessage, QueueMessage
@@ -10,6 +11,7 @@ from core.models.users import ApiToken, User
 
 __all__ = [
     "ApiToken",
+    "DataFetch",
     "Dataset",
     "Event",
     "Leaderboard",
