@@ -12,12 +12,13 @@ import contextlib
 import errno
 import fcntl
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 FIRST_UID = 424_200
 SLOTS = 256
+# Where the lock folder may go, the first writable one (see `lock_folder`).
+LOCK_PARENTS = (Path("/run/lock"), Path("/tmp"))
 
 
 class NoFreeSlot(Exception):
@@ -43,8 +44,15 @@ class UidSlot:
 
 
 def lock_folder() -> Path:
-    """Shared by every Weighbridge process of this user on the machine."""
-    folder = Path(tempfile.gettempdir()) / f"weighbridge-uids-{os.geteuid()}"
+    """Shared by every Weighbridge process of this user on the machine.
+
+    The ids are the kernel's, one set for the whole machine, so their locks are too: never
+    under TMPDIR. Two processes with different temporary folders (a test's scratch, systemd's
+    PrivateTmp) each handed out the same id, and each, closing a cell, killed every process
+    of that id: the other's sandboxed handler too. /run/lock is the machine's lock folder
+    (a private /tmp does not hide it); /tmp itself where it is missing."""
+    parent = next((p for p in LOCK_PARENTS if os.access(p, os.W_OK | os.X_OK)), LOCK_PARENTS[-1])
+    folder = parent / f"weighbridge-uids-{os.geteuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
     return folder
 
