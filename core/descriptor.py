@@ -43,6 +43,7 @@ from core.descriptor_checks import (
     located,
     read_toml,
 )
+from core.fetcher import SourceSpec
 from core.tomlpositions import KeyPath, format_path, key_lines
 
 __all__ = [
@@ -131,16 +132,9 @@ class Source(_Table):
     md5: str | None = None
     sha256: str | None = None
 
-    def digests(self) -> dict[str, str]:
-        """The sums the fetched file must have, algorithm to lower-case hex: md5's
-        `ALGORITHM:HEX` form names its algorithm, an empty md5 asks for nothing."""
-        sums: dict[str, str] = {}
-        if self.md5:
-            algorithm, _, digest = self.md5.rpartition(":")
-            sums[algorithm.lower() or "md5"] = digest.lower()
-        if self.sha256:
-            sums["sha256"] = self.sha256.lower()
-        return sums
+    def fetch_spec(self) -> SourceSpec:
+        """What the fetcher needs: where from and the sums the file must have."""
+        return SourceSpec(src=self.src, md5=self.md5 or None, sha256=self.sha256 or None)
 
 
 class Data(_Table):

@@ -4,8 +4,9 @@ few rules JSON Schema cannot express.
 
 Those rules: a cron expression in info.scheduling, metric patterns that compile as Python
 regexes with at most one group, unique metric names, alerts that name a metric, the [server]
-an inference benchmark needs, pip requirement strings, the size of the [ranges] cross
-product and the `{name}` placeholders that ranges fill.
+an inference benchmark needs, pip requirement strings, sources the fetcher can fetch and
+verify, the size of the [ranges] cross product and the `{name}` placeholders that ranges
+fill.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import Any
 import jsonschema
 from croniter import croniter
 from packaging.requirements import InvalidRequirement, Requirement
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core.errors import WeighbridgeError
+from core.fetcher import SourceSpec
 from core.tomlpositions import KeyPath, format_path, key_lines, line_of
 
 MAX_RANGE_CHILDREN = 256
@@ -284,6 +286,7 @@ def _semantic_problems(data: dict[str, Any]) -> Iterator[Found]:
     yield from _metric_problems(data)
     yield from _server_problems(data)
     yield from _package_problems(data)
+    yield from _source_problems(data)
     yield from _range_problems(data)
 
 
@@ -382,6 +385,33 @@ def _server_problems(data: dict[str, Any]) -> Iterator[Found]:
             'add [server.env.readiness_probe] with path = "/ping" (the path that answers '
             "once the server is ready)",
         )
+
+
+def _source_problems(data: dict[str, Any]) -> Iterator[Found]:
+    """What the fetcher would refuse (a scheme it cannot fetch, an md5 `ALGORITHM:HEX` of an
+    algorithm or length it does not know, two sums that disagree), refused now: its
+    SourceSpec is the one place these rules live."""
+    properties = _validator().schema["$defs"]["source"]["properties"]
+    for prefix in (("data", "sources"), ("server", "models")):
+        for i, source in _entries(data, *prefix):
+            if not isinstance(source.get("src"), str):
+                continue
+            # Only sums of the schema's form: the schema has already reported the others.
+            sums = {
+                key: source[key]
+                for key in ("md5", "sha256")
+                if isinstance(source.get(key), str)
+                and re.search(properties[key]["pattern"], source[key])
+            }
+            try:
+                SourceSpec(src=source["src"], **sums)
+            except ValidationError as exc:
+                for error in exc.errors():
+                    key = str(error["loc"][0]) if error["loc"] else None
+                    at = (*prefix, i, key) if key else (*prefix, i)
+                    message = str(error["msg"]).removeprefix("Value error, ")
+                    hint = properties.get(key, {}).get("description", "") if key else ""
+                    yield at, message, hint
 
 
 def _package_problems(data: dict[str, Any]) -> Iterator[Found]:

@@ -22,7 +22,6 @@ from core.descriptor import (
     Descriptor,
     DescriptorError,
     Problem,
-    Source,
     apply_range,
     descriptor_schema,
     expand_ranges,
@@ -495,17 +494,16 @@ def test_a_descriptor_is_frozen() -> None:
         hello.hardware.instance_type = "p3.2xlarge"  # type: ignore[misc]
 
 
-def test_sources_name_the_sums_the_fetched_file_must_have() -> None:
+def test_sources_tell_the_fetcher_the_sums_the_file_must_have() -> None:
     cpu = parse_descriptor(SINGLE_NODE_CPU).data.sources
-    assert cpu[0].digests() == {"md5": "f68b3c2dcbeaaa9fbdd348bbdeb94873"}
-    assert cpu[1].digests() == {"sha1": "2fd4e1c67a2d28fced849ee1bb76e7391b93eb12"}
-    assert cpu[2].digests() == {}
+    assert cpu[0].fetch_spec().checksums() == {"md5": "f68b3c2dcbeaaa9fbdd348bbdeb94873"}
+    assert cpu[1].fetch_spec().checksums() == {"sha1": "2fd4e1c67a2d28fced849ee1bb76e7391b93eb12"}
+    assert cpu[2].fetch_spec().checksums() == {}
     gpu = parse_descriptor(SINGLE_NODE_GPU).data.sources
-    assert gpu[0].digests() == {"md5": "f68b3c2dcbeaaa9fbdd348bbdeb94873"}
+    assert gpu[0].fetch_spec().checksums() == {"md5": "f68b3c2dcbeaaa9fbdd348bbdeb94873"}
     ours = parse_descriptor(OURS).data.sources[0]
-    assert ours.digests() == {"sha256": ours.sha256}
-    both = Source(src="s", path="p", md5="A" * 32, sha256="B" * 64)
-    assert both.digests() == {"md5": "a" * 32, "sha256": "b" * 64}
+    assert ours.fetch_spec().checksums() == {"sha256": ours.sha256}
+    assert ours.fetch_spec().src == ours.src
 
 
 # The refusals: (descriptor text, key path, line fragment or None, words of the hint).
@@ -640,6 +638,34 @@ BAD: dict[str, tuple[str, str, str | None, str]] = {
         "data.sources[0].sha256",
         "sha256 =",
         "64 hexadecimal digits",
+    ),
+    "md5 of an algorithm the fetcher does not know": (
+        replaced(
+            SINGLE_NODE_CPU, '"sha1:2fd4e1c67a2d28fced849ee1bb76e7391b93eb12"', '"crc32:1c291ca3"'
+        ),
+        "data.sources[1].md5",
+        "crc32:1c291ca3",
+        "ALGORITHM:HEX",
+    ),
+    "md5 of a known algorithm with the wrong length": (
+        replaced(SINGLE_NODE_CPU, '"sha1:2fd4e1c67a2d28fced849ee1bb76e7391b93eb12"', '"sha1:2fd4"'),
+        "data.sources[1].md5",
+        "sha1:2fd4",
+        "ALGORITHM:HEX",
+    ),
+    "a source the fetcher cannot fetch": (
+        replaced(SINGLE_NODE_CPU, 'src = "s3://datasets/', 'src = "ftp://datasets/'),
+        "data.sources[1].src",
+        "ftp://",
+        "an http(s)://, s3:// or file:// URL",
+    ),
+    "a server model the fetcher cannot fetch": (
+        replaced(
+            INFERENCE, 'src = "https://s3.amazonaws.com/', 'src = "gopher://s3.amazonaws.com/'
+        ),
+        "server.models[0].src",
+        "gopher://",
+        "an http(s)://, s3:// or file:// URL",
     ),
     "pattern that is not a regex": (
         replaced(HELLO_WORLD, "pattern = 'elapsed: ([-+]", "pattern = 'elapsed: (([-+]"),
