@@ -6,7 +6,7 @@ Those rules: a cron expression in info.scheduling, metric patterns that compile 
 regexes with at most one group, unique metric names, alerts that name a metric, the [server]
 an inference benchmark needs, pip requirement strings, sources the fetcher can fetch and
 verify, the size of the [ranges] cross product and the `{name}` placeholders that ranges
-fill.
+fill; and no inf or nan anywhere.
 """
 
 from __future__ import annotations
@@ -282,6 +282,7 @@ def _dependent_key(error: jsonschema.ValidationError) -> str | None:
 
 
 def _semantic_problems(data: dict[str, Any]) -> Iterator[Found]:
+    yield from _non_finite_problems(data, ())
     yield from _scheduling_problems(data)
     yield from _metric_problems(data)
     yield from _server_problems(data)
@@ -303,6 +304,19 @@ def _entries(data: Any, *keys: str) -> list[tuple[int, dict[str, Any]]]:
     if not isinstance(items, list):
         return []
     return [(i, item) for i, item in enumerate(items) if isinstance(item, dict)]
+
+
+def _non_finite_problems(value: Any, at: KeyPath) -> Iterator[Found]:
+    """TOML's inf and nan: no setting of a benchmark means them, and NaN slips past every
+    bound the schema sets (it compares false with everything)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield at, f"{value} is not a finite number", "write a number such as 2.5"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite_problems(item, (*at, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _non_finite_problems(item, (*at, i))
 
 
 def _scheduling_problems(data: dict[str, Any]) -> Iterator[Found]:

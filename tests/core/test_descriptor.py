@@ -729,6 +729,24 @@ BAD: dict[str, tuple[str, str, str | None, str]] = {
         "[[output.alerts]]",
         '"higher" (e.g. a latency) or "lower"',
     ),
+    "a lookback too short for a standard deviation": (
+        replaced(OURS, "lookback = 10", "lookback = 4"),
+        "output.alerts[1].lookback",
+        "lookback = 4",
+        "from 5 to 1000",
+    ),
+    "a threshold that is not a number": (
+        replaced(OURS, "z = 2.5", "z = nan"),
+        "output.alerts[1].z",
+        "z = nan",
+        "a number such as 2.5",
+    ),
+    "an infinite threshold": (
+        replaced(OURS, "min_change = 0.1", "min_change = inf"),
+        "output.alerts[1].min_change",
+        "min_change = inf",
+        "a number such as 2.5",
+    ),
     "too many range combinations": (
         replaced(
             OURS,
