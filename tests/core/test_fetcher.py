@@ -34,6 +34,7 @@ from core.fetcher import (
     fetch_source,
 )
 from core.models import DataFetch, table_of
+from core.queue import database_epoch
 from core.storage import LocalStorage
 from tests.core.fetch_processes import fetch_in_process
 
@@ -344,6 +345,52 @@ async def test_a_dead_holders_lease_is_taken_over(
     assert server.requests["/killed.bin"] == 2
     row = await fetch_row(db, source)
     assert (row.status, row.attempts) == ("done", 2)
+
+
+async def test_a_cancelled_fetch_hands_the_source_on_at_once(
+    db: Database, storage: LocalStorage, server: FileServer
+) -> None:
+    server.delay = 1.0
+    policy = FetchPolicy(lease_seconds=60.0, poll_seconds=0.02, backoff_seconds=0.01)
+    source = SourceSpec(src=server.serve("/cancelled.bin"))
+    job = asyncio.create_task(fetch_source(db, storage, source, policy=policy))
+    await wait_until(lambda: server.requests["/cancelled.bin"] > 0)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    # Not after the 60 s lease: the cancelled holder ended it on its way out.
+    fetched = await asyncio.wait_for(fetch_source(db, storage, source, policy=policy), 10)
+    assert await storage.read_bytes(fetched.key) == DATA
+    assert server.requests["/cancelled.bin"] == 2
+
+
+async def test_a_holder_that_lost_its_lease_stops_and_waits_for_the_new_holder(
+    db: Database, storage: LocalStorage, server: FileServer
+) -> None:
+    server.delay = 1.0
+    policy = FetchPolicy(lease_seconds=0.6, poll_seconds=0.02, read_timeout=5.0)
+    source = SourceSpec(src=server.serve("/stolen.bin"))
+    job = asyncio.create_task(fetch_source(db, storage, source, policy=policy))
+    await wait_until(lambda: server.requests["/stolen.bin"] > 0)
+    # Another job takes the row over, as it would had our renewals failed for a whole lease.
+    table = table_of(DataFetch)
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            sa.update(table)
+            .where(table.c.fetch_key == source.fetch_key())
+            .values(
+                holder="thief",
+                attempts=table.c.attempts + 1,
+                lease_until=database_epoch(db.dialect) + 1.5,
+            )
+        )
+    fetched = await asyncio.wait_for(job, 20)
+    # The first download was abandoned; the thief never finished, so after its lease ran out
+    # the original asker took the row back and fetched the file again.
+    assert await storage.read_bytes(fetched.key) == DATA
+    assert server.requests["/stolen.bin"] == 2
+    row = await fetch_row(db, source)
+    assert (row.status, row.attempts) == ("done", 3)
 
 
 # ---------------------------------------------------------------------------------------------
