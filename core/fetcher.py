@@ -396,11 +396,11 @@ async def _fetch_holding(
     except asyncio.CancelledError:
         work.cancel()
         # Leave the row at once to whoever asks next, rather than after the lease runs out.
-        await asyncio.shield(_update_held(db, fetch_key, token, lease_for=-1.0))
+        await _record(db, fetch_key, token, source, lease_for=-1.0)
         raise
     except Exception as exc:
         reason = exc.reason if isinstance(exc, FetchError) else f"{type(exc).__name__}: {exc}"
-        await _update_held(db, fetch_key, token, lease_for=0.0, status=FAILED, error=reason[:8000])
+        await _record(db, fetch_key, token, source, status=FAILED, error=reason[:8000])
         raise
     finally:
         beat.cancel()
@@ -421,6 +421,23 @@ async def _fetch_holding(
         # Another job took the row over meanwhile; our copy is stored and verified all the same.
         log.warning("%s: fetched, but another job holds its record now", source.src)
     return fetched
+
+
+async def _record(
+    db: Database,
+    fetch_key: str,
+    token: str,
+    source: SourceSpec,
+    *,
+    lease_for: float = 0.0,
+    **values: Any,
+) -> None:
+    """Record how a held fetch ended, without hiding the reason it ended: if the database
+    cannot be told, the lease runs out and the next asker takes the row over."""
+    try:
+        await asyncio.shield(_update_held(db, fetch_key, token, lease_for=lease_for, **values))
+    except Exception as exc:
+        log.warning("%s: could not record the end of its fetch: %s", source.src, exc)
 
 
 async def _renew_lease(
