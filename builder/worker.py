@@ -343,7 +343,7 @@ async def _store_and_hand_off(
         message = delivery.envelope.follow(
             EvaluateMessage.TYPE, payload_of(evaluate), service=SERVICE
         )
-        await services.queue.stage(session, eval_queue(config.eval.eval_server_id), message)
+        await services.outbox.stage(session, eval_queue(config.eval.eval_server_id), message)
 
 
 async def _ensure_datasets(services: Services, config: TaskConfig) -> None:

@@ -243,11 +243,14 @@ async def _queue_report(redrive: str | None) -> dict[str, Any]:
                 }
                 for d in dead
             ]
+        staged = await services.outbox.pending()
     finally:
         await services.close()
     return {
         "home": str(settings.home),
         "database": masked_url(settings.database_url),
+        # Messages committed by a sender and not yet relayed to the transport (0 for db://).
+        "outbox_pending": staged,
         "queues": rows,
         "dead_letters": letters,
         "redriven": {"message_id": redrive, "queue": redriven} if redriven else None,
@@ -286,6 +289,11 @@ def queue(
         back = report["redriven"]
         console.print(
             f"sent dead letter {escape(back['message_id'])} back to {escape(back['queue'])}"
+        )
+    if report["outbox_pending"]:
+        render.note(
+            f"{report['outbox_pending']} message(s) committed and not yet relayed to the queue "
+            "(a running server relays them within seconds)"
         )
     if not report["queues"]:
         render.note("the queues are empty")

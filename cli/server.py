@@ -233,15 +233,20 @@ def check_backends(settings: Settings, plan: Plan) -> None:
 async def run_plan(settings: Settings, plan: Plan) -> int:
     """Start the services and everything in the plan; stop cleanly on SIGINT/SIGTERM."""
     from core.context import start_services
-    from core.doorbell import Doorbell, RingingQueue
+    from core.doorbell import Doorbell, RingingOutbox, RingingQueue
     from core.heap import freeze_startup_heap
+    from core.outbox import outbox_for, relay_forever
 
     check_sandbox(settings, plan)
     check_backends(settings, plan)
 
     services = await start_services(settings)
     # Roles sharing this process hear of each other's messages at once, not at the next poll.
-    services.queue = RingingQueue(services.queue, Doorbell())
+    bell = Doorbell()
+    services.queue = RingingQueue(services.queue, bell)
+    services.outbox = RingingOutbox(
+        outbox_for(settings.queue_url, database=services.db, queue=services.queue), bell
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -251,6 +256,13 @@ async def run_plan(settings: Settings, plan: Plan) -> int:
     helpers: list[asyncio.Task[Any]] = []
     try:
         jobs = _start_workers(services, plan, stop)
+        # Messages staged here are relayed at once; rows a dead process left, at the next turn.
+        helpers.append(
+            asyncio.create_task(
+                relay_forever(services.outbox, stop, every=services.settings.poll_seconds * 5),
+                name="relay",
+            )
+        )
         freeze_startup_heap()  # the workers' modules are imported: pauses stay short
         if "builder" in jobs:
             helpers.append(asyncio.create_task(_prepare_datasets(services), name="datasets"))

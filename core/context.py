@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from core.db import Database
 from core.migrate import upgrade_database
+from core.outbox import Outbox, outbox_for
 from core.queue import Queue, queue_from_url
 from core.settings import Settings
 from core.storage import Storage, storage_from_url
@@ -26,6 +27,8 @@ class Services:
     db: Database
     storage: Storage
     queue: Queue
+    # Where senders stage messages in their transaction (for the database queue, its table).
+    outbox: Outbox
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
     # Roles sharing a process prepare datasets one at a time: the second finds them ready
     # (across processes the content-addressed writes make racing harmless, only wasted).
@@ -66,7 +69,10 @@ async def start_services(
     except BaseException:
         await db.dispose()
         raise
-    return Services(settings=settings, db=db, storage=storage, queue=queue, tasks=tasks)
+    outbox = outbox_for(settings.queue_url, database=db, queue=queue)
+    return Services(
+        settings=settings, db=db, storage=storage, queue=queue, outbox=outbox, tasks=tasks
+    )
 
 
 def fleets_to_serve(settings: Settings, tasks: dict[str, TaskConfig]) -> list[str]:

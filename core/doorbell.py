@@ -2,9 +2,10 @@
 
 In `weighbridge up` the API, the builder and the evaluator share one process, so a consumer
 need not wait for its next poll to see a message staged next door. `RingingQueue` wraps the
-process's queue: once a message it stages becomes visible (its transaction committed) or it
-sends one, it rings the `Doorbell`, and the `Consumer`s of that queue claim at once. Messages
-from other processes, and retries due later, are still found by polling (`poll_seconds`).
+process's queue and `RingingOutbox` its outbox: once a message staged becomes visible (its
+transaction committed) or one is sent, they ring the `Doorbell`, and the `Consumer`s of that
+queue claim at once. Messages from other processes, and retries due later, are still found by
+polling (`poll_seconds`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.envelope import Envelope
+from core.outbox import Outbox
 from core.queue import Queue
 
 
@@ -52,6 +54,32 @@ class RingingQueue:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
+    async def send(self, queue: str, message: Envelope, *, delay: float = 0.0) -> None:
+        await self.inner.send(queue, message, delay=delay)
+        if delay <= 0:
+            self.doorbell.ring(queue)
+
+    async def send_many(self, queue: str, messages: Sequence[Envelope]) -> None:
+        await self.inner.send_many(queue, messages)  # type: ignore[attr-defined]
+        self.doorbell.ring(queue)
+
+
+class RingingOutbox:
+    """An Outbox that rings `doorbell` once a message it staged is committed; everything else
+    is the wrapped outbox's. (A relayed message rings again when the relay sends it through a
+    `RingingQueue`; a consumer woken early finds nothing and waits again.)"""
+
+    def __init__(self, outbox: Outbox, doorbell: Doorbell) -> None:
+        self.inner = outbox
+        self.doorbell = doorbell
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @property
+    def relays(self) -> bool:
+        return self.inner.relays
+
     async def stage(
         self, session: AsyncSession, queue: str, message: Envelope, *, delay: float = 0.0
     ) -> None:
@@ -65,11 +93,11 @@ class RingingQueue:
                 once=True,
             )
 
-    async def send(self, queue: str, message: Envelope, *, delay: float = 0.0) -> None:
-        await self.inner.send(queue, message, delay=delay)
-        if delay <= 0:
-            self.doorbell.ring(queue)
+    async def relay(self) -> int:
+        return await self.inner.relay()
 
-    async def send_many(self, queue: str, messages: Sequence[Envelope]) -> None:
-        await self.inner.send_many(queue, messages)  # type: ignore[attr-defined]
-        self.doorbell.ring(queue)
+    async def wait_for_work(self, seconds: float) -> None:
+        await self.inner.wait_for_work(seconds)
+
+    async def pending(self) -> int:
+        return await self.inner.pending()

@@ -24,7 +24,7 @@ from sqlmodel import col
 
 from core.db import Database
 from core.models import Submission, Task, User, utcnow
-from core.queue import Queue
+from core.outbox import Outbox
 from core.storage import ObjectInfo, Storage, StoredObject
 from core.submissions import create_submission
 from core.worker import run_every
@@ -54,7 +54,7 @@ def upload_key(submission_id: str, filename: str) -> str:
 async def accept_upload(
     session: AsyncSession,
     storage: Storage,
-    queue: Queue,
+    outbox: Outbox,
     *,
     upload: StoredObject,
     submission_id: str,
@@ -71,7 +71,7 @@ async def accept_upload(
     public = replace(upload, key=upload_key(submission_id, filename))
     submission = await create_submission(
         session,
-        queue,
+        outbox,
         submission_id=submission_id,
         user=user,
         task=task,

@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 
 import sqlalchemy as sa
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core.db import Database
@@ -119,10 +120,8 @@ class DeadLetter:
 
 
 class Queue(Protocol):
-    async def stage(
-        self, session: AsyncSession, queue: str, message: Envelope, *, delay: float = 0.0
-    ) -> None:
-        """Write the message in the caller's transaction (outbox): sent iff it commits."""
+    """A queue transport. Senders inside a transaction stage through `core.outbox.Outbox`
+    (sent iff the transaction commits); `send` is for messages that belong to no transaction."""
 
     async def send(self, queue: str, message: Envelope, *, delay: float = 0.0) -> None: ...
     async def receive(
@@ -215,19 +214,30 @@ class DbQueue:
         async with self.db.autocommit_engine.connect() as conn:
             yield conn
 
-    async def stage(
+    async def insert_in(
         self, session: AsyncSession, queue: str, message: Envelope, *, delay: float = 0.0
     ) -> None:
+        """Insert the message in the caller's transaction: the table is its own outbox
+        (`core.outbox.QueueTableOutbox`), published when that transaction commits."""
         # Core insert in the caller's transaction: the SQL clock expressions need no ORM object.
         await session.execute(
             sa.insert(table_of(QueueMessage)).values(**self._values(queue, message, delay))
         )
 
     async def send(self, queue: str, message: Envelope, *, delay: float = 0.0) -> None:
-        async with self._statement() as conn:
-            await conn.execute(
-                sa.insert(table_of(QueueMessage)).values(**self._values(queue, message, delay))
-            )
+        """Send once per message id: sending a message the table still holds (a relay that
+        died before it could delete its outbox row sends it again) changes nothing."""
+        qm = table_of(QueueMessage)
+        try:
+            async with self._statement() as conn:
+                await conn.execute(sa.insert(qm).values(**self._values(queue, message, delay)))
+        except IntegrityError:
+            async with self._statement() as conn:
+                held = await conn.execute(
+                    sa.select(qm.c.id).where(qm.c.message_id == message.message_id)
+                )
+                if held.first() is None:
+                    raise
 
     async def send_many(self, queue: str, messages: Sequence[Envelope]) -> None:
         """Send all or none, in one transaction."""

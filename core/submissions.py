@@ -14,7 +14,8 @@ from core.envelope import Envelope, Visit
 from core.errors import Forbidden, NotFound, RateLimited, WeighbridgeError
 from core.messages import BuildMessage, OwnerRef, SubmissionRef, TaskRef, payload_of
 from core.models import Event, Run, Score, Submission, Task, User, table_of, utcnow
-from core.queue import BUILD_QUEUE, Queue
+from core.outbox import Outbox
+from core.queue import BUILD_QUEUE
 from core.states import TERMINAL, Status, cancel, record_event
 from core.storage import Storage, StoredObject
 from core.tasks import task_config
@@ -131,7 +132,7 @@ def build_message(submission: Submission, task: Task | None, owner: User) -> Env
 
 async def create_submission(
     session: AsyncSession,
-    queue: Queue,
+    outbox: Outbox,
     *,
     submission_id: str,
     user: User,
@@ -182,7 +183,7 @@ async def create_submission(
         message=f"received {filename} ({upload.size} bytes, sha256 {upload.sha256[:12]}…)",
         payload={"upload_key": upload.key, "bytes": upload.size, "sha256": upload.sha256},
     )
-    await queue.stage(session, BUILD_QUEUE, build_message(submission, task, user))
+    await outbox.stage(session, BUILD_QUEUE, build_message(submission, task, user))
     return submission
 
 

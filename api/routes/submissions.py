@@ -67,7 +67,7 @@ async def create_submission(request: Request) -> dict:
             submission = await accept_upload(
                 session,
                 services.storage,
-                services.queue,
+                services.outbox,
                 upload=upload.stored,
                 submission_id=submission_id,
                 user=user,

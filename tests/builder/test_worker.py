@@ -36,7 +36,7 @@ async def submit(
         task = await get_task(session, "toy")
         await create_submission(
             session,
-            services.queue,
+            services.outbox,
             submission_id=submission_id,
             user=user,
             task=task,
@@ -166,7 +166,7 @@ async def test_redelivered_message_for_a_built_submission_is_acked_without_rebui
         task = await get_task(session, "toy")
         owner = await session.get(User, submission.user_id)
         assert owner is not None
-        await services.queue.stage(session, BUILD_QUEUE, build_message(submission, task, owner))
+        await services.outbox.stage(session, BUILD_QUEUE, build_message(submission, task, owner))
     assert await consumer.run_once() == 1
 
     submission, events_after = await load(services, submission_id)

@@ -230,33 +230,6 @@ async def test_a_delayed_message_is_not_received_before_its_delay(db: Database) 
     assert time.monotonic() - sent_at >= 1.45
 
 
-async def test_stage_sends_only_when_the_transaction_commits(db: Database) -> None:
-    name = unique_queue()
-    q = make_queue(db)
-    rolled_back, committed = make_envelope(1), make_envelope(2)
-
-    class Boom(Exception):
-        pass
-
-    with pytest.raises(Boom):
-        async with db.session() as session:
-            await q.stage(session, name, rolled_back)
-            await session.flush()
-            raise Boom
-    assert await q.depth(name) == 0
-    assert await q.receive([name]) == []
-
-    async with db.session() as session:
-        await q.stage(session, name, committed)
-        await session.flush()
-        if db.dialect != "sqlite":
-            # Not visible to consumers until the transaction commits. (SQLite has one
-            # writer: a consumer's claim would wait for this transaction, so no check there.)
-            assert await make_queue(db).receive([name]) == []
-    (delivery,) = await q.receive([name])
-    assert delivery.envelope == committed
-
-
 async def test_a_malformed_body_is_dead_lettered_without_breaking_receive(db: Database) -> None:
     name = unique_queue()
     q = make_queue(db)

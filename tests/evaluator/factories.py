@@ -120,7 +120,7 @@ async def make_built_submission(
                 "datasets": list(datasets),
             },
         )
-        await services.queue.stage(session, eval_queue(FLEET), envelope)
+        await services.outbox.stage(session, eval_queue(FLEET), envelope)
     return submission_id, envelope
 
 
