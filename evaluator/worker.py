@@ -140,6 +140,10 @@ async def run_evaluator(services: Services, fleets: list[str], stop: asyncio.Eve
     finally:
         warming.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
+        # Read the cancelled warm-up's outcome (at once: its jobs are cancelled): a gather
+        # left unread is logged by asyncio as an error when it is collected, "exception was
+        # never retrieved", whenever the evaluator stops before the pool is warm.
+        await asyncio.gather(warming, return_exceptions=True)
 
 
 def _warm_pool(pool: ProcessPoolExecutor) -> asyncio.Future:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from core.context import Services
-from core.doorbell import Doorbell, RingingQueue
+from core.doorbell import Doorbell, RingingOutbox, RingingQueue
 from core.models import Notification, Run, Score
 from core.queue import eval_queue
 from core.submissions import list_runs, list_scores
@@ -339,7 +341,7 @@ async def test_a_message_that_keeps_failing_ends_as_an_internal_error(
 async def test_a_message_committed_in_this_process_wakes_the_idle_evaluator(
     services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # As in `weighbridge up`: the queue rings a doorbell once a staged message is committed.
+    # As in `weighbridge up`: the outbox rings a doorbell once a staged message is committed.
     # Polling is set far beyond this test, so only the doorbell can wake the evaluator.
     inner = services.queue
     receive = inner.receive
@@ -352,7 +354,9 @@ async def test_a_message_committed_in_this_process_wakes_the_idle_evaluator(
 
     monkeypatch.setattr(inner, "poll_seconds", 600.0)
     monkeypatch.setattr(inner, "receive", counted)
-    monkeypatch.setattr(services, "queue", RingingQueue(inner, Doorbell()))
+    bell = Doorbell()
+    monkeypatch.setattr(services, "queue", RingingQueue(inner, bell))
+    monkeypatch.setattr(services, "outbox", RingingOutbox(services.outbox, bell))
     dataset = await store_dataset(services, toy_rows(8))
     user = await make_user(services)
     mar = pack_mar(write_folder(tmp_path / "good", GOOD), tmp_path / "good.mar")
@@ -365,3 +369,16 @@ async def test_a_message_committed_in_this_process_wakes_the_idle_evaluator(
 
     assert await status_of(services, sid) == "done"
     assert claims <= 3  # woken by the commit: one claim for the message, one after it
+
+
+async def test_a_stop_while_the_pool_warms_up_logs_no_error(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `up` stopped within its first seconds (the kill storm's last start, once everything was
+    # done) cancelled the pool's warm-up, and asyncio logged that nobody read the outcome:
+    # "ERROR asyncio: _GatheringFuture exception was never retrieved".
+    async with evaluator(services):
+        pass  # stop at once: the pool workers are still being spawned
+    gc.collect()  # asyncio reports an unread outcome when the future is collected
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
