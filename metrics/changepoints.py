@@ -26,8 +26,10 @@ significance level (Besag and Clifford's sequential test); the p-value of a reje
 then estimated from the shuffles run.
 
 All Q values of a segment come from one 2-D prefix sum of its distance matrix, and shuffles
-are scored in batches, so a test costs O(permutations * n^2) arithmetic and O(n^2) memory:
-about a second for 500 points and 199 shuffles. Results are deterministic for a seed.
+are scored in batches, so a test costs O(permutations * n^2) arithmetic and O(n^2) memory.
+Measured here: 500 points with one change, 199 shuffles, 1.2 s (0.3 s for 200, 35 ms for 60);
+a segment without a change stops after a few dozen shuffles (70 ms for 500 points).
+Results are deterministic for a seed.
 """
 
 from __future__ import annotations

@@ -40,6 +40,12 @@ value hovering at the threshold does not fire and clear in turn). After a clear 
 only looks at runs from the first run back, so it needs ``MIN_BASELINE`` runs at the
 restored level before it judges again; then a new change fires again.
 
+Measured on 50 noisy series (sd 1 % of the level, 60 runs each, defaults): no method fires.
+Without the ``min_change`` guard (0) the statistics alone decide: ``"both"`` still fires on
+none, ``"zscore"`` fires 17 times (0.6 % of the runs judged: the t-distribution's tail beyond
+3 sd), ``"changepoint"`` on 6 series (every run is a new look at the data). A step of 8 sd
+at run 30 fires once, at run 30 (zscore) or run 32 naming run 30 (both, changepoint).
+
 A run whose value is missing (None or NaN) is skipped, with a note in the state; missing
 values are left out of every window and test. Evaluation is idempotent: runs up to the
 state's ``last_run`` are not looked at again, and several new runs are judged in order.
