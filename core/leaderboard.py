@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from core.errors import WeighbridgeError
+from core.kinds import is_ranked
 from core.models import Dataset, Run, Score, Submission, Task, User
 from core.states import Status
 from core.storage import Storage
@@ -74,6 +75,7 @@ def visible_to(task: Task, viewer: User | None) -> sa.ColumnElement[bool]:
     condition = sa.and_(
         col(Submission.task_id) == task.id,
         col(Submission.status) == Status.DONE.value,
+        is_ranked(),
     )
     if viewer is None or viewer.id is None:
         return sa.and_(condition, col(Submission.private) == sa.false())
@@ -122,7 +124,11 @@ async def collect_models(
     metric_names = [m.name for m in config.metrics]
     primary = config.primary_metric.name
     where = (
-        sa.and_(col(Submission.task_id) == task.id, col(Submission.status) == Status.DONE.value)
+        sa.and_(
+            col(Submission.task_id) == task.id,
+            col(Submission.status) == Status.DONE.value,
+            is_ranked(),
+        )
         if everyone
         else visible_to(task, viewer)
     )

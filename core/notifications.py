@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from core.errors import WeighbridgeError
+from core.kinds import policy_of
 from core.mailers import (
     FileMailer,
     Mailer,
@@ -228,7 +229,7 @@ async def _done_context(
     rank = None
     ranked_reason = None
     rank_pending = False
-    if task is not None:
+    if task is not None and policy_of(submission.kind).ranked:
         # The stored board, rebuilt after this submission's transaction commits: until then
         # the email says the rank is pending (and waits a little for it, see RANK_WAIT_SECONDS).
         place = await board_place(session, task, submission.id, viewer=owner)

@@ -12,6 +12,7 @@ from sqlmodel import col
 
 from core.envelope import Envelope, Visit
 from core.errors import Forbidden, NotFound, RateLimited, WeighbridgeError
+from core.kinds import policy_of
 from core.messages import BuildMessage, OwnerRef, SubmissionRef, TaskRef, payload_of
 from core.models import Event, Run, Score, Submission, Task, User, table_of, utcnow
 from core.outbox import Outbox
@@ -21,7 +22,6 @@ from core.storage import Storage, StoredObject
 from core.tasks import task_config
 
 ID = re.compile(r"^[0-9a-f]{32}$")
-KINDS = ("model", "benchmark", "inspection")
 NOT_COUNTED = (Status.FAILED.value, Status.CANCELLED.value)
 
 
@@ -151,8 +151,7 @@ async def create_submission(
     The user's submissions are locked first (see `lock_submissions_of`), so call it before
     anything else reads in a fresh transaction.
     """
-    if kind not in KINDS:
-        raise WeighbridgeError(f"kind must be one of {', '.join(KINDS)}", field="kind")
+    policy_of(kind)  # refuses a kind this service does not have, naming the ones it has
     if task is not None:
         await lock_submissions_of(session, user)
         await check_submission_limit(session, user, task)

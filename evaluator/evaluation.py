@@ -30,6 +30,7 @@ from core.context import Services
 from core.envelope import Envelope
 from core.environments import local_env_python
 from core.errors import JobFailed, RetryableError
+from core.kinds import policy_of
 from core.messages import DatasetRef, EvaluateMessage
 from core.models import Submission
 from core.notifications import queue_submission_email
@@ -644,7 +645,7 @@ class Evaluation:
                 payload=receipt,
                 parent=self.envelope,
             )
-            if submission.task_id is not None:
+            if submission.task_id is not None and policy_of(submission.kind).ranked:
                 # The board is rebuilt after this commits (core.boards), not in here.
                 from core.boards import mark_leaderboard_stale
 

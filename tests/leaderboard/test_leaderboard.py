@@ -206,3 +206,23 @@ async def test_ties_come_from_a_paired_bootstrap_on_stored_predictions(
     assert got["a"] == (False, None)
     assert got["b"][0] is True and got["b"][1] > 0.05
     assert got["c"][0] is False and got["c"][1] < 0.01
+
+
+async def test_only_kinds_that_rank_are_on_the_board(digits_services: Services) -> None:
+    """A benchmark run against a task may record numbers under the same names as a model's
+    scores; its kind decides that it is tracked as a history, never ranked beside models."""
+    await populate(digits_services)
+    async with digits_services.db.session() as session:
+        carol = await make_owner(session, "carol")
+        task = await task_row(session, "digits")
+        await make_scored_submission(
+            session, carol, task, scores(0.999, 0.999), name="bench", kind="benchmark"
+        )
+        await make_scored_submission(
+            session, carol, task, scores(0.999, 0.999), name="probe", kind="inspection"
+        )
+    await rebuild(digits_services)
+    async with digits_services.db.session() as session:
+        board = await read_leaderboard(session, "digits")
+    assert [row["model"] for row in board["rows"]] == ["cnn", "linear"]
+    assert [u["model"] for u in board["unranked"]] == ["partial"]
