@@ -128,7 +128,48 @@ class EvaluateMessage(Message):
         return super().upgrade_legacy(payload)
 
 
-MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (BuildMessage, EvaluateMessage)}
+class DataRef(Schema):
+    """A fetched, verified data source: where it is stored and where the job sees it."""
+
+    key: str  # datasets/<sha256>/<file name>
+    sha256: str
+    size: int
+    path: str  # the descriptor's data.sources[].path: the job sees it at /data/<path>
+    src: str
+
+
+class BenchmarkRef(Schema):
+    """What the builder prepared for a benchmark or inspection run: keys and hashes only."""
+
+    descriptor_key: str  # the descriptor as this submission runs it (range values applied)
+    descriptor_sha256: str
+    scripts_key: str | None = None  # a normalised tar of the scripts (script mode)
+    scripts_sha256: str | None = None
+    env_key: str | None = None  # envs/<requirements_sha256>; None: the service's own python
+    requirements_sha256: str | None = None
+    log_key: str | None = None
+    # What this machine cannot honour (docker image, horovod, a zone...), for the timeline.
+    warnings: list[str] = Field(default_factory=list)
+
+
+class BenchmarkMessage(Message):
+    """Queue `eval-default`: run a built benchmark (or inspection) `run.count` times."""
+
+    TYPE: ClassVar[str] = "benchmark"
+    VERSION: ClassVar[int] = 1
+
+    schema_version: Literal[1] = 1
+    submission: SubmissionRef
+    owner: OwnerRef | None = None
+    benchmark: BenchmarkRef
+    data: list[DataRef] = Field(default_factory=list)
+    # This child's [ranges] values (already applied to the descriptor), for the family table.
+    values: dict[str, Any] = Field(default_factory=dict)
+
+
+MESSAGES: dict[str, type[Message]] = {
+    m.TYPE: m for m in (BuildMessage, EvaluateMessage, BenchmarkMessage)
+}
 
 M = TypeVar("M", bound=Message)
 
