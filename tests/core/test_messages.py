@@ -77,7 +77,35 @@ def envelope(kind: type[Message], payload: dict[str, Any], **overrides: Any) -> 
     return Envelope(action_id="f" * 32, type=overrides.pop("type", kind.TYPE), payload=payload)
 
 
-SAMPLES = {"build": build_payload, "evaluate": evaluate_payload}
+def benchmark_payload() -> dict[str, Any]:
+    submission = {**build_payload()["submission"], "kind": "benchmark"}
+    return {
+        "submission": submission,
+        "owner": build_payload()["owner"],
+        "benchmark": {
+            "descriptor_key": f"submissions/{'f' * 32}/build/descriptor.toml",
+            "descriptor_sha256": SHA,
+            "scripts_key": f"submissions/{'f' * 32}/build/scripts.tar",
+            "scripts_sha256": SHA,
+            "env_key": f"envs/{SHA}",
+            "requirements_sha256": SHA,
+            "log_key": f"submissions/{'f' * 32}/build/log",
+            "warnings": ["env.docker_image: no Docker engine here"],
+        },
+        "data": [
+            {
+                "key": f"datasets/{SHA}/train.csv",
+                "sha256": SHA,
+                "size": 10,
+                "path": "train.csv",
+                "src": "https://example.org/train.csv",
+            }
+        ],
+        "values": {"batch_size": 32},
+    }
+
+
+SAMPLES = {"build": build_payload, "evaluate": evaluate_payload, "benchmark": benchmark_payload}
 
 
 @pytest.mark.parametrize("type_", sorted(MESSAGES))
