@@ -174,7 +174,9 @@ def _floats(values: Sequence[Any], what: str) -> np.ndarray:
     for i, value in enumerate(values):
         if value is None:
             out[i] = math.nan
-        elif isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        elif isinstance(value, bool) or not isinstance(
+            value, int | float | np.integer | np.floating
+        ):
             raise MetricError(
                 what, f"value at index {i} is {value!r}; a series holds numbers (None if missing)"
             )
@@ -451,7 +453,8 @@ def _step(h: _History, state: AlertState, end: int) -> tuple[AlertState, list[Al
     state = state.model_copy(update={"last_run": h.ids[end]})
     value = h.values[end]
     if not math.isfinite(value):
-        return state.model_copy(update={"note": f"run {h.ids[end]!r} has no value: skipped"}), []
+        note = f"run {h.ids[end]!r} has no finite value ({value}): skipped"
+        return state.model_copy(update={"note": note}), []
     if state.status == "alerting":
         return _check_clear(h, state, end)
     if state.status == "pending":
