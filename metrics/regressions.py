@@ -262,9 +262,13 @@ class _History:
         span = np.arange(start, end + 1)
         return span[np.isfinite(self.values[start : end + 1])]
 
+    def tested(self, end: int) -> np.ndarray:
+        """Positions the change-point test reads: the newest ``CHANGEPOINT_HISTORY`` values."""
+        return self.finite(0, end)[-CHANGEPOINT_HISTORY:]
+
     def change_points(self, end: int) -> list[tuple[int, ChangePoint]]:
         """Change points of the history up to ``end``, each with its position in the series."""
-        positions = self.finite(0, end)[-CHANGEPOINT_HISTORY:]
+        positions = self.tested(end)
         found = find_change_points(
             self.values[positions],
             significance=self.significance,
@@ -299,9 +303,15 @@ def _parse_series(series: Sequence[Any], metric: str) -> tuple[list[RunId], np.n
 
 
 def _fired(
-    h: _History, state: AlertState, *, start: int, end: int, value: float, **extra: Any
+    h: _History,
+    state: AlertState,
+    *,
+    start: int,
+    end: int,
+    baseline: float,
+    value: float,
+    **extra: Any,
 ) -> tuple[AlertState, list[AlertEvent]]:
-    baseline = state.baseline if state.baseline is not None else math.nan
     change = value - baseline
     event = AlertEvent(
         kind="fired",
@@ -316,7 +326,12 @@ def _fired(
         z=state.z,
         **extra,
     )
-    update = {"status": "alerting", "since_run": h.ids[start], "segment_start": h.ids[start]}
+    update = {
+        "status": "alerting",
+        "since_run": h.ids[start],
+        "segment_start": h.ids[start],
+        "baseline": baseline,
+    }
     note = f"alert fired at run {h.ids[end]!r}"
     return state.model_copy(update={**update, "note": note}), [event]
 
@@ -336,13 +351,15 @@ def _check_zscore(h: _History, state: AlertState, end: int) -> tuple[AlertState,
         z=rule.z,
         min_change=rule.min_change,
     )
-    if not verdict.regression:
+    if not verdict.regression or verdict.baseline is None:
         return state.model_copy(update={"note": verdict.reason}), []
     flagged = state.model_copy(
         update={"baseline": verdict.baseline, "baseline_sd": verdict.sd, "z": verdict.z}
     )
     if rule.method == "zscore":
-        return _fired(h, flagged, start=end, end=end, value=verdict.value)
+        return _fired(
+            h, flagged, start=end, end=end, baseline=verdict.baseline, value=verdict.value
+        )
     pending = flagged.model_copy(update={"status": "pending", "since_run": h.ids[end]})
     return _check_pending(h, pending, end)
 
@@ -370,6 +387,7 @@ def _check_pending(h: _History, state: AlertState, end: int) -> tuple[AlertState
                 state,
                 start=flagged,
                 end=end,
+                baseline=state.baseline,
                 value=level,
                 change_point_index=position,
                 pvalue=point.pvalue,
@@ -391,7 +409,7 @@ def _check_changepoint(
     after = h.finite(position, end)
     if position <= h.position(state.segment_start, default=-1) or len(after) > h.rule.lookback:
         return state.model_copy(update={"note": "no new change point"}), []
-    previous = found[-2][0] if len(found) > 1 else 0
+    previous = found[-2][0] if len(found) > 1 else int(h.tested(end)[0])
     before = h.values[h.finite(previous, position - 1)]
     baseline = float(np.median(before))
     level = float(np.median(h.values[after]))
@@ -407,12 +425,13 @@ def _check_changepoint(
         note = f"change point at position {position} is not (yet) a regression"
         return state.model_copy(update={"note": note}), []
     sd = float(before.std(ddof=1)) if len(before) > 1 else None
-    with_baseline = state.model_copy(update={"baseline": baseline, "baseline_sd": sd, "z": None})
+    with_sd = state.model_copy(update={"baseline_sd": sd, "z": None})
     return _fired(
         h,
-        with_baseline,
+        with_sd,
         start=position,
         end=end,
+        baseline=baseline,
         value=level,
         change_point_index=position,
         pvalue=point.pvalue,

@@ -334,6 +334,18 @@ def test_evaluation_is_idempotent_and_catches_up_on_several_runs_in_order() -> N
     assert events == [] and again == state
 
 
+def test_a_long_history_is_tested_over_its_newest_500_runs() -> None:
+    values = noise(15, 610)
+    values[:100] += 30 * SIGMA  # an old level, outside the tested window at run 602
+    values[600:] += 8 * SIGMA
+    series = list(enumerate(values))
+    state, _ = evaluate_alerts(series[:598], CHANGEPOINT)
+    state, events = evaluate_alerts(series[:605], CHANGEPOINT, state)
+    (event,) = events
+    assert (event.run_id, event.detected_at) == (600, 602)
+    assert event.baseline == pytest.approx(np.median(values[103:600]))  # not the old level
+
+
 def test_a_fresh_state_on_a_long_history_does_not_alert_on_an_old_change() -> None:
     values = noise(13, 80)
     values[20:] += 8 * SIGMA
