@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request
 
 from api.docs import install_docs
 from api.errors import install_error_handlers
-from api.routes import health, prometheus, schemas, submissions, tasks
+from api.routes import benchmarks, health, prometheus, schemas, submissions, tasks
 from api.routes.prometheus import ApiMetrics
 from core.context import Services
 from core.version import __version__
@@ -38,6 +38,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(health.router)
     app.include_router(tasks.router)
     app.include_router(submissions.router)
+    app.include_router(benchmarks.router)
     app.include_router(prometheus.router)
     app.include_router(schemas.router)
     app.include_router(pages.router)

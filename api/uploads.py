@@ -134,6 +134,25 @@ async def receive_upload(
     `key_for(fields, filename)` is called when the file part starts, with the fields sent
     so far; it checks them and returns the storage key and the byte limit.
     """
+    _fields, upload = await receive_form(request, storage, key_for=key_for)
+    if upload is None:
+        raise WeighbridgeError(
+            f"the request has no file: send the bundle in the form field {FILE_FIELD!r}",
+            status=422,
+            code="missing_file",
+            field=FILE_FIELD,
+        )
+    return upload
+
+
+async def receive_form(
+    request: Request,
+    storage: Storage,
+    *,
+    key_for: Callable[[dict[str, str], str], Awaitable[tuple[str, int]]],
+) -> tuple[dict[str, str], Upload | None]:
+    """The form's fields and its file part (None when it has none), streamed as for
+    `receive_upload`; every field, those after the file included."""
     reader = _Reader(request, _boundary(request))
     fields: dict[str, str] = {}
     upload: Upload | None = None
@@ -173,15 +192,9 @@ async def receive_upload(
         elif kind == "end" and part is not None:
             fields[part.name] = part.data.decode("utf-8", errors="replace")
             part = None
-    if upload is None:
-        raise WeighbridgeError(
-            f"the request has no file: send the bundle in the form field {FILE_FIELD!r}",
-            status=422,
-            code="missing_file",
-            field=FILE_FIELD,
-        )
-    upload.fields = fields
-    return upload
+    if upload is not None:
+        upload.fields = fields
+    return fields, upload
 
 
 async def _file_data(reader: _Reader) -> AsyncIterator[bytes]:

@@ -377,8 +377,12 @@ def open_bundle(
     *,
     name: str | None = None,
     limits: BundleLimits | None = None,
+    strip_folder: bool = True,
 ) -> Bundle:
-    """Unpack `source` into a new folder under `workdir`; BundleError says what is refused."""
+    """Unpack `source` into a new folder under `workdir`; BundleError says what is refused.
+
+    `strip_folder`: an archive holding one folder is that folder's contents (a model folder
+    archived with its name); False keeps the folder (scripts, whose paths the user wrote)."""
     limits = limits or BundleLimits()
     source_name = name or source.name
     if not source.exists() and not source.is_symlink():
@@ -425,7 +429,7 @@ def open_bundle(
     else:
         # A bundle made by archiving the model folder itself: look inside the folder.
         entries = [p for p in root.iterdir()]
-        if len(entries) == 1 and entries[0].is_dir():
+        if strip_folder and len(entries) == 1 and entries[0].is_dir():
             root, strip = entries[0], 1
     files = sorted(
         (

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from builder.archives import safe_model_name
 from builder.backends import Builder, builder_from_settings
+from builder.benchmarks import build_benchmark_submission
 from builder.builds import LOG, BuildOptions, BuildResult
 from builder.bundle import BundleLimits
 from builder.processes import BuildLog
@@ -152,7 +153,7 @@ async def handle_build(
             log.info("submission %s is already %s; skipped", submission_id, submission.status)
             return
         refusal, config = _refusal(submission, payload)
-        if refusal is not None or config is None:
+        if refusal is not None or (config is None and submission.kind in NEEDS_TASK):
             await _mark_failed(
                 session, services, submission, refusal or "no task config", delivery=delivery
             )
@@ -215,23 +216,32 @@ async def build_model_submission(
         await asyncio.to_thread(shutil.rmtree, work, True)
 
 
-# The build of each kind of submission: the one dispatch point (benchmarks and inspections
-# join here, beside models, without touching the model path).
-KINDS: dict[str, Callable[..., Awaitable[None]]] = {"model": build_model_submission}
+# The build of each kind of submission: the one dispatch point. A benchmark and an
+# inspection are the same job (an inspection is a benchmark made from an Amun request).
+KINDS: dict[str, Callable[..., Awaitable[None]]] = {
+    "model": build_model_submission,
+    "benchmark": build_benchmark_submission,
+    "inspection": build_benchmark_submission,
+}
+# Kinds whose build needs a task (its build settings and hidden datasets).
+NEEDS_TASK = frozenset({"model"})
 
 
 def _refusal(submission: Submission, payload: BuildPayload) -> tuple[str | None, TaskConfig | None]:
-    """Why this submission cannot be built here (None: go ahead), and its task's config."""
+    """Why this submission cannot be built here (None: go ahead), and its task's config
+    (None for kinds that need no task)."""
     if submission.kind not in KINDS:
         return (
             f"{submission.kind} submissions are not built by this builder (it builds: "
             f"{', '.join(sorted(KINDS))})",
             None,
         )
+    if not payload.submission.upload_key:
+        return "the submission has nothing uploaded to build", None
+    if submission.kind not in NEEDS_TASK:
+        return None, None
     if payload.task is None:
         return "a model submission needs a task; upload it with --task", None
-    if not payload.submission.upload_key:
-        return "the submission has no uploaded bundle to build", None
     try:
         return None, TaskConfig.model_validate(payload.task.config)
     except ValidationError as exc:
