@@ -10,7 +10,6 @@ import tarfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
@@ -63,7 +62,7 @@ count = 3
 class Counting(BaseHTTPRequestHandler):
     hits = 0
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         type(self).hits += 1
         self.send_response(200)
         self.send_header("Content-Length", str(len(DATA)))
