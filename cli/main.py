@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import account, models, render, server, submissions, tasks
+from cli import account, benchmarks, models, render, server, submissions, tasks
 from cli.admin import admin_app, db_app
 
 app = typer.Typer(
@@ -55,6 +55,7 @@ app.command("test")(models.test)
 app.command("ping")(account.ping)
 app.command("tasks")(tasks.tasks)
 app.command("upload")(submissions.upload)
+app.command("submit")(benchmarks.submit)
 app.command("status")(submissions.status)
 app.command("results")(submissions.results)
 app.command("logs")(submissions.logs)

@@ -243,3 +243,64 @@ def test_upload_runs_the_checks_of_test_first(user: Cli, tmp_path: Path) -> None
     sent = user.json("upload", str(no_handler), "--task", "toy", "--no-check")
     assert sent["status"] == "uploaded"
     assert len(user.json("status", "--limit", "200")["submissions"]) == before + 1
+
+
+BENCHMARK = """\
+spec_version = "0.1.0"
+[info]
+description = "hello"
+labels = { task_name = "hello-cli" }
+[hardware]
+instance_type = "local"
+[env]
+docker_image = "python:3.11"
+[ml]
+benchmark_code = "python3 $(BAI_SCRIPTS_PATH)/run.py"
+[[output.metrics]]
+name = "elapsed"
+units = "ms"
+pattern = 'elapsed: (\\d+\\.\\d+)'
+"""
+
+
+def test_submit_sends_the_descriptor_untouched_with_its_scripts(
+    user: Cli, server: Server, tmp_path: Path
+) -> None:
+    descriptor = tmp_path / "bench.toml"
+    descriptor.write_text(BENCHMARK)
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "run.py").write_text("print('elapsed: 12.5')\n")
+    answer = user.json("submit", str(descriptor), "--script", str(scripts), "--json")
+    assert answer["kind"] == "benchmark" and answer["status"] == "uploaded"
+    assert answer["name"] == "hello-cli"
+    home = Path(server.cli.env["WEIGHBRIDGE_HOME"])
+    stored = home / "storage" / "submissions" / answer["id"] / "upload" / "bench.toml"
+    assert stored.read_text() == BENCHMARK  # the user's TOML, byte for byte
+    archives = list((home / "storage" / "scripts").glob("*/*"))
+    assert archives, "the scripts archive is stored by its sha256"
+    with tarfile.open(archives[0]) as tar:
+        assert tar.getnames() == ["run.py"]
+    assert hashlib.sha256(archives[0].read_bytes()).hexdigest() == archives[0].parent.name
+
+
+def test_submit_refuses_a_bad_descriptor_with_its_line_before_sending(
+    user: Cli, tmp_path: Path
+) -> None:
+    descriptor = tmp_path / "bad.toml"
+    descriptor.write_text(BENCHMARK.replace('instance_type = "local"', 'instanse_type = "x"'))
+    result = user.run("submit", str(descriptor))
+    assert result.returncode == 1
+    assert "instanse_type" in result.stderr and "line 6" in result.stderr
+
+
+def test_submit_a_range_family_lists_its_children(user: Cli, tmp_path: Path) -> None:
+    descriptor = tmp_path / "family.toml"
+    descriptor.write_text(
+        BENCHMARK.replace("/run.py", "/run.py --threads {threads}") + "[ranges]\nthreads = [1, 2]\n"
+    )
+    answer = user.json("submit", str(descriptor), "--json")
+    assert answer["role"] == "family"
+    assert [c["values"] for c in answer["children"]] == [{"threads": 1}, {"threads": 2}]
+    human = user.run("submit", str(descriptor))
+    assert human.returncode == 0 and "a family of 2 runs" in human.stdout
