@@ -12,11 +12,10 @@ import contextlib
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from cli import render
 from cli.client import Client
@@ -61,24 +60,6 @@ def pack_scripts(script: Path, workdir: Path, *, show: bool) -> Path:
         with script.open("rb") as fh:
             tar.addfile(info, fh)
     return dest
-
-
-def _family_table(children: list[dict[str, Any]]) -> Table:
-    names = sorted({k for c in children for k in (c.get("values") or {})})
-    table = Table(title="family")
-    table.add_column("id")
-    for name in names:
-        table.add_column(name, justify="right")
-    table.add_column("status")
-    for child in children:
-        values = child.get("values") or {}
-        render.add_row(
-            table,
-            render.plain(child.get("id")),
-            *(render.plain(str(values.get(n, ""))) for n in names),
-            render.status_text(child.get("status")),
-        )
-    return table
 
 
 @reports_errors
@@ -155,7 +136,7 @@ def submit(
             if json_output:
                 render.print_json(summary)
             elif children:
-                render.stdout().print(_family_table(children))
+                render.stdout().print(render.family_table(children))
             else:
                 render.note(f"follow it with: weighbridge status {summary.get('id')} --watch")
             return
@@ -172,7 +153,7 @@ def submit(
         if json_output:
             render.print_json({**summary, "children": children})
         else:
-            render.stdout().print(_family_table(children))
+            render.stdout().print(render.family_table(children))
         if any(f.get("status") in ("failed", "cancelled") for f in finals):
             raise typer.Exit(1)
         return

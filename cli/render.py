@@ -439,3 +439,33 @@ def transfer_progress(*, enabled: bool) -> Progress:
         disable=not enabled,
         transient=False,
     )
+
+
+def family_table(children: Iterable[dict[str, Any]]) -> RenderableType:
+    """A benchmark family (or a schedule's runs) side by side: one row per child, its range
+    values (or tick), its status and each metric over all its runs."""
+    children = list(children)
+    names = list(dict.fromkeys(k for c in children for k in (c.get("values") or {})))
+    metrics = list(dict.fromkeys(m for c in children for m in (c.get("metrics") or {})))
+    table = Table(title="family", title_justify="left", title_style="bold")
+    table.add_column("id")
+    if any(c.get("tick") for c in children):
+        table.add_column("tick")
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column("status")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    for child in children:
+        values = child.get("values") or {}
+        found = child.get("metrics") or {}
+        cells: list[Text] = [plain(child.get("id"))]
+        if any(c.get("tick") for c in children):
+            cells.append(plain(child.get("tick") or "-"))
+        cells += [plain(str(values.get(n, "-"))) for n in names]
+        cells.append(status_text(child.get("status")))
+        for metric in metrics:
+            value = as_number(found.get(metric))
+            cells.append(Text(f"{value:,.4g}" if value is not None else "-"))
+        add_row(table, *cells)
+    return table

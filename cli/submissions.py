@@ -199,6 +199,8 @@ def status(
         submission = client.get(submission_path(submission_id))
         if not json_output:
             render.stdout().print(render.submission_view(submission))
+            if submission.get("children"):
+                render.stdout().print(render.family_table(submission["children"]))
         if not watch:
             if json_output:
                 render.print_json(submission)
@@ -231,6 +233,8 @@ def results(submission_id: IdArgument, json_output: JsonOption = False) -> None:
         console.print("[dim]no scores yet[/]" if unfinished else "[dim]no scores[/]")
     if answer.get("runs"):
         console.print(render.runs_table(answer["runs"]))
+    if answer.get("children"):
+        console.print(render.family_table(answer["children"]))
 
 
 @reports_errors

@@ -245,6 +245,47 @@ async def list_runs(session: AsyncSession, submission_id: str) -> list[Run]:
     )
 
 
+async def list_children(session: AsyncSession, parent: Submission) -> list[Submission]:
+    """A family's or a schedule's runs, oldest first (private ones follow their parent)."""
+    return list(
+        await session.scalars(
+            sa.select(Submission)
+            .where(col(Submission.parent_id) == parent.id)
+            .order_by(col(Submission.created_at), col(Submission.id))
+        )
+    )
+
+
+# The dataset name of a benchmark's summary over every value of every run.
+ALL_RUNS = "all"
+
+
+async def family_rows(session: AsyncSession, parent: Submission) -> list[dict[str, Any]]:
+    """One row per child: its id, status, range values and each metric over all its runs."""
+    children = await list_children(session, parent)
+    if not children:
+        return []
+    values: dict[str, dict[str, float]] = {c.id: {} for c in children}
+    for score in await session.scalars(
+        sa.select(Score).where(
+            col(Score.submission_id).in_(list(values)), col(Score.dataset) == ALL_RUNS
+        )
+    ):
+        values[score.submission_id][score.metric] = score.value
+    return [
+        {
+            "id": c.id,
+            "name": c.name,
+            "status": c.status,
+            "values": c.meta.get("values", {}),
+            "tick": c.meta.get("tick"),
+            "created_at": c.created_at.isoformat(),
+            "metrics": values[c.id],
+        }
+        for c in children
+    ]
+
+
 async def list_scores(session: AsyncSession, submission_id: str) -> list[Score]:
     return list(
         await session.scalars(

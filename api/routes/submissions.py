@@ -130,13 +130,26 @@ async def read_submission(submission_id: str, request: Request) -> dict:
 
 async def _detail(session, s) -> dict:
     task = await session.get(Task, s.task_id) if s.task_id else None
-    return submission_json(
+    body = submission_json(
         s,
         task=task.slug if task else None,
         owner=await session.get(User, s.user_id),
         events=await subs.list_events(session, s.id),
         runs=await subs.list_runs(session, s.id),
     )
+    return {**body, **await _family(session, s)}
+
+
+async def _family(session, s) -> dict:
+    """A benchmark's place in its family: its parent, its range values, its children."""
+    if s.kind == "model":
+        return {}
+    return {
+        "parent_id": s.parent_id,
+        "role": s.meta.get("role"),
+        "values": s.meta.get("values", {}),
+        "children": await subs.family_rows(session, s),
+    }
 
 
 @router.get("/{submission_id}/events")
@@ -167,6 +180,7 @@ async def read_results(submission_id: str, request: Request) -> dict:
             "status": s.status,
             "scores": [score_json(x) for x in await subs.list_scores(session, s.id)],
             "runs": [run_json(r) for r in await subs.list_runs(session, s.id)],
+            **await _family(session, s),
         }
 
 

@@ -304,3 +304,19 @@ def test_submit_a_range_family_lists_its_children(user: Cli, tmp_path: Path) -> 
     assert [c["values"] for c in answer["children"]] == [{"threads": 1}, {"threads": 2}]
     human = user.run("submit", str(descriptor))
     assert human.returncode == 0 and "a family of 2 runs" in human.stdout
+
+
+def test_status_and_results_of_a_family_show_its_children(user: Cli, tmp_path: Path) -> None:
+    descriptor = tmp_path / "family2.toml"
+    descriptor.write_text(
+        BENCHMARK.replace("/run.py", "/run.py --batch {batch}") + "[ranges]\nbatch = [8, 16]\n"
+    )
+    parent = user.json("submit", str(descriptor), "--json")["id"]
+    detail = user.json("status", parent, "--json")
+    assert detail["role"] == "family"
+    assert [c["values"] for c in detail["children"]] == [{"batch": 8}, {"batch": 16}]
+    assert all(c["status"] == "uploaded" for c in detail["children"])
+    child = detail["children"][0]["id"]
+    assert user.json("status", child, "--json")["parent_id"] == parent
+    human = user.run("results", parent)
+    assert human.returncode == 0 and "family" in human.stdout and "batch" in human.stdout
