@@ -1,6 +1,15 @@
 """Every table, imported in one place so metadata and migrations see them all."""
 
 from core.models.base import SQLModel, new_id, table_of, utcnow
+from core.models.benchmarks import (
+    BenchmarkAlert,
+    BenchmarkAlertState,
+    BenchmarkPoint,
+    BenchmarkRun,
+    BenchmarkSeries,
+    Schedule,
+    ScheduleTick,
+)
 from core.models.fetches import DataFetch
 from core.models.leaderboards import Leaderboard, LeaderboardEntry
 from core.models.notifications import Notification
@@ -11,6 +20,11 @@ from core.models.users import ApiToken, User
 
 __all__ = [
     "ApiToken",
+    "BenchmarkAlert",
+    "BenchmarkAlertState",
+    "BenchmarkPoint",
+    "BenchmarkRun",
+    "BenchmarkSeries",
     "DataFetch",
     "Dataset",
     "Event",
@@ -21,6 +35,8 @@ __all__ = [
     "QueueMessage",
     "Run",
     "SQLModel",
+    "Schedule",
+    "ScheduleTick",
     "Score",
     "Submission",
     "Task",
