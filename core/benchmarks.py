@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.descriptor import Descriptor, expand_ranges, parse_descriptor
+from core.errors import WeighbridgeError
 from core.kinds import policy_of
 from core.models import Submission, User, new_id
 from core.outbox import Outbox
@@ -74,6 +75,13 @@ async def submit_benchmark(
     content address here."""
     policy_of(kind)
     descriptor = parse_descriptor(descriptor_text, filename=descriptor_filename)
+    if descriptor.ml.script is not None and scripts is None:
+        raise WeighbridgeError(
+            f"ml.script names the scripts archive {descriptor.ml.script.script!r}, but none "
+            "was sent: submit with --script DIR (the folder it was made from)",
+            status=422,
+            field="ml.script.script",
+        )
     submission_id = new_id()
     stored = await storage.write_bytes(
         f"submissions/{submission_id}/upload/{descriptor_filename}", descriptor_text

@@ -222,3 +222,27 @@ async def test_a_bad_descriptor_is_refused_with_its_lines_and_nothing_is_queued(
     missing = await client.post("/api/v1/benchmarks", data={"name": "x"}, headers=auth(token))
     assert missing.status_code == 422
     assert missing.json()["error"]["field"] == "descriptor"
+
+
+async def test_a_script_mode_descriptor_without_its_scripts_is_refused(
+    services: Services, client: httpx.AsyncClient, token: str
+) -> None:
+    text = """\
+spec_version = "0.1.0"
+[info]
+description = "script mode"
+labels = { task_name = "scripted" }
+[hardware]
+instance_type = "local"
+[env]
+docker_image = "python:3.11"
+[ml]
+benchmark_code = "python3 $(BAI_SCRIPTS_PATH)/run.py"
+[ml.script]
+script = "4f2a.tar"
+"""
+    reply = await submit(client, token, text)
+    assert reply.status_code == 422
+    assert reply.json()["error"]["field"] == "ml.script.script"
+    assert "--script" in reply.json()["error"]["message"]
+    assert await services.queue.depth(BUILD_QUEUE) == 0
