@@ -1,4 +1,6 @@
-"""The `eval-<fleet>` worker: consumes evaluate messages for the fleets it serves.
+"""The `eval-<fleet>` worker: consumes evaluate and benchmark messages for its fleets.
+
+The submission kind picks the handler (KINDS); each reads its own typed message.
 
 A failed model (JobFailed) fails its submission and the message is acknowledged, so the
 worker goes straight on to the next one; anything else is retried by the Consumer and, once
@@ -11,12 +13,14 @@ import asyncio
 import functools
 import logging
 from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Protocol
 
 from pydantic import ValidationError
 
 from core.context import Services
+from core.envelope import Envelope
 from core.errors import JobFailed
-from core.messages import EvaluateMessage, MessageRefused, read_message
+from core.messages import BenchmarkMessage, EvaluateMessage, MessageRefused, read_message
 from core.queue import Delivery, eval_queue, fleet_of_queue
 from core.taskconfig import TaskConfig
 from core.worker import Consumer
@@ -29,26 +33,33 @@ from sandbox.zygote import warm_interpreter
 log = logging.getLogger(__name__)
 
 
-# The evaluation of each kind of submission: the one dispatch point (benchmarks and
-# inspections join here, beside models, without touching the model path).
-KINDS: dict[str, type[Evaluation]] = {"model": Evaluation}
+class KindHandler(Protocol):
+    """Reads one kind's own typed message from the delivery and evaluates it; returns (ack)
+    when the submission is done, failed, cancelled or skipped."""
+
+    async def __call__(
+        self,
+        services: Services,
+        delivery: Delivery,
+        *,
+        pool: Executor | None = None,
+        runner: Runner | None = None,
+    ) -> None: ...
 
 
-async def handle_evaluate(
+async def evaluate_model(
     services: Services,
     delivery: Delivery,
     *,
     pool: Executor | None = None,
     runner: Runner | None = None,
 ) -> None:
-    """Evaluate one submission; returns (ack) when it is done, failed, cancelled or skipped."""
+    """A model: its evaluate message, its task, a run per hidden dataset (evaluation.py)."""
     envelope = delivery.envelope
     try:
         payload = read_message(envelope, EvaluateMessage)
     except MessageRefused as exc:
-        failure = JobFailed("evaluate", f"internal error: evaluate message refused: {exc.reason}")
-        if not await fail_submission(services, envelope.action_id, failure, parent=envelope):
-            raise  # no submission to fail: the Consumer dead-letters it with the reason
+        await refuse(services, envelope, exc)
         return
     try:
         task = TaskConfig.model_validate(payload.task.config)
@@ -64,24 +75,10 @@ async def handle_evaluate(
             parent=envelope,
         )
         return
-    kind = payload.submission.kind
-    evaluation_of = KINDS.get(kind)
-    if evaluation_of is None:
-        await fail_submission(
-            services,
-            envelope.action_id,
-            JobFailed(
-                "evaluate",
-                f"{kind} submissions are not evaluated by this evaluator (it evaluates: "
-                f"{', '.join(sorted(KINDS))})",
-            ),
-            parent=envelope,
-        )
-        return
     own_pool = pool is None
     metrics_pool = pool if pool is not None else make_pool(1)
     try:
-        evaluation = evaluation_of(
+        evaluation = Evaluation(
             services,
             envelope,
             payload,
@@ -95,6 +92,72 @@ async def handle_evaluate(
     finally:
         if own_pool:
             metrics_pool.shutdown(wait=False, cancel_futures=True)
+
+
+# The evaluation of each kind of submission: the one dispatch point. The kind (the payload's
+# submission.kind) picks the handler, and each handler reads its own typed message.
+KINDS: dict[str, KindHandler] = {
+    "model": evaluate_model,
+}
+# The kind a message of each type carries, for a payload too broken to say so itself (its
+# handler then refuses it, naming the field).
+KIND_OF_TYPE = {EvaluateMessage.TYPE: "model", BenchmarkMessage.TYPE: "benchmark"}
+
+
+def kind_of(envelope: Envelope) -> str | None:
+    """The submission kind the message is about: the payload's submission.kind, else the one
+    its message type implies (None when neither says)."""
+    submission = envelope.payload.get("submission")
+    if isinstance(submission, dict) and isinstance(submission.get("kind"), str):
+        return submission["kind"]
+    return KIND_OF_TYPE.get(envelope.type)
+
+
+async def refuse(services: Services, envelope: Envelope, exc: MessageRefused) -> None:
+    """A message its handler cannot read fails its submission once, naming the field; with no
+    submission to fail, the Consumer dead-letters it with the reason."""
+    reason = f"internal error: {envelope.type} message refused: {exc.reason}"
+    failure = JobFailed("evaluate", reason)
+    if not await fail_submission(services, envelope.action_id, failure, parent=envelope):
+        raise exc
+
+
+async def handle_evaluate(
+    services: Services,
+    delivery: Delivery,
+    *,
+    pool: Executor | None = None,
+    runner: Runner | None = None,
+) -> None:
+    """Evaluate one submission with its kind's handler; returns (ack) when it is done,
+    failed, cancelled or skipped."""
+    envelope = delivery.envelope
+    kind = kind_of(envelope)
+    if kind is None:
+        await refuse(
+            services,
+            envelope,
+            MessageRefused(
+                f"submission.kind is missing and message type {envelope.type!r} names no "
+                f"kind (types: {', '.join(sorted(KIND_OF_TYPE))})",
+                field="submission.kind",
+            ),
+        )
+        return
+    handler = KINDS.get(kind)
+    if handler is None:
+        await fail_submission(
+            services,
+            envelope.action_id,
+            JobFailed(
+                "evaluate",
+                f"{kind} submissions are not evaluated by this evaluator (it evaluates: "
+                f"{', '.join(sorted(KINDS))})",
+            ),
+            parent=envelope,
+        )
+        return
+    await handler(services, delivery, pool=pool, runner=runner)
 
 
 async def record_dead(services: Services, delivery: Delivery, error: str) -> None:

@@ -61,45 +61,46 @@ async def test_every_runner_answers_each_example_of_a_dataset_in_order(
     assert await storage.exists(run.keys["predictions"])
 
 
-async def test_each_kind_goes_to_its_own_evaluation_and_an_unknown_one_fails(
+async def test_each_kind_goes_to_its_own_handler_and_an_unknown_one_fails(
     services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import evaluator.worker
     from core.queue import Delivery
-    from evaluator.worker import handle_evaluate
+    from evaluator.worker import KINDS, handle_evaluate
     from tests.evaluator.factories import get_submission, make_built_submission, make_user
 
     user = await make_user(services)
     sid, envelope = await make_built_submission(
         services, user, tmp_path / "unused.mar", [], mar_key="unused.mar"
     )
-    envelope.payload["submission"]["kind"] = "inspection"
+    envelope.payload["submission"]["kind"] = "recipe"
     delivery = Delivery(
         queue="eval-toy", envelope=envelope, receipt="0:none", attempts=1, max_attempts=3
     )
     await handle_evaluate(services, delivery)
     failed = await get_submission(services, sid)
     assert failed.status == "failed" and failed.failed_stage == "evaluate"
-    assert "inspection submissions are not evaluated by this evaluator (it evaluates: model)" in (
-        failed.error or ""
+    evaluated = ", ".join(sorted(KINDS))
+    assert (
+        f"recipe submissions are not evaluated by this evaluator (it evaluates: {evaluated})"
+        in (failed.error or "")
     )
 
-    ran: list[str] = []
+    # The kind picks the handler before anything reads the payload as a model's message.
+    ran: list[tuple[str, str]] = []
 
-    class Inspection:
-        def __init__(self, services, envelope, payload, task, **options) -> None:
-            self.submission_id = envelope.action_id
+    async def recipe(services, delivery, **options) -> None:
+        ran.append((delivery.envelope.action_id, delivery.envelope.payload["submission"]["kind"]))
 
-        async def run(self) -> None:
-            ran.append(self.submission_id)
-
-    monkeypatch.setitem(evaluator.worker.KINDS, "inspection", Inspection)
+    monkeypatch.setitem(evaluator.worker.KINDS, "recipe", recipe)
     other, envelope = await make_built_submission(
         services, user, tmp_path / "unused.mar", [], mar_key="unused.mar"
     )
-    envelope.payload["submission"]["kind"] = "inspection"
+    envelope.payload["submission"]["kind"] = "recipe"
+    envelope.payload["task"] = "not a task at all"  # a model's message would be refused
     await handle_evaluate(
         services,
         Delivery(queue="eval-toy", envelope=envelope, receipt="0:none", attempts=1, max_attempts=3),
     )
-    assert ran == [other]
+    assert ran == [(other, "recipe")]
+    assert (await get_submission(services, other)).status == "built"
