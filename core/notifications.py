@@ -150,8 +150,11 @@ def failure_advice(
     task: str | None,
     fields: dict[str, str] | None,
     python_version: str = "3.11",
+    kind: str = "model",
 ) -> str:
-    """What a person can do about a failure at `stage`."""
+    """What a person can do about a failure at `stage` of a submission of `kind`."""
+    if kind != "model":
+        return _run_advice(stage, kind)
     test = f"`weighbridge test DIR --task {task}`" if task else "`weighbridge test DIR --task TASK`"
     answers = (
         ", ".join(f"{name} ({kind})" for name, kind in fields.items()) if fields else "the fields"
@@ -180,6 +183,27 @@ def failure_advice(
     return (
         f"Run {test} to check the model locally, then upload again. If it passes locally, "
         "reply with the submission id so an administrator can look at the log."
+    )
+
+
+def _run_advice(stage: str, kind: str) -> str:
+    """A benchmark's or an inspection's failure: its command, its descriptor or its build."""
+    if stage == "run" or stage.startswith("run:"):
+        return (
+            f"The {kind}'s command failed in the run(s) named above (a non-zero exit code, its "
+            "time limit `run.timeout`, or the memory limit). Read the end of the log below, "
+            "run the same command on your machine, fix it, and submit again; the runs that "
+            "succeeded kept their results."
+        )
+    if stage == "build":
+        return (
+            f"The {kind}'s environment could not be built. Check its Python and native "
+            "packages (each must install on this machine's Python) and submit again."
+        )
+    return (
+        f"Check the {kind}'s descriptor (ml.benchmark_code, data.sources) against the reason "
+        "above and submit again. If it looks right, reply with the submission id so an "
+        "administrator can look at the log."
     )
 
 
@@ -361,6 +385,7 @@ async def _render_submission_email(
                     task=task.slug if task is not None else None,
                     fields=config.output_fields if config else None,
                     python_version=config.build.python_version if config else "3.11",
+                    kind=submission.kind,
                 ),
                 "log_key": submission.error_log_key,
                 "log_tail": tail,

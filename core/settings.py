@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # Submissions one evaluator process works on at once (0: as many as the machine has
     # cores, at least 2), so one slow submission never holds a fleet.
     evaluator_concurrency: int = Field(default=0, ge=0)
+    # The sandbox of each benchmark or inspection run (a model's limits come from its task):
+    # memory (cgroup, and RLIMIT_AS with 1 GiB of slack) and the /scratch tmpfs, in MiB.
+    benchmark_memory_mb: int = Field(default=4096, ge=64)
+    benchmark_scratch_mb: int = Field(default=1024, ge=16)
 
     # Queue behaviour (not part of the public contract, but tunable).
     lease_seconds: float = 60.0

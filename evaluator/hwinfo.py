@@ -3,8 +3,9 @@
 Amun's hwinfo recorded CPU type and flags but no memory, no GPU and no container limits (it
 reported 64 host CPUs to a job limited to 2). This one records, once per worker process:
 
-- `cpu`: model, vendor, family/model/stepping, architecture, flags, logical, physical,
-  usable (affinity) and effective (affinity and cgroup quota) cores;
+- `cpu`: model, vendor, family/model/stepping, architecture, flags, caches (sysfs: level,
+  type, size), logical, physical, usable (affinity) and effective (affinity and cgroup
+  quota) cores;
 - `cgroup`: version (2, 1 or null), CPU quota/period and the CPUs they allow, memory limit;
   each null when unlimited or unreadable (cgroup v2 `cpu.max`/`memory.max`, v1
   `cpu.cfs_quota_us`/`cpu.cfs_period_us`/`memory.limit_in_bytes`; the strictest of the
@@ -112,6 +113,27 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
         "cache": fields.get("cache size"),
         "flags": sorted(flags.split()),
     }
+
+
+def cpu_caches(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> list[dict[str, Any]]:
+    """The first CPU's caches (level, type, size, and how many CPUs share each), from sysfs;
+    /proc/cpuinfo's `cache size` names only one of them. Empty where sysfs has none."""
+    caches = []
+    for index in sorted(root.glob("index[0-9]*"), key=lambda p: _int(p.name[5:]) or 0):
+        level = _int(_read(index / "level"))
+        if level is None:
+            continue
+        shared = _read(index / "shared_cpu_list")
+        caches.append(
+            {
+                "level": level,
+                "type": _read(index / "type"),
+                "size": _read(index / "size"),
+                "line_bytes": _int(_read(index / "coherency_line_size")),
+                "shared_cpu_list": shared,
+            }
+        )
+    return caches
 
 
 def _int(text: str | None) -> int | None:
@@ -412,6 +434,7 @@ def collect() -> dict[str, Any]:
     limits = cgroup_limits()
     cpu = cpu_info()
     cpu.update(core_counts(limits["cpu_limit"]))
+    cpu["caches"] = cpu_caches()
     return {
         "schema": SCHEMA,
         "collected_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -24,6 +24,7 @@ from core.messages import BenchmarkMessage, EvaluateMessage, MessageRefused, rea
 from core.queue import Delivery, eval_queue, fleet_of_queue
 from core.taskconfig import TaskConfig
 from core.worker import Consumer
+from evaluator.benchmarks import BenchmarkEvaluation
 from evaluator.evaluation import Evaluation, fail_submission
 from evaluator.runners import Runner, runner_from_settings
 from evaluator.scoring import make_pool, score_metric
@@ -94,10 +95,36 @@ async def evaluate_model(
             metrics_pool.shutdown(wait=False, cancel_futures=True)
 
 
+async def evaluate_benchmark(
+    services: Services,
+    delivery: Delivery,
+    *,
+    pool: Executor | None = None,
+    runner: Runner | None = None,
+) -> None:
+    """A benchmark or an inspection: its benchmark message, `run.count` sandboxed runs of its
+    command (evaluator/benchmarks.py). The metric pool and the model runner are not used."""
+    envelope = delivery.envelope
+    try:
+        payload = read_message(envelope, BenchmarkMessage)
+    except MessageRefused as exc:
+        await refuse(services, envelope, exc)
+        return
+    await BenchmarkEvaluation(
+        services,
+        envelope,
+        payload,
+        attempt=delivery.attempts,
+        fleet=fleet_of_queue(delivery.queue),
+    ).run()
+
+
 # The evaluation of each kind of submission: the one dispatch point. The kind (the payload's
 # submission.kind) picks the handler, and each handler reads its own typed message.
 KINDS: dict[str, KindHandler] = {
     "model": evaluate_model,
+    "benchmark": evaluate_benchmark,
+    "inspection": evaluate_benchmark,
 }
 # The kind a message of each type carries, for a payload too broken to say so itself (its
 # handler then refuses it, naming the field).
