@@ -425,6 +425,27 @@ async def test_a_run_past_its_timeout_is_killed_and_the_reason_says_so(
     assert "started" in log and "never" not in log
 
 
+async def test_a_run_over_its_memory_is_killed_and_called_out_of_memory(
+    services: Services,
+) -> None:
+    from sandbox.jail import current_jail
+
+    if "memory" not in current_jail().controllers:
+        pytest.skip("no writable memory cgroup here: only RLIMIT_AS limits memory")
+    services.settings.benchmark_memory_mb = 96
+    user = await make_user(services)
+    hog = "python3 -c 'import time; x = bytearray(512 << 20); time.sleep(5)'"
+    sid = await make_benchmark(services, user, descriptor(code=hog))
+    await evaluate(services)
+    submission = await get_submission(services, sid)
+    assert submission.status == "failed"
+    assert "run-1 was killed at the sandbox's memory limit (out of memory)" in (
+        submission.error or ""
+    )
+    result = await result_of(services, sid, 1)
+    assert result["oom"] is True and result["limits"]["memory_mb"] == 96
+
+
 async def test_a_crashed_evaluation_resumes_without_running_finished_runs_again(
     services: Services,
 ) -> None:
@@ -483,6 +504,64 @@ async def test_a_cancel_stops_the_run_in_progress(services: Services) -> None:
     assert await status_of(services, sid) == "cancelled"
     assert {r.status for r in (await runs_of(services, sid)).values()} == {"cancelled"}
     assert any(e.type == "run.stopped" for e in await events_of(services, sid))
+
+
+async def test_inputs_that_changed_or_escape_fail_before_anything_runs(
+    services: Services,
+) -> None:
+    user = await make_user(services)
+    toml = descriptor(code="cat /data/d.csv", sources=[("file:///d.csv", "d.csv")])
+    changed = await make_benchmark(services, user, toml, data=[("d.csv", "d.csv", b"1\n")])
+    sha = hashlib.sha256(b"1\n").hexdigest()
+    await services.storage.write_bytes(f"datasets/{sha}/d.csv", b"2\n")  # changed under it
+    await evaluate(services)
+    failed = await get_submission(services, changed)
+    assert failed.status == "failed" and failed.failed_stage == "evaluate"
+    assert f"data file d.csv (from file:///d.csv, stored at datasets/{sha}/d.csv)" in (
+        failed.error or ""
+    )
+    assert sha in (failed.error or "") and hashlib.sha256(b"2\n").hexdigest() in (
+        failed.error or ""
+    )
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("../../outside.py")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    escaping = await make_benchmark(services, user, descriptor(code="true"), scripts={})
+    [staged] = await services.queue.receive([QUEUE])
+    await services.queue.ack(staged)
+    payload = json.loads(json.dumps(staged.envelope.payload))
+    archive = buffer.getvalue()
+    payload["benchmark"]["scripts_key"] = "scripts/evil/scripts.tar"
+    payload["benchmark"]["scripts_sha256"] = hashlib.sha256(archive).hexdigest()
+    await services.storage.write_bytes("scripts/evil/scripts.tar", archive)
+    await services.queue.send(
+        QUEUE, Envelope(action_id=escaping, type=BenchmarkMessage.TYPE, payload=payload)
+    )
+    await evaluate(services)
+    failed = await get_submission(services, escaping)
+    assert failed.status == "failed"
+    assert "the scripts archive cannot be extracted safely" in (failed.error or "")
+    assert await runs_of(services, escaping) == {}  # nothing ran
+
+
+async def test_an_unreadable_benchmark_message_fails_naming_the_field(
+    services: Services,
+) -> None:
+    user = await make_user(services)
+    sid = await make_benchmark(services, user, descriptor(code="true"))
+    [staged] = await services.queue.receive([QUEUE])
+    await services.queue.ack(staged)
+    payload = {**staged.envelope.payload, "benchmark": {"descriptor_key": "x"}}
+    await services.queue.send(
+        QUEUE, Envelope(action_id=sid, type=BenchmarkMessage.TYPE, payload=payload)
+    )
+    await evaluate(services)
+    failed = await get_submission(services, sid)
+    assert failed.status == "failed" and failed.failed_stage == "evaluate"
+    assert "benchmark message refused: benchmark.descriptor_sha256" in (failed.error or "")
 
 
 # -- the sandbox's guarantees, for a benchmark script ----------------------------------------
