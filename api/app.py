@@ -6,7 +6,16 @@ from fastapi import FastAPI, Request
 
 from api.docs import install_docs
 from api.errors import install_error_handlers
-from api.routes import benchmarks, health, inspections, prometheus, schemas, submissions, tasks
+from api.routes import (
+    benchmarks,
+    health,
+    history,
+    inspections,
+    prometheus,
+    schemas,
+    submissions,
+    tasks,
+)
 from api.routes.prometheus import ApiMetrics
 from core.context import Services
 from core.version import __version__
@@ -39,6 +48,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(submissions.router)
     app.include_router(benchmarks.router)
+    app.include_router(history.router)
     app.include_router(inspections.router, prefix="/api/v1/inspections")
     # Amun's own paths, so that an Amun client needs only a new host.
     app.include_router(inspections.router, prefix="/api/v1/inspect", include_in_schema=False)

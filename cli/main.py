@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import account, benchmarks, models, render, server, submissions, tasks
+from cli import account, benchmarks, history, models, render, server, submissions, tasks
 from cli.admin import admin_app, db_app
 
 app = typer.Typer(
@@ -61,6 +61,7 @@ app.command("results")(submissions.results)
 app.command("logs")(submissions.logs)
 app.command("cancel")(submissions.cancel)
 app.command("leaderboard")(tasks.leaderboard)
+app.command("history")(history.history)
 
 if __name__ == "__main__":
     app()

@@ -63,15 +63,17 @@ WORKERS = {
     "reaper": Worker("reaper", "core.reaper", "run_reaper"),
     # Rebuilds the stored leaderboards marked stale (core.boards); one per deployment.
     "leaderboards": Worker("leaderboards", "core.boards", "run_leaderboards"),
+    # Cron ticks of periodic benchmarks, their histories and regression alerts (scheduler/).
+    "scheduler": Worker("scheduler", "scheduler", "run_scheduler"),
 }
 # What each `serve` role runs besides (or instead of) the API. `serve scheduler` runs the
-# one-per-deployment background duties: the mailer, the leaderboard rebuilds and the reaper
-# (cron runs of benchmarks join them when they exist).
+# one-per-deployment background duties: the mailer, the leaderboard rebuilds, the reaper and
+# the benchmark scheduler (several may run: each tick and each recording happens once).
 ROLE_WORKERS = {
     Role.API: ["sweeper"],
     Role.BUILDER: ["builder"],
     Role.EVALUATOR: ["evaluator"],
-    Role.SCHEDULER: ["mailer", "leaderboards", "reaper"],
+    Role.SCHEDULER: ["mailer", "leaderboards", "reaper", "scheduler"],
 }
 
 
@@ -388,7 +390,15 @@ def up(
 ) -> None:
     """Run everything in one process: API and website, builder, evaluator(s), scheduler."""
     plan = Plan(
-        workers=["builder", "evaluator", "mailer", "sweeper", "leaderboards", "reaper"],
+        workers=[
+            "builder",
+            "evaluator",
+            "mailer",
+            "sweeper",
+            "leaderboards",
+            "reaper",
+            "scheduler",
+        ],
         api=(host, port),
         demo=demo,
         show_banner=True,

@@ -345,9 +345,29 @@ async def purge_submission(
         ),
     ]
     from core.boards import mark_leaderboard_stale
-    from core.models import LeaderboardEntry
+    from core.models import (
+        BenchmarkAlert,
+        BenchmarkPoint,
+        BenchmarkRun,
+        LeaderboardEntry,
+        Schedule,
+        ScheduleTick,
+    )
 
-    for table in (Score, Run, Event, Notification, LeaderboardEntry):
+    # A scheduled parent's schedule and ticks go with it, so the scheduler stops; so do the
+    # family's places in the benchmark histories.
+    for table in (
+        Score,
+        Run,
+        Event,
+        Notification,
+        LeaderboardEntry,
+        BenchmarkPoint,
+        BenchmarkAlert,
+        BenchmarkRun,
+        ScheduleTick,
+        Schedule,
+    ):
         await session.execute(sa.delete(table).where(col(table.submission_id).in_(family)))
     if submission.task_id is not None:
         await mark_leaderboard_stale(session, submission.task_id)

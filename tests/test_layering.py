@@ -9,13 +9,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # package -> the packages it may never import (roles meet through queues; adapters use core).
 FORBIDDEN = {
-    "core": {"api", "web", "cli", "builder", "evaluator"},
+    "core": {"api", "web", "cli", "builder", "evaluator", "scheduler"},
     "metrics": {"core", "api", "web", "cli", "builder", "evaluator"},
     "sandbox": {"api", "web", "cli", "builder", "evaluator"},
     "builder": {"evaluator", "api", "web", "cli"},
     "evaluator": {"builder", "api", "web", "cli"},
+    "scheduler": {"api", "web", "cli", "builder", "evaluator"},
     "web": {"api", "cli", "builder", "evaluator"},
-    "api": {"cli", "builder", "evaluator"},
+    "api": {"cli", "builder", "evaluator", "scheduler"},
 }
 # Adapters may name SQL types and parse URLs, but never build a query themselves.
 QUERY_FREE = ("api", "web", "cli")

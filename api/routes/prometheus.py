@@ -1,4 +1,5 @@
-"""Prometheus exposition at /metrics: submissions by state, queue depths, dead letters, requests."""
+"""Prometheus exposition at /metrics: submissions by state, queue depths, dead letters, requests,
+and each benchmark metric's latest value and open regression alert."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from prometheus_client import (
 )
 
 from api.deps import services_of
+from core.histories import alert_gauges
 from core.queue import count_messages
 from core.submissions import count_submissions
 
@@ -41,6 +43,19 @@ class ApiMetrics:
             ["queue", "dead"],
             registry=self.registry,
         )
+        series = ["benchmark", "identity", "variant", "metric"]
+        self.benchmark_alerts = Gauge(
+            "weighbridge_benchmark_alert",
+            "1 while a regression alert is open on a benchmark's metric, else 0",
+            series,
+            registry=self.registry,
+        )
+        self.benchmark_values = Gauge(
+            "weighbridge_benchmark_value",
+            "The latest value of a benchmark's metric (its overall median)",
+            [*series, "units"],
+            registry=self.registry,
+        )
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -49,10 +64,17 @@ async def metrics(request: Request) -> Response:
     async with services_of(request).db.session() as session:
         by_status = await count_submissions(session)
         depths = await count_messages(session)
+        benchmarks = await alert_gauges(session)
     state.submissions.clear()
     for kind, status, count in by_status:
         state.submissions.labels(kind, status).set(count)
     state.queue_messages.clear()
     for queue, dead, count in depths:
         state.queue_messages.labels(queue, str(dead).lower()).set(count)
+    state.benchmark_alerts.clear()
+    state.benchmark_values.clear()
+    for b in benchmarks:
+        labels = (b["benchmark"], b["identity"], b["variant"], b["metric"])
+        state.benchmark_alerts.labels(*labels).set(b["alerting"])
+        state.benchmark_values.labels(*labels, b["units"]).set(b["value"])
     return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
