@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from cli import account, benchmarks, history, models, render, server, submissions, tasks
+from cli import (
+    account,
+    benchmarks,
+    history,
+    inspections,
+    models,
+    render,
+    server,
+    submissions,
+    tasks,
+)
 from cli.admin import admin_app, db_app
 
 app = typer.Typer(
@@ -56,6 +66,7 @@ app.command("ping")(account.ping)
 app.command("tasks")(tasks.tasks)
 app.command("upload")(submissions.upload)
 app.command("submit")(benchmarks.submit)
+app.command("inspect")(inspections.inspect)
 app.command("status")(submissions.status)
 app.command("results")(submissions.results)
 app.command("logs")(submissions.logs)
