@@ -56,6 +56,7 @@ ALL = "all"  # the dataset of the scores over every run
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 TAIL_CHARS = 2000  # of a failed run's log, in the failure's reason
+BULKY = ("metrics", "log_tail", "sandbox")  # kept out of a finished run's event
 
 
 def run_name(n: int) -> str:
@@ -460,7 +461,8 @@ class BenchmarkEvaluation:
                     service=SERVICE,
                     message=f"{name}: exit code 0 in {summary['seconds']:.2f} s"
                     + (f"; {shown}" if shown else ""),
-                    payload={k: v for k, v in summary.items() if k != "log_tail"},
+                    # The series stay in result.json and the runs row: events stay small.
+                    payload={k: v for k, v in summary.items() if k not in BULKY},
                     parent=self.envelope,
                 )
                 missing = [m for m in units if not summary["metrics"].get(m)]
@@ -483,7 +485,7 @@ class BenchmarkEvaluation:
                     "run.failed",
                     service=SERVICE,
                     message=f"{name}: {summary['failure']} after {summary['seconds']:.2f} s",
-                    payload=summary,
+                    payload={k: v for k, v in summary.items() if k not in ("metrics", "sandbox")},
                     parent=self.envelope,
                 )
         return summary

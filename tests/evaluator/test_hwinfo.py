@@ -30,7 +30,7 @@ def assert_hwinfo_document(doc: dict[str, Any]) -> None:
         "architecture",
         "flags",
     } <= set(cpu)
-    assert isinstance(cpu["flags"], list)
+    assert isinstance(cpu["flags"], list) and isinstance(cpu["caches"], list)
     assert cpu["logical_cores"] >= 1 and cpu["usable_cores"] >= 1
     assert cpu["physical_cores"] is None or 1 <= cpu["physical_cores"] <= cpu["logical_cores"]
     assert 0 < cpu["effective_cores"] <= cpu["usable_cores"] <= cpu["logical_cores"]
@@ -257,3 +257,25 @@ def test_a_real_gpu_is_described() -> None:
         pytest.skip(f"torch here sees no GPU: {info.get('error') or info}")
     for device in info["devices"]:
         assert device["memory_bytes"] > 1 << 30 and device["capability"][0].isdigit()
+
+
+def test_cpu_caches_come_from_sysfs_in_index_order(tmp_path: Path) -> None:
+    for index, (level, kind, size) in enumerate(
+        [(1, "Data", "32K"), (1, "Instruction", "32K"), (2, "Unified", "1024K")]
+        + [(3, "Unified", "32768K")] * 9  # index10 sorts after index2 by number, not by name
+    ):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        (folder / "level").write_text(f"{level}\n")
+        (folder / "type").write_text(f"{kind}\n")
+        (folder / "size").write_text(f"{size}\n")
+        (folder / "coherency_line_size").write_text("64\n")
+    (tmp_path / "uevent").write_text("")
+    caches = hwinfo.cpu_caches(tmp_path)
+    assert [(c["level"], c["type"], c["size"]) for c in caches[:3]] == [
+        (1, "Data", "32K"),
+        (1, "Instruction", "32K"),
+        (2, "Unified", "1024K"),
+    ]
+    assert len(caches) == 12 and caches[0]["line_bytes"] == 64
+    assert hwinfo.cpu_caches(tmp_path / "missing") == []
