@@ -287,8 +287,10 @@ def amun_result(
     stdout: str | None,
     stderr: str | None,
     run: int,
+    script_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """One run's result in Amun's shape plus memory, GPU and cgroup limits."""
+    """One run's result in Amun's shape plus memory, GPU and cgroup limits. `script_sha256`:
+    the digest of the request's script (Amun's), when there was one."""
     hw = hwinfo or {}
     cpu, gpu = hw.get("cpu") or {}, hw.get("gpu") or {}
     release = os_release(hw.get("os") or result.get("os_release"))
@@ -298,7 +300,7 @@ def amun_result(
         "stdout": parsed_stdout(stdout),
         "stderr": stderr,
         "exit_code": result.get("exit_code"),
-        "script_sha256": result.get("script_sha256"),
+        "script_sha256": script_sha256 or result.get("script_sha256"),
         "usage": {name: usage.get(name) for name in RUSAGE_FIELDS},
         "start_datetime": result.get("start_datetime"),
         "end_datetime": result.get("end_datetime"),
@@ -325,6 +327,10 @@ def amun_result(
             "seconds": result.get("seconds"),
             "metrics": result.get("metrics") or {},
             "peak": result.get("peak"),
+            "scripts_sha256": result.get("script_sha256"),
+            # The run's own sandbox limits (hwinfo's cgroup is the evaluator's).
+            "limits": result.get("limits"),
+            "sandbox": result.get("sandbox"),
         },
     }
 
@@ -346,6 +352,7 @@ async def read_result(storage: Storage, submission: Submission, item: int) -> di
         stdout=await read_text(storage, f"{prefix}/stdout"),
         stderr=await read_text(storage, f"{prefix}/stderr"),
         run=run,
+        script_sha256=(submission.meta.get("inspection") or {}).get("script_sha256"),
     )
 
 

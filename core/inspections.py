@@ -31,6 +31,7 @@ the submission and written in its timeline as a warning, never dropped in silenc
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -627,6 +628,13 @@ async def submit_inspection(
             "batch_size": spec.batch_size,
             "identifier": spec.identifier,
             "command": plan.command,
+            # Amun's script_sha256 is the script's own digest (the evaluator's names the whole
+            # scripts archive, files included).
+            "script_sha256": (
+                hashlib.sha256(spec.script.encode("utf-8")).hexdigest()
+                if spec.script is not None
+                else None
+            ),
             "warnings": plan.warnings,
         },
     }

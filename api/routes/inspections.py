@@ -26,6 +26,7 @@ from core.inspections import (
     SCRIPTS_FILENAME,
     get_inspection,
     list_inspections,
+    parameters_of,
     parse_specification,
     specification_key,
     submit_inspection,
@@ -92,8 +93,11 @@ async def create_inspection(request: Request) -> dict:
     except BaseException:
         await discard_upload(services.db, services.storage, upload_id)
         raise
-    parameters = json.loads(await services.storage.read_bytes(specification_key(submission.id)))
-    return {"inspection_id": submission.id, "parameters": parameters, "status": submission.status}
+    return {
+        "inspection_id": submission.id,
+        "parameters": parameters_of(spec),
+        "status": submission.status,
+    }
 
 
 @router.get("")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -98,7 +99,10 @@ async def test_a_request_is_queued_and_answers_as_amun_does(
     assert (await client.get("/api/v1/inspections?page=2", headers=auth(token))).json()[
         "inspections"
     ] == []
-    # Amun's own paths answer the same.
+    # Amun's own paths answer the same (documented once, under /inspections).
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert "/api/v1/inspections/{inspection_id}/job/{item}/result" in paths
+    assert not any(p.startswith("/api/v1/inspect/") for p in paths)
     amun = await client.get(f"/api/v1/inspect/{iid}/job/batch-size", headers=auth(token))
     assert amun.json()["batch_size"] == 2
     # A result not yet run: 409 not_ready; an item outside the batch: 404.
@@ -228,6 +232,9 @@ async def test_a_result_is_read_in_amuns_shape_from_the_stored_run_files(
     got = reply.json()["result"]
     assert set(AMUN_FIELDS) <= set(got)
     assert got["stdout"] == {"rate": 2.5} and got["stderr"] == "careful\n"
+    # Amun's script_sha256 is the script's; the evaluator's (the whole archive) is kept too.
+    assert got["script_sha256"] == hashlib.sha256(SCRIPT.encode()).hexdigest()
+    assert got["weighbridge"]["scripts_sha256"] == "cd" * 32
     assert got["usage"] == usage
     assert got["runtime_environment"] == {
         "hardware": {"cpu_family": 25, "cpu_model": 1},
@@ -289,7 +296,8 @@ async def test_an_inspection_round_trips_and_each_result_has_every_amun_field(
         assert set(result["usage"]) == set(RUSAGE_FIELDS)
         assert all(result["usage"][name] is not None for name in RUSAGE_FIELDS)
         assert result["start_datetime"] <= result["end_datetime"]
-        assert len(result["script_sha256"]) == 64
+        assert result["script_sha256"] == hashlib.sha256(SCRIPT.encode()).hexdigest()
+        assert result["weighbridge"]["limits"]["network"] == "none"
         assert result["hostname"] and result["os_release"]
         assert result["runtime_environment"]["python_version"]
         assert result["hwinfo"]["cpu_info"]["flags"] is not None
