@@ -84,3 +84,14 @@ def test_bad_files_and_bad_fields_are_named(user: Cli, tmp_path: Path) -> None:
     refused = user.run("inspect", str(url))
     assert refused.returncode == 1 and "script" in refused.stderr
     assert "does not fetch code" in refused.stderr
+
+
+def test_a_shell_script_runs_by_its_shebang(user: Cli, tmp_path: Path) -> None:
+    script = '#!/bin/sh\nprintf \'{"shell": "%s"}\\n\' "$MODE"\n'
+    request = write(
+        tmp_path,
+        {"base": "debian:12", "script": script, "environment": [{"name": "MODE", "value": "x"}]},
+    )
+    final = user.json("inspect", str(request), "--wait")
+    assert final["status"] == "done", final.get("error")
+    assert final["results"][0]["stdout"] == {"shell": "x"}
