@@ -371,7 +371,9 @@ def plan_inspection(
 
 
 def specification_key(submission_id: str) -> str:
-    return f"submissions/{submission_id}/upload/{SPECIFICATION}"
+    """Where the request is kept (the storage layout's build/specification.json; Amun's
+    build/specification)."""
+    return f"submissions/{submission_id}/build/{SPECIFICATION}"
 
 
 def parameters_of(spec: InspectionSpecification) -> dict[str, Any]:
@@ -392,7 +394,7 @@ async def submit_inspection(
 ) -> Submission:
     """Queue the inspection in the caller's transaction: its scripts archive is written at
     `scripts_key` (an incoming key; submit_benchmark moves it to its content address), the
-    specification kept beside the descriptor, the warnings written in the timeline.
+    specification kept at build/specification.json, the warnings written in the timeline.
     Inspections are private to their owner."""
     plan = plan_inspection(spec, memory_limit_mb=memory_limit_mb)
     scripts: StoredObject | None = None

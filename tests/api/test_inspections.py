@@ -86,6 +86,7 @@ async def test_a_request_is_queued_and_answers_as_amun_does(
     assert spec.status_code == 200
     assert spec.json()["specification"]["script"] == SCRIPT
     assert spec.json()["parameters"] == {"inspection_id": iid}
+    assert await services.storage.exists(f"submissions/{iid}/build/specification.json")
     size = await client.get(f"/api/v1/inspections/{iid}/job/batch-size", headers=auth(token))
     assert size.json()["batch_size"] == 2
     status = (await client.get(f"/api/v1/inspections/{iid}/status", headers=auth(token))).json()
