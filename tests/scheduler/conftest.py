@@ -97,10 +97,12 @@ class Runs:
         self.identity = benchmark_identity(parse_descriptor(self.text))
         self.key = f"submissions/{new_id()}/upload/tiny.toml"
         self.count = 0
+        self.written = False
 
     async def add(self, value: float, **meta: Any) -> str:
-        if self.count == 0:
+        if not self.written:
             await self.services.storage.write_bytes(self.key, self.text)
+            self.written = True
         self.count += 1
         at = T0 + timedelta(minutes=self.count)
         async with self.services.db.session() as session:
