@@ -11,7 +11,9 @@ from api.uploads import check_declared_length, receive_upload
 from core import submissions as subs
 from core.errors import WeighbridgeError
 from core.incoming import accept_upload, discard_upload, incoming_key
+from core.inspection_results import read_json, results_prefix
 from core.models import Task, User, new_id
+from core.storage import Storage
 from core.tasks import get_task, task_config
 
 router = APIRouter(prefix="/api/v1/submissions", tags=["submissions"])
@@ -175,13 +177,31 @@ async def read_results(submission_id: str, request: Request) -> dict:
     async with services_of(request).db.session() as session:
         viewer = await optional_user(session, request)
         s = await subs.get_submission(session, submission_id, viewer=viewer)
+        runs = [run_json(r) for r in await subs.list_runs(session, s.id)]
+        if s.kind != "model":
+            storage = services_of(request).storage
+            for run in runs:
+                run.update(await _run_files(storage, s.id, run["name"]))
         return {
             "id": s.id,
             "status": s.status,
             "scores": [score_json(x) for x in await subs.list_scores(session, s.id)],
-            "runs": [run_json(r) for r in await subs.list_runs(session, s.id)],
+            "runs": runs,
             **await _family(session, s),
         }
+
+
+async def _run_files(storage: Storage, submission_id: str, name: str) -> dict:
+    """A benchmark run's own record: its result.json (exit code, times, the full rusage,
+    metrics) and the hwinfo.json of the machine it ran on."""
+    number = name.removeprefix("run-")
+    if not number.isdigit():
+        return {}
+    prefix = results_prefix(submission_id, int(number))
+    return {
+        "result": await read_json(storage, f"{prefix}/result.json"),
+        "hwinfo": await read_json(storage, f"{prefix}/hwinfo.json"),
+    }
 
 
 @router.get("/{submission_id}/logs")

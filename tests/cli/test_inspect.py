@@ -95,3 +95,50 @@ def test_a_shell_script_runs_by_its_shebang(user: Cli, tmp_path: Path) -> None:
     final = user.json("inspect", str(request), "--wait")
     assert final["status"] == "done", final.get("error")
     assert final["results"][0]["stdout"] == {"shell": "x"}
+
+
+BENCHMARK = """\
+spec_version = "0.1.0"
+[info]
+description = "elapsed, three times per run"
+labels = { task_name = "cli-elapsed" }
+[hardware]
+instance_type = "local"
+[env]
+docker_image = "python:3.11"
+[ml]
+benchmark_code = "python3 $(BAI_SCRIPTS_PATH)/src/run.py"
+[[output.metrics]]
+name = "elapsed"
+units = "ms"
+pattern = 'elapsed: ([-+]?\\d*\\.\\d+|\\d+)'
+[run]
+count = 3
+"""
+
+
+def test_submit_a_script_mode_benchmark_and_read_its_runs(user: Cli, tmp_path: Path) -> None:
+    """The issue's case, through the CLI and the whole stack: three runs, each printing
+    `elapsed: 12.5` three times; `results --json` shows the series, hwinfo and rusage."""
+    descriptor = tmp_path / "elapsed.toml"
+    descriptor.write_text(BENCHMARK)
+    scripts = tmp_path / "scripts" / "src"
+    scripts.mkdir(parents=True)
+    (scripts / "run.py").write_text("for _ in range(3):\n    print('elapsed: 12.5')\n")
+    final = user.json("submit", str(descriptor), "--script", str(scripts.parent), "--wait")
+    assert final["status"] == "done", final.get("error")
+    results = user.json("results", final["id"])
+    runs = {r["name"]: r for r in results["runs"]}
+    assert sorted(runs) == ["run-1", "run-2", "run-3"]
+    scores = {(s["dataset"], s["metric"]): s for s in results["scores"]}
+    for n in (1, 2, 3):
+        assert scores[(f"run-{n}", "elapsed")]["value"] == 12.5
+        assert scores[(f"run-{n}", "elapsed")]["n_examples"] == 3
+    assert scores[("all", "elapsed")]["value"] == 12.5
+    assert scores[("all", "elapsed")]["n_examples"] == 9
+    for run in results["runs"]:
+        assert run["result"]["metrics"]["elapsed"] == [12.5, 12.5, 12.5]
+        assert run["result"]["exit_code"] == 0
+        assert set(RUSAGE_FIELDS) <= set(run["result"]["usage"])
+        assert run["hwinfo"]["cpu"]["logical_cores"] >= 1
+        assert run["hwinfo"]["memory"]["total_bytes"] > 0
