@@ -75,7 +75,7 @@ async def read_history(
     answer: dict[str, Any] = {"benchmark": benchmark, "metric": metric, "series": []}
     for series in series_rows:
         metrics = await _series_metrics(session, series, metric=metric, viewer=viewer)
-        alerts = await _series_alerts(session, series, metric=metric)
+        alerts = await _series_alerts(session, series, metric=metric, viewer=viewer)
         if not metrics and not alerts:
             continue
         answer["series"].append(
@@ -149,11 +149,12 @@ async def _series_metrics(
 
 
 async def _series_alerts(
-    session: AsyncSession, series: BenchmarkSeries, *, metric: str | None
+    session: AsyncSession, series: BenchmarkSeries, *, metric: str | None, viewer: User | None
 ) -> list[dict[str, Any]]:
     query = (
         sa.select(BenchmarkAlert)
-        .where(col(BenchmarkAlert.series_id) == series.id)
+        .join(Submission, col(Submission.id) == col(BenchmarkAlert.submission_id))
+        .where(col(BenchmarkAlert.series_id) == series.id, _visible(viewer))
         .order_by(col(BenchmarkAlert.created_at), col(BenchmarkAlert.id))
     )
     if metric is not None:

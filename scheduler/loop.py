@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 # Cron has minute resolution: looking for due ticks every few seconds starts a tick on time.
 TICK_SECONDS = 5.0
+# Histories are read by people and alerts sent by email: a second's delay costs nothing, and
+# the query for unrecorded runs need not run at the workers' poll rate.
+HISTORY_SECONDS = 1.0
 
 
 async def run_scheduler(
@@ -26,10 +29,14 @@ async def run_scheduler(
     poll_seconds: float | None = None,
 ) -> None:
     """Submit due cron ticks every `tick_seconds` and record done benchmarks every
-    `poll_seconds` (the settings' poll interval by default) until `stop` is set; a failed
-    round is logged and tried again at the next turn."""
+    `poll_seconds` (by default the settings' poll interval, at least HISTORY_SECONDS) until
+    `stop` is set; a failed round is logged and tried again at the next turn."""
     tick_every = TICK_SECONDS if tick_seconds is None else tick_seconds
-    poll_every = services.settings.poll_seconds if poll_seconds is None else poll_seconds
+    poll_every = (
+        max(services.settings.poll_seconds, HISTORY_SECONDS)
+        if poll_seconds is None
+        else poll_seconds
+    )
 
     async def ticks() -> None:
         await submit_due_ticks(services, now=clock())

@@ -241,3 +241,30 @@ def _run(args: list[str], env: dict[str, str]) -> str:
     result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+async def test_private_runs_are_shown_only_to_their_owner(services: Services) -> None:
+    async with services.db.session() as session:
+        owner, token = await create_user(session, "ada", email="ada@example.org")
+        _, other = await create_user(session, "bob", email="bob@example.org")
+    runs = Runs(services, owner, private=True)
+    for value in (LEVEL, LEVEL + 1):
+        await runs.add(value)
+    await record(services)
+    app = create_app(services)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as client:
+
+        async def series(token: str | None) -> list:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            answer = await client.get(
+                "/api/v1/benchmarks/history", params={"benchmark": "tiny"}, headers=headers
+            )
+            assert answer.status_code == 200, answer.text
+            return answer.json()["series"]
+
+        [mine] = await series(token)
+        assert len(mine["metrics"][0]["points"]) == 2
+        assert await series(other) == []
+        assert await series(None) == []
