@@ -216,11 +216,14 @@ async def _series_id(services: Services, rec: Recording) -> int:
 async def _series_values(
     session: AsyncSession, series_id: int, metric: str
 ) -> list[tuple[str, float | None]]:
+    """The metric's series in the order its runs were recorded (the series lock makes ids
+    follow that order): a run that finishes late is still judged, after the ones before it,
+    where in time order it would land behind the state's last run and never be looked at."""
     points = table_of(BenchmarkPoint).c
     rows = await session.execute(
         sa.select(points.submission_id, points.value)
         .where(points.series_id == series_id, points.metric == metric)
-        .order_by(points.run_at, points.id)
+        .order_by(points.id)
     )
     return [(sid, value) for sid, value in rows]
 

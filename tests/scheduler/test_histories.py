@@ -25,6 +25,7 @@ from core.models import (
     Event,
     Notification,
     Score,
+    Submission,
     User,
 )
 from core.submissions import purge_submission
@@ -268,3 +269,37 @@ async def test_private_runs_are_shown_only_to_their_owner(services: Services) ->
         assert len(mine["metrics"][0]["points"]) == 2
         assert await series(other) == []
         assert await series(None) == []
+
+
+async def test_recorders_racing_on_different_runs_of_one_series(
+    services: Services, second: Services
+) -> None:
+    """Two recorders take the runs of one series in opposite orders at once: each run is
+    recorded once, and the step still raises one alert."""
+    from scheduler.histories import _Descriptors, _read, record_submission
+
+    owner = await make_owner(services)
+    runs = Runs(services, owner)
+    rng = random.Random(3)
+    for _ in range(12):
+        await runs.add(LEVEL + rng.gauss(0, NOISE))
+        await record(services)
+    late = [await runs.add(LEVEL + STEP + rng.gauss(0, NOISE)) for _ in range(6)]
+
+    async def recordings(s: Services) -> list:
+        async with s.db.session() as session:
+            found = [await session.get(Submission, sid) for sid in late]
+            return [await _read(session, x, _Descriptors(s)) for x in found if x is not None]
+
+    async def recorder(s: Services, order: list) -> int:
+        done = 0
+        for rec in order:
+            done += await record_submission(s, rec) is not None
+        return done
+
+    mine, theirs = await recordings(services), await recordings(second)
+    taken = await asyncio.gather(recorder(services, mine), recorder(second, theirs[::-1]))
+    assert sum(taken) == len(late)
+    assert len(await rows(services, BenchmarkRun)) == 12 + len(late)
+    assert [a.kind for a in await rows(services, BenchmarkAlert)] == ["fired"]
+    assert len(await rows(services, Notification)) == 1
