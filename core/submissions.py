@@ -378,6 +378,27 @@ async def purge_submission(
     return {"id": submission.id, "purged": family, "files_deleted": files}
 
 
+# A live sample older than this is a run whose evaluator stopped telling: not exported.
+LIVE_FRESH_SECONDS = 30.0
+
+
+async def live_runs(session: AsyncSession, *, now: float) -> list[dict[str, Any]]:
+    """Benchmark and inspection runs in progress with their newest CPU/memory sample (the
+    evaluator stores it on the run's row every few seconds), for /metrics."""
+    rows = await session.execute(
+        sa.select(Run, col(Submission.kind))
+        .join(Submission, col(Submission.id) == col(Run.submission_id))
+        .where(col(Run.status) == "running", col(Submission.kind) != "model")
+    )
+    live = []
+    for run, kind in rows:
+        sample = (run.summary or {}).get("live")
+        if not isinstance(sample, dict) or now - float(sample.get("at", 0)) > LIVE_FRESH_SECONDS:
+            continue
+        live.append({"submission_id": run.submission_id, "kind": kind, "run": run.name, **sample})
+    return live
+
+
 async def count_submissions(session: AsyncSession) -> list[tuple[str, str, int]]:
     """(kind, status, how many) for every kind and status present (Prometheus)."""
     rows = await session.execute(

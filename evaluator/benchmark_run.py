@@ -73,6 +73,9 @@ RUSAGE_FIELDS = (
 )
 
 StopCheck = Callable[[], Awaitable[bool]]
+SampleSink = Callable[[dict[str, Any]], Awaitable[None]]
+# How often a running run's newest sample is handed on (stored on its row for /metrics).
+LIVE_SECONDS = 2.0
 
 
 class BoundedCapture:
@@ -385,16 +388,19 @@ async def run_command(
     scratch: Path,
     seconds: float,
     should_stop: StopCheck | None = None,
+    on_sample: SampleSink | None = None,
 ) -> RunOutcome:
     """Run `argv` once in a new cell of `jail`; its files go to `folder`; it is killed
     past `seconds`. A True from `should_stop` (asked every half second) kills it and marks
-    the outcome cancelled."""
+    the outcome cancelled. `on_sample` is given the newest CPU/memory sample of the process
+    tree every `LIVE_SECONDS` while it runs (for /metrics)."""
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     cell = await asyncio.to_thread(jail.cell, job)
     try:
         execution = _Execution(cell, argv, folder, timeout=seconds)
         env = None if jail.isolated else cell.env()
         work = asyncio.ensure_future(asyncio.to_thread(execution.run, n, cwd=scratch, env=env))
+        told_at = time.monotonic()
         try:
             while True:
                 done, _ = await asyncio.wait({work}, timeout=STOP_CHECK_SECONDS)
@@ -402,6 +408,13 @@ async def run_command(
                     break
                 if should_stop is not None and await should_stop():
                     execution.stop.set()
+                if (
+                    on_sample is not None
+                    and execution.samples
+                    and time.monotonic() - told_at >= LIVE_SECONDS
+                ):
+                    told_at = time.monotonic()
+                    await on_sample(dict(execution.samples[-1]))
         finally:
             if not work.done():  # this task was cancelled (the worker stops): kill, then wait
                 execution.stop.set()

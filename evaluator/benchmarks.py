@@ -23,6 +23,8 @@ import logging
 import socket
 import sys
 import tempfile
+import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -324,11 +326,20 @@ class BenchmarkEvaluation:
             scratch=scratch,
             seconds=timeout,
             should_stop=self.stopped,
+            on_sample=partial(self.note_sample, name),
         )
         summary = await self.store_run(job, outcome, count=count)
         if outcome.cancelled:
             raise EvaluationCancelled(name)
         return await self.end_run(job, n, summary, count=count)
+
+    async def note_sample(self, name: str, sample: dict[str, Any]) -> None:
+        """The running run's newest CPU/memory sample on its row (`live`), which /metrics
+        exports while it runs; the run's final summary replaces it."""
+        async with self.services.db.session() as session:
+            run = await records.get_run(session, self.submission_id, name)
+            if run is not None and run.status == RunStatus.RUNNING:
+                run.summary = {**(run.summary or {}), "live": {**sample, "at": time.time()}}
 
     async def store_run(
         self, job: BenchmarkJob, outcome: RunOutcome, *, count: int

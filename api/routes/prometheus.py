@@ -1,7 +1,10 @@
 """Prometheus exposition at /metrics: submissions by state, queue depths, dead letters, requests,
-and each benchmark metric's latest value and open regression alert."""
+each benchmark metric's latest value and open regression alert, and the CPU and memory of
+every benchmark or inspection run in progress."""
 
 from __future__ import annotations
+
+import time
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import (
@@ -15,7 +18,7 @@ from prometheus_client import (
 from api.deps import services_of
 from core.histories import alert_gauges
 from core.queue import count_messages
-from core.submissions import count_submissions
+from core.submissions import count_submissions, live_runs
 
 router = APIRouter(tags=["health"])
 
@@ -43,6 +46,25 @@ class ApiMetrics:
             ["queue", "dead"],
             registry=self.registry,
         )
+        run = ["submission_id", "kind", "run"]
+        self.run_cpu = Gauge(
+            "weighbridge_run_cpu_percent",
+            "CPU of a running benchmark or inspection run's process tree (100 = one core)",
+            run,
+            registry=self.registry,
+        )
+        self.run_rss = Gauge(
+            "weighbridge_run_rss_bytes",
+            "Resident memory of a running benchmark or inspection run's process tree",
+            run,
+            registry=self.registry,
+        )
+        self.run_processes = Gauge(
+            "weighbridge_run_processes",
+            "Processes in a running benchmark or inspection run's tree",
+            run,
+            registry=self.registry,
+        )
         series = ["benchmark", "identity", "variant", "metric"]
         self.benchmark_alerts = Gauge(
             "weighbridge_benchmark_alert",
@@ -65,6 +87,7 @@ async def metrics(request: Request) -> Response:
         by_status = await count_submissions(session)
         depths = await count_messages(session)
         benchmarks = await alert_gauges(session)
+        running = await live_runs(session, now=time.time())
     state.submissions.clear()
     for kind, status, count in by_status:
         state.submissions.labels(kind, status).set(count)
@@ -77,4 +100,11 @@ async def metrics(request: Request) -> Response:
         labels = (b["benchmark"], b["identity"], b["variant"], b["metric"])
         state.benchmark_alerts.labels(*labels).set(b["alerting"])
         state.benchmark_values.labels(*labels, b["units"]).set(b["value"])
+    for gauge in (state.run_cpu, state.run_rss, state.run_processes):
+        gauge.clear()
+    for r in running:
+        labels = (r["submission_id"], r["kind"], r["run"])
+        state.run_cpu.labels(*labels).set(float(r.get("cpu_percent", 0.0)))
+        state.run_rss.labels(*labels).set(float(r.get("rss_bytes", 0)))
+        state.run_processes.labels(*labels).set(float(r.get("processes", 0)))
     return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)

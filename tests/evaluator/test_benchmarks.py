@@ -711,3 +711,41 @@ def test_metrics_from_patterns_and_emit_lines() -> None:
     assert extracted.series["loss"] == []  # 'loss 7' is not a number
     assert any("not JSON" in w for w in extracted.warnings)
     assert sum("not a number" in w for w in extracted.warnings) == 2
+
+
+async def test_a_running_run_s_cpu_and_memory_are_exported_at_metrics(
+    services: Services,
+) -> None:
+    """Issue 11 part 9: while a run goes, its process tree's CPU and memory are sampled,
+    kept on its row and exported by /metrics; once it ends, the gauges go."""
+    import httpx
+
+    from api.app import create_app
+
+    user = await make_user(services)
+    # Holds ~64 MiB and burns CPU for a few seconds, then ends.
+    code = (
+        'python3 -c "import time; b = bytearray(64 << 20); e = time.time() + 6\n'
+        'while time.time() < e: sum(range(1000))"'
+    )
+    sid = await make_benchmark(services, user, descriptor(code=code))
+    work = asyncio.create_task(evaluate(services))
+    transport = httpx.ASGITransport(app=create_app(services))
+    seen: dict[str, float] = {}
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+
+        async def exported() -> bool:
+            text = (await client.get("/metrics")).text
+            for line in text.splitlines():
+                if line.startswith("weighbridge_run_") and f'submission_id="{sid}"' in line:
+                    seen[line.split("{", 1)[0]] = float(line.rsplit(" ", 1)[1])
+            return {"weighbridge_run_rss_bytes", "weighbridge_run_cpu_percent"} <= set(seen)
+
+        await wait_for(exported, within=30)
+        await asyncio.wait_for(work, 60)
+        assert seen["weighbridge_run_rss_bytes"] > 60 * 2**20
+        assert seen["weighbridge_run_processes"] >= 1
+        assert f'submission_id="{sid}"' not in (await client.get("/metrics")).text
+    assert await status_of(services, sid) == "done"
+    result = await result_of(services, sid, 1)
+    assert result["peak"]["rss_bytes"] > 60 * 2**20  # the samples are kept with the run
