@@ -42,6 +42,7 @@ from typing import IO, Any
 import psutil
 
 from core.descriptor import Metric
+from core.inspection_results import RUSAGE_FIELDS
 from sandbox.jail import Cell, Jail, Job, host_file, signalled
 
 SAMPLE_SECONDS = 0.5
@@ -53,24 +54,6 @@ DRAIN_SECONDS = 5.0  # output still arriving after the process ended (a stray ho
 MAX_SAMPLES = 7200  # one hour at two a second; later samples thin out (every other kept)
 EMIT_PREFIX = "WEIGHBRIDGE_METRIC "
 MEASURED = "measured.py"
-RUSAGE_FIELDS = (
-    "ru_utime",
-    "ru_stime",
-    "ru_maxrss",
-    "ru_ixrss",
-    "ru_idrss",
-    "ru_isrss",
-    "ru_minflt",
-    "ru_majflt",
-    "ru_nswap",
-    "ru_inblock",
-    "ru_oublock",
-    "ru_msgsnd",
-    "ru_msgrcv",
-    "ru_nsignals",
-    "ru_nvcsw",
-    "ru_nivcsw",
-)
 
 StopCheck = Callable[[], Awaitable[bool]]
 SampleSink = Callable[[dict[str, Any]], Awaitable[None]]

@@ -749,3 +749,21 @@ async def test_a_running_run_s_cpu_and_memory_are_exported_at_metrics(
     assert await status_of(services, sid) == "done"
     result = await result_of(services, sid, 1)
     assert result["peak"]["rss_bytes"] > 60 * 2**20  # the samples are kept with the run
+
+
+def test_the_sandboxed_measurer_reports_every_amun_usage_field() -> None:
+    """sandbox/host/measured.py runs inside the sandbox with the standard library only, so
+    it keeps its own list of rusage fields; it must be Amun's, in Amun's order."""
+    import ast
+    from pathlib import Path
+
+    import sandbox
+
+    source = Path(sandbox.__file__).parent / "host" / "measured.py"
+    tree = ast.parse(source.read_text())
+    (fields,) = [
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "FIELDS"
+    ]
+    assert fields == RUSAGE_FIELDS
