@@ -25,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import math
 import os
 import re
 import selectors
+import shutil
 import signal
 import subprocess
 import threading
@@ -44,6 +46,7 @@ import psutil
 from core.descriptor import Metric
 from core.inspection_results import RUSAGE_FIELDS
 from sandbox.jail import Cell, Jail, Job, host_file, signalled
+from sandbox.rootfs import gpu_devices
 
 SAMPLE_SECONDS = 0.5
 STOP_CHECK_SECONDS = 0.5
@@ -136,6 +139,7 @@ class RunOutcome:
             "cpu_percent_rusage": round(100 * busy / self.seconds, 2) if self.seconds else 0.0,
             "processes": max((int(s["processes"]) for s in self.samples), default=0),
             "n_samples": len(self.samples),
+            **_gpu_peak(self.samples),
         }
 
     def failure(self, timeout: float) -> str | None:
@@ -295,6 +299,11 @@ class _Execution:
             proc.stdout.close()
             proc.stderr.close()
 
+    @functools.cached_property
+    def gpus(self) -> bool:
+        """GPUs to watch: device nodes here and nvidia-smi to ask."""
+        return bool(gpu_devices()) and shutil.which("nvidia-smi") is not None
+
     def _sample(self, proc: subprocess.Popen[bytes], started: float) -> None:
         try:
             root = psutil.Process(proc.pid)
@@ -324,14 +333,15 @@ class _Execution:
             if last_cpu is not None and at > last_at:
                 percent = max(0.0, 100 * (cpu - last_cpu) / (at - last_at))
             last_cpu, last_at = cpu, at
-            self.samples.append(
-                {
-                    "t": round(now - started, 3),
-                    "cpu_percent": round(percent, 1),
-                    "rss_bytes": rss,
-                    "processes": len(tree),
-                }
-            )
+            sample: dict[str, Any] = {
+                "t": round(now - started, 3),
+                "cpu_percent": round(percent, 1),
+                "rss_bytes": rss,
+                "processes": len(tree),
+            }
+            if self.gpus and len(self.samples) % GPU_EVERY == 0:
+                sample["gpus"] = gpu_utilisation()
+            self.samples.append(sample)
             if len(self.samples) > MAX_SAMPLES:
                 self.samples[:] = self.samples[::2]
 
@@ -397,7 +407,7 @@ async def run_command(
                     and time.monotonic() - told_at >= LIVE_SECONDS
                 ):
                     told_at = time.monotonic()
-                    await on_sample(dict(execution.samples[-1]))
+                    await on_sample(latest_sample(execution.samples))
         finally:
             if not work.done():  # this task was cancelled (the worker stops): kill, then wait
                 execution.stop.set()
@@ -407,6 +417,78 @@ async def run_command(
         return outcome
     finally:
         await asyncio.to_thread(cell.close)
+
+
+# -- GPUs ------------------------------------------------------------------------------------
+
+GPU_EVERY = 4  # samples between two GPU readings (nvidia-smi takes tens of milliseconds)
+NVIDIA_QUERY = "index,utilization.gpu,memory.used,memory.total"
+
+
+def gpu_utilisation() -> list[dict[str, Any]]:
+    """Each GPU's utilisation and memory in use, as nvidia-smi reports them (device-wide: the
+    run's cell is what uses the devices bound into it); [] when it cannot tell."""
+    try:
+        answer = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={NVIDIA_QUERY}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=2,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return parse_nvidia_smi(answer.stdout) if answer.returncode == 0 else []
+
+
+def parse_nvidia_smi(text: str) -> list[dict[str, Any]]:
+    """`index, utilization %, memory used MiB, memory total MiB` lines, as numbers; a field
+    nvidia-smi reports as `[N/A]` (or anything else not a number) is None."""
+
+    def number(raw: str) -> float | None:
+        try:
+            return float(raw.strip())
+        except ValueError:
+            return None
+
+    gpus = []
+    for line in text.strip().splitlines():
+        parts = line.split(",")
+        if len(parts) != 4 or number(parts[0]) is None:
+            continue
+        index, percent, used, total = (number(p) for p in parts)
+        gpus.append(
+            {
+                "index": int(index or 0),
+                "utilization_percent": percent,
+                "memory_used_bytes": int(used * 2**20) if used is not None else None,
+                "memory_total_bytes": int(total * 2**20) if total is not None else None,
+            }
+        )
+    return gpus
+
+
+def latest_sample(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The newest sample, with the newest GPU reading (taken every few samples) in it."""
+    latest = dict(samples[-1])
+    if "gpus" not in latest:
+        reading = next((s["gpus"] for s in reversed(samples[-GPU_EVERY:]) if "gpus" in s), None)
+        if reading is not None:
+            latest["gpus"] = reading
+    return latest
+
+
+def _gpu_peak(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The busiest and fullest any GPU was in the run (nothing without GPU readings)."""
+    readings = [g for s in samples for g in s.get("gpus") or []]
+    if not readings:
+        return {}
+    percent = [g["utilization_percent"] for g in readings if g["utilization_percent"] is not None]
+    used = [g["memory_used_bytes"] for g in readings if g["memory_used_bytes"] is not None]
+    return {
+        "gpu_percent": max(percent, default=None),
+        "gpu_memory_used_bytes": max(used, default=None),
+    }
 
 
 # -- metrics --------------------------------------------------------------------------------

@@ -65,6 +65,12 @@ class ApiMetrics:
             run,
             registry=self.registry,
         )
+        self.run_gpu = Gauge(
+            "weighbridge_run_gpu_percent",
+            "Utilisation of each GPU while a benchmark or inspection run uses it",
+            [*run, "gpu"],
+            registry=self.registry,
+        )
         series = ["benchmark", "identity", "variant", "metric"]
         self.benchmark_alerts = Gauge(
             "weighbridge_benchmark_alert",
@@ -100,11 +106,14 @@ async def metrics(request: Request) -> Response:
         labels = (b["benchmark"], b["identity"], b["variant"], b["metric"])
         state.benchmark_alerts.labels(*labels).set(b["alerting"])
         state.benchmark_values.labels(*labels, b["units"]).set(b["value"])
-    for gauge in (state.run_cpu, state.run_rss, state.run_processes):
+    for gauge in (state.run_cpu, state.run_rss, state.run_processes, state.run_gpu):
         gauge.clear()
     for r in running:
         labels = (r["submission_id"], r["kind"], r["run"])
         state.run_cpu.labels(*labels).set(float(r.get("cpu_percent", 0.0)))
         state.run_rss.labels(*labels).set(float(r.get("rss_bytes", 0)))
         state.run_processes.labels(*labels).set(float(r.get("processes", 0)))
+        for gpu in r.get("gpus") or []:
+            if gpu.get("utilization_percent") is not None:
+                state.run_gpu.labels(*labels, str(gpu["index"])).set(gpu["utilization_percent"])
     return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)

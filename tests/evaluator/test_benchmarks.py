@@ -767,3 +767,28 @@ def test_the_sandboxed_measurer_reports_every_amun_usage_field() -> None:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "FIELDS"
     ]
     assert fields == RUSAGE_FIELDS
+
+
+def test_gpu_readings_parse_nvidia_smi_and_are_kept_per_run() -> None:
+    from evaluator.benchmark_run import _gpu_peak, latest_sample, parse_nvidia_smi
+
+    text = "0, 87, 30500, 81559\n1, [N/A], 12, 81559\nnot a gpu line\n"
+    gpus = parse_nvidia_smi(text)
+    assert gpus == [
+        {
+            "index": 0,
+            "utilization_percent": 87.0,
+            "memory_used_bytes": 30500 * 2**20,
+            "memory_total_bytes": 81559 * 2**20,
+        },
+        {
+            "index": 1,
+            "utilization_percent": None,
+            "memory_used_bytes": 12 * 2**20,
+            "memory_total_bytes": 81559 * 2**20,
+        },
+    ]
+    samples = [{"t": 0.0, "gpus": gpus}, {"t": 0.5}, {"t": 1.0}]
+    assert latest_sample(samples) == {"t": 1.0, "gpus": gpus}
+    assert _gpu_peak(samples) == {"gpu_percent": 87.0, "gpu_memory_used_bytes": 30500 * 2**20}
+    assert _gpu_peak([{"t": 0.0}]) == {}  # no GPU here: nothing claimed
