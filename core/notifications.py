@@ -360,7 +360,15 @@ async def _render_submission_email(
         "user_name": owner.name,
         "kind": submission.kind,
         "model_name": submission.name,
-        "task_name": task.name if task is not None else submission.kind,
+        # A benchmark's name is its descriptor's task_name (in its meta), not a task's.
+        "task_name": (
+            task.name
+            if task is not None
+            else str(submission.meta.get("benchmark") or submission.kind)
+        ),
+        # What a score's count counts: a model's examples, a benchmark's measured values.
+        "counted": "examples" if submission.kind == "model" else "values",
+        "finished": "has been evaluated" if submission.kind == "model" else "has finished",
         "task_slug": task.slug if task is not None else None,
         "submission_id": submission.id,
         "private": submission.private,

@@ -272,6 +272,9 @@ async def test_a_script_mode_benchmark_yields_a_series_per_run_with_usage_and_hw
         )
     assert "done" in email.subject and "rank" not in email.subject
     assert "run-1" in email.body_text and "elapsed" in email.body_text
+    # A benchmark's words, not a model's: it finished (not "evaluated"), values not examples.
+    assert "has finished" in email.body_text and "(3 values)" in email.body_text
+    assert "examples" not in email.body_text
 
 
 PROBE = """
