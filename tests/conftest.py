@@ -69,6 +69,14 @@ def _create_server_database(backend: str) -> tuple[str, str]:
     return f"{MY_HOST}/{name}", admin
 
 
+def _drop_server_database(backend: str, url: str, admin: str) -> None:
+    """Drop a database `_create_server_database` made (Postgres: closing its connections)."""
+    name = url.rsplit("/", 1)[1]
+    quote = '"' if backend == "postgres" else "`"
+    extra = " WITH (FORCE)" if backend == "postgres" else ""
+    asyncio.run(_admin(admin, [f"DROP DATABASE IF EXISTS {quote}{name}{quote}{extra}"]))
+
+
 @pytest.fixture(scope="session", params=selected_backends())
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A migrated, empty database of each selected backend, shared by the session."""
@@ -88,10 +96,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     asyncio.run(migrate())
     yield url
     if admin is not None:
-        name = url.rsplit("/", 1)[1]
-        quote = '"' if backend == "postgres" else "`"
-        extra = " WITH (FORCE)" if backend == "postgres" else ""
-        asyncio.run(_admin(admin, [f"DROP DATABASE IF EXISTS {quote}{name}{quote}{extra}"]))
+        _drop_server_database(backend, url, admin)
 
 
 async def clean_database(db: Database) -> None:

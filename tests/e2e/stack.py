@@ -1,20 +1,23 @@
 """Real Weighbridge processes for the robustness tests: a task config folder, servers started
 as an operator would (free port, own home, short queue settings), uploads over HTTP, and a
-look at the database the processes share."""
+look at the database the processes share (SQLite, Postgres or MariaDB)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
 import signal
-import sqlite3
 import subprocess
 import tarfile
 import time
 from pathlib import Path
 
 import httpx
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from tests.cli.conftest import FIXTURES, WEIGHBRIDGE, clean_env
 
@@ -231,6 +234,16 @@ def wait_settled(
     raise AssertionError(f"still not settled after {timeout}s: {stuck}\n{logs}")
 
 
-def query(database: Path, sql: str) -> list[tuple]:
-    with contextlib.closing(sqlite3.connect(database)) as db:
-        return list(db.execute(sql).fetchall())
+def query(database_url: str, sql: str) -> list[tuple]:
+    """The rows of `sql` on the database the processes share, whichever backend it is on."""
+
+    async def rows() -> list[tuple]:
+        # No pool: each look is one short connection, closed before the loop ends.
+        engine = create_async_engine(database_url, poolclass=NullPool)
+        try:
+            async with engine.connect() as conn:
+                return [tuple(row) for row in (await conn.execute(sa.text(sql))).all()]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(rows())

@@ -35,13 +35,13 @@ FLEETS = {"toy": NORTH, "toy-south": SOUTH}
 PER_TASK = 3
 
 
-def test_each_fleet_evaluates_only_its_own_tasks(tmp_path: Path) -> None:
+def test_each_fleet_evaluates_only_its_own_tasks(tmp_path: Path, stack_database: str) -> None:
     configs = tmp_path / "task_configs"
     for slug, fleet in FLEETS.items():
         write_task(configs, slug, fleet=fleet)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = stack_env(tmp_path, configs, url)
+    env = stack_env(tmp_path, configs, url, WEIGHBRIDGE_DATABASE_URL=stack_database)
     logs = {name: tmp_path / f"{name}.log" for name in ("api", "builder", *FLEETS.values())}
     processes = {}
     try:
@@ -79,15 +79,15 @@ def test_each_fleet_evaluates_only_its_own_tasks(tmp_path: Path) -> None:
 
     for sid, state in states.items():
         assert state["status"] == "done", (sid, state["error"], tail(logs[FLEETS[task_of[sid]]]))
-    database = Path(env["WEIGHBRIDGE_HOME"]) / "weighbridge.db"
     evaluated: dict[str, list[dict]] = {sid: [] for sid in task_of}
     receipts: dict[str, dict] = {}
     for sid, kind, envelope in query(
-        database,
+        stack_database,
         "SELECT submission_id, type, envelope FROM events "
         "WHERE type IN ('status.evaluating', 'receipt') ORDER BY id",
     ):
-        payload = json.loads(envelope)["payload"]
+        # A JSON column reads back as text on SQLite and MariaDB, as a document on Postgres.
+        payload = (json.loads(envelope) if isinstance(envelope, str) else envelope)["payload"]
         if kind == "receipt":
             receipts[sid] = payload["evaluator"]
         else:
