@@ -97,9 +97,10 @@ class Score(SQLModel, table=True):
     submission_id: str = Field(foreign_key="submissions.id", index=True, max_length=32)
     dataset: str = Field(max_length=128)
     metric: str = Field(max_length=64)
-    value: float
-    ci_low: float | None = None
-    ci_high: float | None = None
+    # Double precision on every backend (a bare float is MySQL's 4-byte FLOAT: 7 digits).
+    value: float = Field(sa_column=sa.Column(sa.Double(), nullable=False))
+    ci_low: float | None = Field(default=None, sa_column=sa.Column(sa.Double(), nullable=True))
+    ci_high: float | None = Field(default=None, sa_column=sa.Column(sa.Double(), nullable=True))
     n_examples: int | None = None
     extra: dict[str, Any] = Field(default_factory=dict, sa_column=json_column())
     created_at: datetime = Field(default_factory=utcnow, sa_column=created_at_column())

@@ -86,3 +86,30 @@ async def test_old_queue_names_and_dead_letters_are_carried_over(tmp_path) -> No
         assert (rows["c"].queue, rows["c"].attempts) == ("build", 1)
     finally:
         await db.dispose()
+
+
+async def test_scores_keep_double_precision_on_every_backend(db: Database) -> None:
+    """A bare float column is MySQL's 4-byte FLOAT; scores must keep 15+ digits everywhere."""
+    from core.accounts import create_user
+    from core.models import Score, Submission
+
+    value = 0.123456789012345
+    async with db.session() as session:
+        user, _ = await create_user(session, "precise", email="p@example.org")
+        submission = Submission(user_id=user.id, name="p", status="done")  # type: ignore[arg-type]
+        session.add(submission)
+        await session.flush()
+        session.add(
+            Score(
+                submission_id=submission.id,
+                dataset="d",
+                metric="accuracy",
+                value=value,
+                ci_low=value - 0.1,
+                ci_high=value + 0.1,
+            )
+        )
+    async with db.session() as session:
+        score = (await session.execute(sa.select(Score))).scalar_one()
+    assert score.value == value
+    assert score.ci_low == value - 0.1 and score.ci_high == value + 0.1
