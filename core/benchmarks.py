@@ -100,6 +100,8 @@ async def submit_benchmark(
         "identity": benchmark_identity(descriptor),
         "benchmark": descriptor.task_name,
         "instance_type": descriptor.hardware.instance_type,
+        # The longest its runs may take (the reaper's deadline while it is evaluated).
+        "run_budget_seconds": descriptor.run.count * descriptor.run.timeout,
     }
     families = expand_ranges(descriptor)
     if not descriptor.scheduled and not families:

@@ -48,7 +48,14 @@ def deadline_after(
 ) -> timedelta:
     """How long `submission` may stay in its present state."""
     status = Status(submission.status)
-    if status in (Status.UPLOADED, Status.BUILT) or task is None:
+    if status in (Status.UPLOADED, Status.BUILT):
+        return QUEUE_WAIT
+    if task is None:
+        # A benchmark or inspection: its runs may take run.count * run.timeout (kept in its
+        # meta at submit); its build (packages, data) is given a queue wait.
+        budget = submission.meta.get("run_budget_seconds")
+        if status is Status.EVALUATING and isinstance(budget, int | float) and budget > 0:
+            return timedelta(seconds=attempts * (float(budget) + lease)) + SLACK
         return QUEUE_WAIT
     config = task_config(task)
     per_attempt = (

@@ -68,3 +68,31 @@ async def test_the_deadline_follows_the_tasks_own_limits(services: Services) -> 
     assert await reap_stuck(services, now=utcnow()) == []
     later = utcnow() + timedelta(minutes=20)
     assert await reap_stuck(services, now=later) == [young]
+
+
+async def test_a_long_benchmark_is_given_its_runs_budget_not_a_task_s(
+    services: Services,
+) -> None:
+    """A benchmark has no task: while evaluating it may take its runs' whole budget
+    (run.count x run.timeout, per attempt), however long; past it, it fails as any other."""
+    budget = 50 * 3600  # 50 runs of an hour: longer than a day of queue wait
+    limit = 3 * (budget + services.settings.lease_seconds)
+    async with services.db.session() as session:
+        user, _ = await create_user(session, "bench-owner", email="owner@example.org")
+        ids = []
+        for idle in (QUEUE_WAIT + timedelta(hours=1), timedelta(seconds=limit + 3600)):
+            submission = Submission(
+                user_id=user.id,  # type: ignore[arg-type]
+                kind="benchmark",
+                name="long",
+                status="evaluating",
+                updated_at=utcnow() - idle,
+                meta={"run_budget_seconds": budget},
+            )
+            session.add(submission)
+            await session.flush()
+            ids.append(submission.id)
+    within, past = ids
+    assert await reap_stuck(services) == [past]
+    async with services.db.session() as session:
+        assert (await session.get(Submission, within)).status == "evaluating"  # type: ignore[union-attr]
