@@ -301,6 +301,9 @@ async def cancel_submission(session: AsyncSession, submission_id: str, *, user: 
     submission = await get_submission(session, submission_id, viewer=user)
     if submission.user_id != user.id and not user.is_admin:
         raise Forbidden("you can cancel only your own submissions", field="id")
+    if submission.meta.get("role") in PARENT_ROLES:
+        await _cancel_family(session, submission, user=user)
+        return submission
     if Status(submission.status) in TERMINAL:
         raise WeighbridgeError(
             f"submission {submission.id} is already {submission.status}; nothing to cancel",
@@ -310,6 +313,51 @@ async def cancel_submission(session: AsyncSession, submission_id: str, *, user: 
         )
     await cancel(session, submission, service="api", message=f"cancelled by {user.name}")
     return submission
+
+
+# A parent stands for its children: a range family, a schedule, or a schedule stopped.
+PARENT_ROLES = ("family", "schedule", "stopped-schedule")
+
+
+async def _cancel_family(session: AsyncSession, parent: Submission, *, user: User) -> None:
+    """Cancel a family's or a schedule's unfinished children; a schedule also stops (its row
+    goes, and its role says so, so that no scheduler takes it on again)."""
+    from core.models import Schedule
+
+    children = [
+        c
+        for c in await session.scalars(
+            sa.select(Submission).where(col(Submission.parent_id) == parent.id).with_for_update()
+        )
+        if Status(c.status) not in TERMINAL
+    ]
+    for child in children:
+        await cancel(
+            session, child, service="api", message=f"cancelled by {user.name} (with its parent)"
+        )
+    stopped = parent.meta.get("role") == "schedule"
+    if stopped:
+        await session.execute(sa.delete(Schedule).where(col(Schedule.submission_id) == parent.id))
+        parent.meta = {**parent.meta, "role": "stopped-schedule"}
+    if not children and not stopped:
+        raise WeighbridgeError(
+            f"submission {parent.id} has no unfinished runs and no schedule; nothing to cancel",
+            status=409,
+            code="conflict",
+            field="id",
+        )
+    record_event(
+        session,
+        parent,
+        "benchmark.cancelled",
+        service="api",
+        status=parent.status,
+        message=(
+            f"cancelled by {user.name}: {len(children)} unfinished run(s) cancelled"
+            + ("; the schedule is stopped" if stopped else "")
+        ),
+        payload={"children": [c.id for c in children], "schedule_stopped": stopped},
+    )
 
 
 async def read_logs(storage: Storage, submission_id: str) -> str:

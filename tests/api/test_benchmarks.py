@@ -246,3 +246,28 @@ script = "4f2a.tar"
     assert reply.json()["error"]["field"] == "ml.script.script"
     assert "--script" in reply.json()["error"]["message"]
     assert await services.queue.depth(BUILD_QUEUE) == 0
+
+
+async def test_cancelling_a_family_cancels_its_unfinished_children(
+    services: Services, client: httpx.AsyncClient, token: str
+) -> None:
+    text = """\
+spec_version = "0.1.0"
+[info]
+description = "family"
+labels = { task_name = "fam" }
+[hardware]
+instance_type = "local"
+[env]
+docker_image = "python:3.11"
+[ml]
+benchmark_code = "echo {n}"
+[ranges]
+n = [1, 2]
+"""
+    parent = (await submit(client, token, text)).json()
+    reply = await client.post(f"/api/v1/submissions/{parent['id']}/cancel", headers=auth(token))
+    assert reply.status_code == 200, reply.text
+    assert {c["status"] for c in reply.json()["children"]} == {"cancelled"}
+    again = await client.post(f"/api/v1/submissions/{parent['id']}/cancel", headers=auth(token))
+    assert again.status_code == 409 and "nothing to cancel" in again.json()["error"]["message"]

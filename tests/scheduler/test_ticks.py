@@ -153,3 +153,26 @@ async def test_a_schedule_whose_descriptor_is_gone_is_reported_once(services: Se
     [failed] = await events_of(services, parent.id, "benchmark.schedule_failed")
     assert "descriptor could not be read" in failed.message
     assert await children_of(services, parent.id) == []
+
+
+async def test_cancelling_the_parent_stops_its_schedule_and_cancels_unfinished_runs(
+    services: Services,
+) -> None:
+    from core.submissions import cancel_submission
+
+    owner = await make_owner(services)
+    parent = await make_schedule(services, owner, "*/5 * * * *")
+    await submit_due_ticks(services, now=at(5))
+    [child] = await children_of(services, parent.id)
+    async with services.db.session() as session:
+        await cancel_submission(session, parent.id, user=owner)
+    async with services.db.session() as session:
+        assert (await session.get(Submission, child.id)).status == "cancelled"  # type: ignore[union-attr]
+        kept = await session.get(Submission, parent.id)
+        assert kept is not None and kept.meta["role"] == "stopped-schedule"
+    # No scheduler takes it on again, and no tick comes.
+    report = await submit_due_ticks(services, now=at(30))
+    assert report.submitted == [] and report.discovered == []
+    assert len(await children_of(services, parent.id)) == 1
+    [note] = await events_of(services, parent.id, "benchmark.cancelled")
+    assert "1 unfinished run(s) cancelled; the schedule is stopped" in note.message
