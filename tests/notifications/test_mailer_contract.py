@@ -1,0 +1,93 @@
+"""The Mailer contract, passed by every implementation chosen by WEIGHBRIDGE_EMAIL_URL: a sent
+message arrives whole (the same Message-ID, sender, recipient, subject, both bodies), two
+messages arrive as two, and the URL names the implementation. SES joins with the cloud issue."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import default as default_policy
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from core.mailers import Mailer, build_email, mailer_from_url
+from core.models import Notification, new_id
+from tests.conftest import free_port
+from tests.notifications.test_mailers import Inbox
+
+
+@dataclass
+class Delivered:
+    mailer: Mailer
+    received: Callable[[], list[bytes]]  # what reached the other side, as raw messages
+
+
+def from_folder(folder: Path) -> Callable[[], list[bytes]]:
+    return lambda: [p.read_bytes() for p in sorted(folder.glob("*.eml"))]
+
+
+@pytest.fixture(params=["file", "smtp"])
+async def delivered(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Delivered]:
+    if request.param == "file":
+        folder = tmp_path / "outbox"
+        mailer = mailer_from_url(f"file://{folder}")
+        yield Delivered(mailer, from_folder(folder))
+        await mailer.close()
+        return
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        mailer = mailer_from_url(f"smtp://127.0.0.1:{port}?timeout=5")
+        yield Delivered(mailer, lambda: [content for _, _, content in inbox.received])
+        await mailer.close()
+    finally:
+        controller.stop()
+
+
+def message(subject: str) -> EmailMessage:
+    note = Notification(
+        message_id=new_id(),
+        submission_id=new_id(),
+        to_address="ada@example.org",
+        subject=subject,
+        body_text=f"plain: {subject}",
+        body_html=f"<html><body><p>html: {subject}</p></body></html>",
+    )
+    return build_email(note, sender="Weighbridge <noreply@weighbridge.test>")
+
+
+def parsed(raw: bytes) -> EmailMessage:
+    return BytesParser(policy=default_policy).parsebytes(raw)  # type: ignore[return-value]
+
+
+async def test_a_sent_message_arrives_whole(delivered: Delivered) -> None:
+    sent = message("résumé of model-7 ✓")
+    await delivered.mailer.send(sent)
+    [raw] = delivered.received()
+    got = parsed(raw)
+    for header in ("Message-ID", "From", "To", "Subject", "X-Weighbridge-Submission"):
+        assert got[header] == sent[header], header
+    plain = got.get_body(preferencelist=("plain",))
+    html = got.get_body(preferencelist=("html",))
+    assert plain is not None and "plain: résumé of model-7 ✓" in plain.get_content()
+    assert html is not None and "html: résumé of model-7 ✓" in html.get_content()
+
+
+async def test_two_messages_arrive_as_two(delivered: Delivered) -> None:
+    first, second = message("one"), message("two")
+    await delivered.mailer.send(first)
+    await delivered.mailer.send(second)
+    ids = sorted(parsed(raw)["Message-ID"] for raw in delivered.received())
+    assert ids == sorted([first["Message-ID"], second["Message-ID"]])
+
+
+async def test_the_url_names_the_implementation(delivered: Delivered) -> None:
+    scheme = delivered.mailer.url.split("://", 1)[0]
+    assert scheme in ("file", "smtp")
+    assert "@" not in delivered.mailer.url.split("://", 1)[1].split("/", 1)[0]  # no password
