@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from api.deps import optional_user, require_user, services_of
+from api.params import MAX_QUERY_INT, Item
 from core import inspection_results as results
 from core import submissions as subs
 from core.errors import TooLarge, WeighbridgeError
@@ -103,7 +104,8 @@ async def create_inspection(request: Request) -> dict:
 @router.get("")
 async def read_inspections(
     request: Request,
-    page: Annotated[int, Query(ge=1)] = 1,
+    # Bounded so that (page - 1) x limit stays within every database's integer.
+    page: Annotated[int, Query(ge=1, le=MAX_QUERY_INT // PAGE_LIMIT)] = 1,
     limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT)] = PAGE_LIMIT,
 ) -> dict:
     async with services_of(request).db.session() as session:
@@ -163,7 +165,7 @@ async def read_batch_size(inspection_id: str, request: Request) -> dict:
 
 
 @router.get("/{inspection_id}/job/{item}/result")
-async def read_result(inspection_id: str, item: int, request: Request) -> dict:
+async def read_result(inspection_id: str, item: Item, request: Request) -> dict:
     services = services_of(request)
     submission = await _viewed(request, inspection_id)
     result = await results.read_result(services.storage, submission, item)
@@ -171,7 +173,7 @@ async def read_result(inspection_id: str, item: int, request: Request) -> dict:
 
 
 @router.get("/{inspection_id}/job/{item}/log")
-async def read_job_log(inspection_id: str, item: int, request: Request) -> dict:
+async def read_job_log(inspection_id: str, item: Item, request: Request) -> dict:
     services = services_of(request)
     submission = await _viewed(request, inspection_id)
     log = await results.read_run_log(services.storage, submission, item)
