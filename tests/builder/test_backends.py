@@ -63,11 +63,13 @@ async def test_each_kind_goes_to_its_own_build_and_an_unknown_kind_fails_with_th
     source = tar_folder(
         write_model_folder(tmp_path / "m", files={"model.pt": b"w"}), tmp_path / "m.tar.gz"
     )
+    # A builder without the inspection kind (an older one, or one built without it).
+    monkeypatch.delitem(builder.worker.KINDS, "inspection")
     unknown = await submit(services, source, kind="inspection")
     assert await build_consumer(services).run_once() == 1
     submission, _ = await load(services, unknown)
     assert submission.status == Status.FAILED
-    assert "inspection submissions are not built by this builder (it builds: model)" in (
+    assert "inspection submissions are not built by this builder (it builds: benchmark, model)" in (
         submission.error or ""
     )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +38,17 @@ from tests.e2e.stack import (
 )
 
 pytestmark = pytest.mark.slow
+
+
+# The one traceback a kill may leave that is not Weighbridge's: a child multiprocessing was
+# spawning (the metrics pool) reads its start-up data from its parent through a pipe; with the
+# parent SIGKILLed mid-way it finds the pipe empty and exits. Only frames of the spawn
+# machinery, before any of our code ran.
+ORPHANED_SPAWN = re.compile(
+    r"Traceback \(most recent call last\):\n"
+    r"(?:  File \"(?:<string>|[^\"]*/multiprocessing/[^\"]*)\", line \d+, in \S+\n(?:    .*\n)*)+"
+    r"EOFError: Ran out of input\n"
+)
 
 
 def try_upload(url: str, token: str, name: str) -> str | None:
@@ -189,5 +201,5 @@ def test_submissions_survive_a_storm_of_kills(tmp_path: Path, stack_database: st
     outbox = sorted((Path(env["WEIGHBRIDGE_HOME"]) / "outbox").glob("*.eml"))
     assert len(outbox) == len(ids), [p.name for p in outbox]
     # No start after a kill crashed or logged an error on its way.
-    logged = log.read_text(errors="replace")
+    logged = ORPHANED_SPAWN.sub("", log.read_text(errors="replace"))
     assert "Traceback" not in logged and " ERROR " not in logged, logged[-5000:]

@@ -58,18 +58,29 @@ def test_handlers_answer_torchserve_style(train_digits: ModuleType, trained: dic
     assert answer == answers[0]
 
 
-def test_shipped_weights_are_what_the_script_makes(trained: dict) -> None:
-    """The committed model.pt files are the script's output: a rerun gives them bit for bit."""
+def test_shipped_weights_are_what_the_script_makes(train_digits: ModuleType, trained: dict) -> None:
+    """The committed model.pt files are the script's output. On the machine that made them a
+    rerun gives them bit for bit; on another CPU the convolutions take other vector paths
+    (AVX-512 or AVX2, Intel or AMD), whose rounding differs and grows over the epochs to
+    about 1e-3 in the CNN's first layer. So: the linear model (no convolution) within 1e-6,
+    the CNN within 1e-2 and answering as the shipped one does on the held-out set."""
     import torch
 
     from core.examples import EXAMPLES, example_folder
 
     assert set(EXAMPLES) == set(trained)
+    tolerance = {"digits-linear": 1e-6, "digits-cnn": 1e-2}
     for name, model in trained.items():
         shipped = torch.load(example_folder(name) / "model.pt", weights_only=True)
         fresh = torch.load(model.folder / "model.pt", weights_only=True)
         assert shipped.keys() == fresh.keys()
-        assert all(torch.allclose(shipped[k], fresh[k], atol=1e-6) for k in shipped), name
+        atol = tolerance[name]
+        assert all(torch.allclose(shipped[k], fresh[k], atol=atol) for k in shipped), name
+    heldout = generate_rows("digits", {"split": "heldout"})
+    shipped_answers = train_digits.predict_folder(example_folder("digits-cnn"), heldout)
+    fresh_answers = train_digits.predict_folder(trained["digits-cnn"].folder, heldout)
+    same = sum(a == b for a, b in zip(shipped_answers, fresh_answers, strict=True))
+    assert same >= 0.995 * len(heldout)
 
 
 def test_shipped_examples_score_as_documented(train_digits: ModuleType) -> None:
