@@ -227,7 +227,7 @@ class BenchmarkBuild:
                     self.services.db,
                     self.services.storage,
                     source.fetch_spec(),
-                    policy=FetchPolicy(),
+                    policy=FetchPolicy(allow_hosts=self.services.settings.data_allow_host_names()),
                     progress=self._progress(source.src),
                 )
             except FetchError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -181,6 +182,31 @@ async def with_retries(
             await asyncio.sleep(delay)
 
 
+async def check_public_host(src: str, url: httpx.URL, policy: FetchPolicy) -> None:
+    """Refuse a request to a host that resolves to a non-public address (the server's own
+    network, its metadata service), unless the operator allowed that host by name.
+
+    Checked before the first request and again before each redirect. (A name that resolves
+    differently between this check and the connection is not caught here.)"""
+    host = (url.host or "").lower().strip("[]")
+    if host in {h.lower() for h in policy.allow_hosts}:
+        return
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port)
+    except OSError as exc:
+        raise Transient(f"cannot resolve {host}: {exc}") from exc
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if not address.is_global:
+            raise FetchError(
+                src,
+                f"{url.host} is at {address}, a non-public address: data sources are fetched "
+                "from public servers only (an operator can allow a host of their own with "
+                "WEIGHBRIDGE_DATA_ALLOW_HOSTS)",
+            )
+
+
 async def _get_http(source: SourceSpec, sink: Sink, policy: FetchPolicy) -> None:
     timeout = httpx.Timeout(
         connect=policy.connect_timeout,
@@ -190,9 +216,15 @@ async def _get_http(source: SourceSpec, sink: Sink, policy: FetchPolicy) -> None
     )
     # identity: the bytes checked are the file's as served, never a re-encoding of them.
     headers = {"Accept-Encoding": "identity"}
+
+    async def guard(request: httpx.Request) -> None:
+        await check_public_host(source.src, request.url, policy)
+
     try:
         async with (
-            httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client,
+            httpx.AsyncClient(
+                timeout=timeout, follow_redirects=True, event_hooks={"request": [guard]}
+            ) as client,
             client.stream("GET", source.src, headers=headers) as response,
         ):
             status = f"{response.status_code} {response.reason_phrase}".strip()

@@ -196,7 +196,11 @@ class FetchPolicy:
     """How hard and how long to try, how to share the work, and what a source may read.
 
     `file_roots` are the only folders `file://` sources may read (none: file:// refused): a
-    descriptor is user input and must not copy the server's own files into a job.
+    descriptor is user input and must not copy the server's own files into a job. For the
+    same reason an http(s) source (and every redirect it takes) must resolve to public
+    addresses only: loopback, private, link-local (cloud metadata at 169.254.169.254) and
+    reserved ones are refused, unless its host is one of `allow_hosts` (an operator's own
+    data server; WEIGHBRIDGE_DATA_ALLOW_HOSTS).
     """
 
     attempts: int = 5
@@ -209,6 +213,7 @@ class FetchPolicy:
     progress_seconds: float = 0.5
     max_bytes: int | None = None
     file_roots: tuple[Path, ...] = ()
+    allow_hosts: tuple[str, ...] = ()
     scratch: Path | None = None
 
 

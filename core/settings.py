@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     evaluator_concurrency: int = Field(default=0, ge=0)
     # The sandbox of each benchmark or inspection run (a model's limits come from its task):
     # memory (cgroup, and RLIMIT_AS with 1 GiB of slack) and the /scratch tmpfs, in MiB.
+    # Hosts a benchmark's data sources may be fetched from although they resolve to a
+    # non-public address (an operator's own data server), comma-separated; none by default.
+    data_allow_hosts: str = ""
     benchmark_memory_mb: int = Field(default=4096, ge=64)
     benchmark_scratch_mb: int = Field(default=1024, ge=16)
 
@@ -76,6 +79,10 @@ class Settings(BaseSettings):
         if self.evaluator_concurrency:
             return self.evaluator_concurrency
         return max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+
+    def data_allow_host_names(self) -> tuple[str, ...]:
+        """WEIGHBRIDGE_DATA_ALLOW_HOSTS as a tuple of host names or addresses."""
+        return tuple(h.strip() for h in self.data_allow_hosts.split(",") if h.strip())
 
     def fleet_ids(self) -> list[str]:
         """The fleets named explicitly in WEIGHBRIDGE_FLEETS (empty list: not set)."""

@@ -10,6 +10,7 @@ import tarfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,8 +22,10 @@ from core.descriptor import parse_descriptor
 from core.messages import BenchmarkMessage, read_message
 from core.models import Event, Submission
 from core.queue import BUILD_QUEUE, eval_queue
+from core.settings import Settings
 from core.states import Status
 from tests.api.conftest import auth
+from tests.conftest import make_settings
 
 DATA = b"a,b\n1,2\n3,4\n"
 
@@ -57,6 +60,12 @@ pattern = 'elapsed: ([-+]?\\d*\\.\\d+|\\d+)'
 [run]
 count = 3
 """
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """As an operator whose data server is on this machine: loopback sources allowed."""
+    return make_settings(tmp_path, database_url, data_allow_hosts="127.0.0.1")
 
 
 class Counting(BaseHTTPRequestHandler):
@@ -271,3 +280,22 @@ n = [1, 2]
     assert {c["status"] for c in reply.json()["children"]} == {"cancelled"}
     again = await client.post(f"/api/v1/submissions/{parent['id']}/cancel", headers=auth(token))
     assert again.status_code == 409 and "nothing to cancel" in again.json()["error"]["message"]
+
+
+async def test_a_data_source_on_the_service_s_own_network_fails_the_build(
+    services: Services,
+    client: httpx.AsyncClient,
+    token: str,
+    data_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(services.settings, "data_allow_hosts", "")  # no host allowed
+    text = DESCRIPTOR.format(url=data_url, sha=hashlib.sha256(DATA).hexdigest())
+    sid = (await submit(client, token, text, scripts=scripts_archive())).json()["id"]
+    assert await build_consumer(services).run_once() == 1
+    async with services.db.session() as session:
+        submission = await session.get(Submission, sid)
+    assert submission is not None and submission.status == Status.FAILED
+    assert "data.sources[0]" in (submission.error or "")
+    assert "127.0.0.1, a non-public address" in (submission.error or "")
+    assert Counting.hits == 0

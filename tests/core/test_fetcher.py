@@ -36,7 +36,7 @@ from core.fetcher import (
 from core.models import DataFetch, table_of
 from core.queue import database_epoch
 from core.storage import LocalStorage
-from tests.core.fetch_processes import fetch_in_process
+from tests.core.fetch_processes import LOCAL, fetch_in_process
 
 SPAWN = multiprocessing.get_context("spawn")
 DATA = os.urandom(300_000)
@@ -44,6 +44,7 @@ SHA256 = hashlib.sha256(DATA).hexdigest()
 MD5 = hashlib.md5(DATA).hexdigest()
 # Quick retries and short timeouts; the behaviour under test is the same as with the defaults.
 FAST = FetchPolicy(
+    allow_hosts=LOCAL,
     backoff_seconds=0.01,
     max_backoff_seconds=0.05,
     read_timeout=0.5,
@@ -60,6 +61,7 @@ class FileServer:
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.redirects: dict[str, str] = {}
         self.requests: Counter[str] = Counter()
         self.faults: list[str] = []
         self.always: str | None = None
@@ -88,6 +90,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         server: FileServer = self.server.owner  # type: ignore[attr-defined]
         fault = server.next_fault(self.path)
+        if self.path in server.redirects:
+            self.send_response(302)
+            self.send_header("Location", server.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if fault == "hang":
             server.release.wait(10)
             return
@@ -309,7 +317,11 @@ async def test_the_holders_lease_is_renewed_while_a_long_download_runs(
     # The download takes three leases; the waiter must not think the holder dead.
     server.delay = 1.8
     policy = FetchPolicy(
-        lease_seconds=0.6, poll_seconds=0.02, read_timeout=5.0, backoff_seconds=0.01
+        allow_hosts=LOCAL,
+        lease_seconds=0.6,
+        poll_seconds=0.02,
+        read_timeout=5.0,
+        backoff_seconds=0.01,
     )
     source = SourceSpec(src=server.serve("/long.bin"))
     first = asyncio.create_task(fetch_source(db, storage, source, policy=policy))
@@ -339,7 +351,9 @@ async def test_a_dead_holders_lease_is_taken_over(
         os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
         child.join(10)
 
-    policy = FetchPolicy(lease_seconds=1.0, poll_seconds=0.05, backoff_seconds=0.01)
+    policy = FetchPolicy(
+        allow_hosts=LOCAL, lease_seconds=1.0, poll_seconds=0.05, backoff_seconds=0.01
+    )
     fetched = await fetch_source(db, storage, source, policy=policy)
     assert await storage.read_bytes(fetched.key) == DATA and not fetched.cached
     assert server.requests["/killed.bin"] == 2
@@ -351,7 +365,9 @@ async def test_a_cancelled_fetch_hands_the_source_on_at_once(
     db: Database, storage: LocalStorage, server: FileServer
 ) -> None:
     server.delay = 1.0
-    policy = FetchPolicy(lease_seconds=60.0, poll_seconds=0.02, backoff_seconds=0.01)
+    policy = FetchPolicy(
+        allow_hosts=LOCAL, lease_seconds=60.0, poll_seconds=0.02, backoff_seconds=0.01
+    )
     source = SourceSpec(src=server.serve("/cancelled.bin"))
     job = asyncio.create_task(fetch_source(db, storage, source, policy=policy))
     await wait_until(lambda: server.requests["/cancelled.bin"] > 0)
@@ -368,7 +384,7 @@ async def test_a_holder_that_lost_its_lease_stops_and_waits_for_the_new_holder(
     db: Database, storage: LocalStorage, server: FileServer
 ) -> None:
     server.delay = 1.0
-    policy = FetchPolicy(lease_seconds=0.6, poll_seconds=0.02, read_timeout=5.0)
+    policy = FetchPolicy(allow_hosts=LOCAL, lease_seconds=0.6, poll_seconds=0.02, read_timeout=5.0)
     source = SourceSpec(src=server.serve("/stolen.bin"))
     job = asyncio.create_task(fetch_source(db, storage, source, policy=policy))
     await wait_until(lambda: server.requests["/stolen.bin"] > 0)
@@ -443,7 +459,7 @@ async def test_a_timeout_is_retried(
 async def test_a_file_over_the_size_limit_is_refused_and_not_kept(
     db: Database, storage: LocalStorage, server: FileServer
 ) -> None:
-    policy = FetchPolicy(max_bytes=1000, poll_seconds=0.02)
+    policy = FetchPolicy(allow_hosts=LOCAL, max_bytes=1000, poll_seconds=0.02)
     with pytest.raises(FetchError, match="larger than the limit of 1000 bytes"):
         await fetch_source(db, storage, SourceSpec(src=server.serve("/big.bin")), policy=policy)
     assert server.requests["/big.bin"] == 1
@@ -460,7 +476,7 @@ async def test_file_sources_are_read_only_under_the_allowed_folders(
     allowed = tmp_path / "shared-data"
     allowed.mkdir()
     (allowed / "local.bin").write_bytes(DATA)
-    policy = FetchPolicy(file_roots=(allowed,), poll_seconds=0.02)
+    policy = FetchPolicy(allow_hosts=LOCAL, file_roots=(allowed,), poll_seconds=0.02)
 
     fetched = await fetch_source(
         db, storage, SourceSpec(src=f"file://{allowed}/local.bin", sha256=SHA256), policy=policy
@@ -552,7 +568,7 @@ async def test_progress_is_reported_at_most_once_per_interval_and_at_the_end(
     tmp_path: Path,
 ) -> None:
     calls: list[tuple[int, int | None]] = []
-    policy = FetchPolicy(progress_seconds=3600.0)
+    policy = FetchPolicy(allow_hosts=LOCAL, progress_seconds=3600.0)
     sink = Sink(
         tmp_path / "f", SourceSpec(src="https://h/f"), policy, lambda d, t: calls.append((d, t))
     )
@@ -563,3 +579,32 @@ async def test_progress_is_reported_at_most_once_per_interval_and_at_the_end(
     sink.close()
     # The first write reports (nothing was reported yet); the next two fall in its interval.
     assert calls == [(10, 30), (30, 30)]
+
+
+async def test_a_source_on_a_non_public_address_is_refused_unless_allowed(
+    db: Database, storage: LocalStorage, server: FileServer
+) -> None:
+    """A descriptor is user input: it must not make the service fetch from its own network
+    (a database, the cloud's metadata service) and hand the answer to the job."""
+    source = SourceSpec(src=server.serve("/data.bin"), sha256=SHA256)
+    public_only = FetchPolicy(backoff_seconds=0.01, poll_seconds=0.02)
+    with pytest.raises(FetchError) as refused:
+        await fetch_source(db, storage, source, policy=public_only)
+    assert "127.0.0.1, a non-public address" in str(refused.value)
+    assert "WEIGHBRIDGE_DATA_ALLOW_HOSTS" in str(refused.value)
+    assert server.requests["/data.bin"] == 0  # refused before any request was sent
+    fetched = await fetch_source(db, storage, source, policy=FAST)  # the operator allows it
+    assert fetched.sha256 == SHA256
+
+
+async def test_a_redirect_to_a_non_public_address_is_refused(
+    db: Database, storage: LocalStorage, server: FileServer
+) -> None:
+    """Allowed by name, `localhost` redirects to 127.0.0.1 by address, which is not."""
+    server.redirects["/hop"] = server.serve("/data.bin")
+    source = SourceSpec(src=server.url("/hop").replace("127.0.0.1", "localhost"))
+    policy = FetchPolicy(allow_hosts=("localhost",), backoff_seconds=0.01, poll_seconds=0.02)
+    with pytest.raises(FetchError) as refused:
+        await fetch_source(db, storage, source, policy=policy)
+    assert "non-public address" in str(refused.value)
+    assert server.requests["/hop"] == 1 and server.requests["/data.bin"] == 0
