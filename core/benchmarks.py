@@ -20,22 +20,28 @@ sends the same archive shares one object. Children point at both through `meta`.
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from core.descriptor import Descriptor, expand_ranges, parse_descriptor
-from core.errors import WeighbridgeError
+from core.errors import RateLimited, WeighbridgeError
 from core.kinds import policy_of
-from core.models import Submission, User, new_id
+from core.models import Submission, User, new_id, utcnow
 from core.outbox import Outbox
 from core.states import Status, record_event
 from core.storage import Storage, StoredObject
-from core.submissions import create_submission
+from core.submissions import NOT_COUNTED, PARENT_ROLES, create_submission, lock_submissions_of
 
 # Where an uploaded scripts archive lives once accepted: by content, shared.
 SCRIPTS = "scripts"
 MAX_DESCRIPTOR_BYTES = 64 * 1024
+# The kinds whose runs count against a user's daily run limit, and its window.
+RUN_KINDS = ("benchmark", "inspection")
+RUN_WINDOW = timedelta(hours=24)
 
 
 def scripts_key(sha256: str, filename: str) -> str:
@@ -47,6 +53,40 @@ def benchmark_identity(descriptor: Descriptor) -> str:
     labels = ",".join(f"{k}={v}" for k, v in sorted(descriptor.info.labels.items()))
     text = f"{descriptor.task_name}|{labels}|{descriptor.hardware.instance_type}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+async def check_run_limit(
+    session: AsyncSession, user: User, *, adding: int, limit: int | None
+) -> None:
+    """Refuse with 429 when `adding` runs would take the user past `limit` benchmark and
+    inspection runs in 24 hours (failed and cancelled ones and family or schedule parents do
+    not count; admins have no limit). Call it first in the transaction: it takes the user's
+    row lock so that two submissions at once are counted one after the other."""
+    if limit is None or user.is_admin:
+        return
+    await lock_submissions_of(session, user)
+    now = utcnow()
+    role = col(Submission.meta)["role"].as_string()
+    counted = int(
+        await session.scalar(
+            sa.select(sa.func.count()).where(
+                col(Submission.user_id) == user.id,
+                col(Submission.kind).in_(RUN_KINDS),
+                col(Submission.created_at) >= now - RUN_WINDOW,
+                col(Submission.status).not_in(NOT_COUNTED),
+                sa.or_(role.is_(None), role.not_in(PARENT_ROLES)),
+            )
+        )
+        or 0
+    )
+    if counted + adding > limit:
+        raise RateLimited(
+            f"{adding} more run(s) would make {counted + adding} benchmark and inspection "
+            f"runs in 24 hours; the limit is {limit} (failed and cancelled ones do not count)",
+            field="descriptor",
+            headers={"Retry-After": "3600"},
+            extra={"limit": limit, "used": counted, "asked": adding},
+        )
 
 
 def _values_label(values: dict[str, Any]) -> str:
@@ -67,6 +107,7 @@ async def submit_benchmark(
     name: str | None = None,
     private: bool = False,
     client_id: str | None = None,
+    limit: int | None = None,
 ) -> tuple[Submission, list[Submission]]:
     """The top submission and its children (none for a plain descriptor), in the caller's
     transaction; DescriptorError (a 422 naming each problem's line) for a bad descriptor.
@@ -75,6 +116,11 @@ async def submit_benchmark(
     content address here."""
     policy_of(kind)
     descriptor = parse_descriptor(descriptor_text, filename=descriptor_filename)
+    families = expand_ranges(descriptor)
+    # A schedule's runs are counted tick by tick, as the scheduler submits them.
+    await check_run_limit(
+        session, user, adding=0 if descriptor.scheduled else max(1, len(families)), limit=limit
+    )
     if descriptor.ml.script is not None and scripts is None:
         raise WeighbridgeError(
             f"ml.script names the scripts archive {descriptor.ml.script.script!r}, but none "
@@ -103,7 +149,6 @@ async def submit_benchmark(
         # The longest its runs may take (the reaper's deadline while it is evaluated).
         "run_budget_seconds": descriptor.run.count * descriptor.run.timeout,
     }
-    families = expand_ranges(descriptor)
     if not descriptor.scheduled and not families:
         top = await create_submission(
             session,

@@ -391,6 +391,7 @@ async def submit_inspection(
     scripts_key: str,
     memory_limit_mb: int | None = None,
     client_id: str | None = None,
+    limit: int | None = None,
 ) -> Submission:
     """Queue the inspection in the caller's transaction: its scripts archive is written at
     `scripts_key` (an incoming key; submit_benchmark moves it to its content address), the
@@ -413,6 +414,7 @@ async def submit_inspection(
         name=spec.identifier or KIND,
         private=True,
         client_id=client_id,
+        limit=limit,
     )
     parameters = parameters_of(spec)
     stored = await storage.write_bytes(

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # Hosts a benchmark's data sources may be fetched from although they resolve to a
     # non-public address (an operator's own data server), comma-separated; none by default.
     data_allow_hosts: str = ""
+    # Benchmark and inspection runs one (non-admin) user may start in 24 hours, ticks of
+    # their schedules included.
+    benchmark_runs_per_day: int = Field(default=500, ge=1)
     benchmark_memory_mb: int = Field(default=4096, ge=64)
     benchmark_scratch_mb: int = Field(default=1024, ge=16)
 

@@ -29,9 +29,10 @@ from croniter import croniter
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
-from core.benchmarks import submit_children
+from core.benchmarks import check_run_limit, submit_children
 from core.descriptor import expand_ranges, parse_descriptor
-from core.models import Schedule, ScheduleTick, Submission, table_of, utcnow
+from core.errors import RateLimited
+from core.models import Schedule, ScheduleTick, Submission, User, table_of, utcnow
 from core.states import record_event
 
 if TYPE_CHECKING:
@@ -175,13 +176,36 @@ async def submit_tick(services: Services, schedule: Schedule, due: DueTick) -> l
             parent = await session.get(Submission, schedule.submission_id)
             if parent is None:
                 raise LookupError(schedule.submission_id)
-            children = await submit_children(
-                session,
-                services.outbox,
-                parent,
-                list(schedule.families),
-                extra_meta={"tick": tick_iso},
-            )
+            owner = await session.get(User, parent.user_id)
+            assert owner is not None
+            try:
+                await check_run_limit(
+                    session,
+                    owner,
+                    adding=max(1, len(schedule.families)),
+                    limit=services.settings.benchmark_runs_per_day,
+                )
+            except RateLimited as exc:
+                # The tick is spent, without runs: a schedule cannot outrun its owner's limit.
+                record_event(
+                    session,
+                    parent,
+                    "benchmark.tick_skipped",
+                    service=SERVICE,
+                    status=parent.status,
+                    message=f"tick {tick_iso}: skipped: {exc.message}",
+                    payload={"tick": tick_iso},
+                )
+                children = []
+            else:
+                children = await submit_children(
+                    session,
+                    services.outbox,
+                    parent,
+                    list(schedule.families),
+                    user=owner,
+                    extra_meta={"tick": tick_iso},
+                )
             tick.children = [child.id for child in children]
             session.add(tick)
             schedules = table_of(Schedule)

@@ -98,8 +98,8 @@ async def create_benchmark(request: Request) -> dict:
                 field="kind",
             )
         private = fields.get("private", "").strip().lower() in TRUE
+        # A fresh transaction whose first statement is the user's row lock (the run limit).
         async with services.db.session() as session:
-            user = await require_user(session, request)
             top, children = await submit_benchmark(
                 session,
                 services.storage,
@@ -115,6 +115,7 @@ async def create_benchmark(request: Request) -> dict:
                 name=(fields.get("name") or "").strip() or None,
                 private=private,
                 client_id=request.headers.get("x-client-id"),
+                limit=services.settings.benchmark_runs_per_day,
             )
     except BaseException:
         await discard_upload(services.db, services.storage, upload_id)

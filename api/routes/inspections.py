@@ -78,9 +78,11 @@ async def create_inspection(request: Request) -> dict:
         await require_user(session, request)
     spec = parse_specification(await _read_json(request))
     upload_id = new_id()
+    async with services.db.session() as session:
+        user = await require_user(session, request)
     try:
+        # A fresh transaction whose first statement is the user's row lock (the run limit).
         async with services.db.session() as session:
-            user = await require_user(session, request)
             submission = await submit_inspection(
                 session,
                 services.storage,
@@ -90,6 +92,7 @@ async def create_inspection(request: Request) -> dict:
                 scripts_key=incoming_key(upload_id, SCRIPTS_FILENAME),
                 memory_limit_mb=services.settings.benchmark_memory_mb,
                 client_id=request.headers.get("x-client-id"),
+                limit=services.settings.benchmark_runs_per_day,
             )
     except BaseException:
         await discard_upload(services.db, services.storage, upload_id)

@@ -299,3 +299,34 @@ async def test_a_data_source_on_the_service_s_own_network_fails_the_build(
     assert "data.sources[0]" in (submission.error or "")
     assert "127.0.0.1, a non-public address" in (submission.error or "")
     assert Counting.hits == 0
+
+
+async def test_a_user_s_runs_in_24_hours_are_limited(
+    services: Services, client: httpx.AsyncClient, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hostile or careless, one user cannot queue endless runs: a family counts each child."""
+    monkeypatch.setattr(services.settings, "benchmark_runs_per_day", 3)
+    family = """\
+spec_version = "0.1.0"
+[info]
+description = "limited"
+labels = { task_name = "limited" }
+[hardware]
+instance_type = "local"
+[env]
+docker_image = "python:3.11"
+[ml]
+benchmark_code = "echo {n}"
+[ranges]
+n = [1, 2]
+"""
+    assert (await submit(client, token, family)).status_code == 201
+    queued = await services.queue.depth(BUILD_QUEUE)
+    refused = await submit(client, token, family)
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limited" and "the limit is 3" in error["message"]
+    assert refused.headers["retry-after"] == "3600"
+    assert await services.queue.depth(BUILD_QUEUE) == queued  # nothing of it queued
+    single = family.replace("[ranges]\nn = [1, 2]\n", "").replace("{n}", "one")
+    assert (await submit(client, token, single)).status_code == 201  # the third run fits

@@ -176,3 +176,18 @@ async def test_cancelling_the_parent_stops_its_schedule_and_cancels_unfinished_r
     assert len(await children_of(services, parent.id)) == 1
     [note] = await events_of(services, parent.id, "benchmark.cancelled")
     assert "1 unfinished run(s) cancelled; the schedule is stopped" in note.message
+
+
+async def test_a_tick_past_its_owner_s_run_limit_is_skipped_and_said(services: Services) -> None:
+    owner = await make_owner(services)
+    parent = await make_schedule(services, owner, "*/5 * * * *")
+    services.settings.benchmark_runs_per_day = 1
+    await submit_due_ticks(services, now=at(5))
+    await submit_due_ticks(services, now=at(10))  # the limit is used: no second run
+    assert len(await children_of(services, parent.id)) == 1
+    [skipped] = await events_of(services, parent.id, "benchmark.tick_skipped")
+    assert f"tick {at(10).isoformat()}: skipped" in skipped.message
+    assert "the limit is 1" in skipped.message
+    # The tick is spent, not retried at every round.
+    await submit_due_ticks(services, now=at(11))
+    assert len(await events_of(services, parent.id, "benchmark.tick_skipped")) == 1
