@@ -36,6 +36,7 @@ class Services:
 
     async def close(self) -> None:
         await self.queue.close()
+        await self.storage.close()
         await self.db.dispose()
 
 
@@ -57,7 +58,11 @@ async def start_services(
         if sync:
             async with db.session() as session:
                 await sync_tasks(session, tasks)
-        storage = storage_from_url(settings.storage_url)
+        storage = storage_from_url(
+            settings.storage_url,
+            endpoint_url=settings.aws_endpoint_url,
+            region=settings.aws_region,
+        )
         queue = queue_from_url(
             settings.queue_url,
             database=db,

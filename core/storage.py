@@ -66,6 +66,9 @@ class Storage(Protocol):
         ...
 
     def local_path(self, key: str) -> Path | None: ...
+    async def close(self) -> None:
+        """Let go of connections (the process is stopping)."""
+        ...
 
 
 def check_key(key: str) -> str:
@@ -89,6 +92,9 @@ class LocalStorage:
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+    async def close(self) -> None:
+        return None
 
     async def write_stream(
         self, key: str, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None
@@ -265,16 +271,18 @@ async def _file_chunks(path: Path, chunk_size: int = 1 << 20) -> AsyncIterator[b
         fh.close()
 
 
-def storage_from_url(url: str, **options: object) -> Storage:
-    """The backend for a URL: `file:///path` (a folder) or `s3://bucket/prefix`."""
+def storage_from_url(
+    url: str, *, endpoint_url: str | None = None, region: str = "us-east-1"
+) -> Storage:
+    """The backend for a URL: `file:///path` (a folder) or `s3://bucket/prefix` (S3, or the
+    S3-compatible server at `endpoint_url`)."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return LocalStorage(Path(parsed.netloc + parsed.path))
     if parsed.scheme == "s3":
-        raise WeighbridgeError(
-            "the S3 storage backend is not part of this build yet; use file://",
-            field="WEIGHBRIDGE_STORAGE_URL",
-        )
+        from core.s3storage import S3Storage
+
+        return S3Storage(parsed.netloc, parsed.path, endpoint_url=endpoint_url, region=region)
     raise WeighbridgeError(
         f"unknown storage URL scheme {parsed.scheme!r}; use file:///path or s3://bucket/prefix",
         field="WEIGHBRIDGE_STORAGE_URL",

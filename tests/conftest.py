@@ -11,7 +11,7 @@ import os
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -154,3 +154,20 @@ def run_cli(
     return subprocess.run(
         ["weighbridge", *args], capture_output=True, text=True, env=full_env, timeout=timeout
     )
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """moto's server over HTTP on 127.0.0.1 (S3, SQS, ECR, SageMaker, SES), for the session;
+    tests that use it make their own buckets and queues, so they never share state."""
+    server_module = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    port = free_port()
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()

@@ -162,6 +162,10 @@ def test_storage_from_url_picks_a_folder_and_explains_bad_urls(tmp_path: Path) -
     assert store.root == tmp_path / "st"
     with pytest.raises(WeighbridgeError, match="unknown storage URL scheme 'ftp'"):
         storage_from_url("ftp://host/x")
+    s3 = storage_from_url("s3://bucket/some/prefix/", endpoint_url="http://127.0.0.1:9")
+    assert (s3.url, s3.local_path("a")) == ("s3://bucket/some/prefix", None)
+    with pytest.raises(WeighbridgeError, match="names no bucket"):
+        storage_from_url("s3:///prefix")
 
 
 def all_paths(root: Path) -> list[str]:

@@ -1,10 +1,11 @@
 """The Storage contract, run by every implementation `WEIGHBRIDGE_STORAGE_URL` can name (the
-local folder now; S3 joins with the cloud issue): the same keys, sizes, hashes and listings,
+local folder, and S3 on moto's server): the same keys, sizes, hashes and listings,
 whole objects or none, and missing keys as FileNotFoundError."""
 
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,9 +15,19 @@ from core.errors import TooLarge
 from core.storage import Storage, storage_from_url
 
 
-@pytest.fixture(params=["file"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    return storage_from_url(f"file://{tmp_path / 'store'}")
+@pytest.fixture(params=["file", "s3"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    if request.param == "file":
+        yield storage_from_url(f"file://{tmp_path / 'store'}")
+        return
+    # A bucket of its own on moto's server, under a prefix (keys never see either).
+    endpoint = request.getfixturevalue("moto_url")
+    bucket = f"wb-{uuid.uuid4().hex[:12]}"
+    s3 = storage_from_url(f"s3://{bucket}/weighbridge", endpoint_url=endpoint)
+    client = await s3._client()  # type: ignore[attr-defined]
+    await client.create_bucket(Bucket=bucket)
+    yield s3
+    await s3.close()  # type: ignore[attr-defined]
 
 
 async def parts(*chunks: bytes) -> AsyncIterator[bytes]:
@@ -75,3 +86,15 @@ async def test_missing_keys_are_file_not_found(store: Storage, tmp_path: Path) -
     with pytest.raises(FileNotFoundError):
         await store.size("nope/x")
     assert not await store.exists("nope/x") and await store.list("nope") == []
+
+
+async def test_large_streams_go_up_in_parts_and_come_back_whole(store: Storage) -> None:
+    """Past one part (8 MiB on S3) a write is a multipart upload, sent as it fills."""
+    block = bytes(range(256)) * 4096  # 1 MiB
+    data = block * 9 + b"tail"
+    stored = await store.write_stream("big/blob", parts(*([block] * 9), b"tail"))
+    assert stored.size == len(data) and stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert await store.read_bytes("big/blob") == data
+    with pytest.raises(TooLarge):
+        await store.write_stream("big/over", parts(*([block] * 9)), max_bytes=8 * 2**20)
+    assert not await store.exists("big/over")
