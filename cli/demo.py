@@ -146,6 +146,25 @@ async def wait_until_finished(
     return final
 
 
+# How long the demo waits for the stored leaderboard to take in the submissions just done.
+BOARD_WAIT_SECONDS = 30.0
+
+
+async def settled_board(client: httpx.AsyncClient, ids: set[str]) -> dict:
+    """The leaderboard once it is rebuilt with `ids` in it: the board is stored and rebuilt
+    in the background after a submission finishes, so right after it may not show it yet."""
+    deadline = asyncio.get_running_loop().time() + BOARD_WAIT_SECONDS
+    while True:
+        response = await client.get(f"/api/v1/tasks/{TASK}/leaderboard")
+        _check(response, "reading the leaderboard")
+        board = response.json()
+        shown = {r["submission_id"] for r in [*board["rows"], *board.get("unranked", [])]}
+        settled = not (board.get("board") or {}).get("stale")
+        if (settled and ids <= shown) or asyncio.get_running_loop().time() > deadline:
+            return board
+        await asyncio.sleep(0.25)
+
+
 async def run_demo(
     services: Services,
     base_url: str,
@@ -194,9 +213,9 @@ async def run_demo(
                         if error
                         else "",
                     )
-            response = await client.get(f"/api/v1/tasks/{TASK}/leaderboard")
-            _check(response, "reading the leaderboard")
-            console.print(leaderboard_view(response.json()))
+            done = {r["id"] for r in final.values() if r["status"] == "done"}
+            board = await settled_board(client, done)
+            console.print(leaderboard_view(board))
     except DemoError as exc:
         console.print(
             Text("Demo stopped:", style="red"), Text(render.printable(exc, keep_lines=True))
