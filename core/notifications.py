@@ -290,6 +290,31 @@ async def queue_submission_email(
     owner, subject, text, html, pending = await _render_submission_email(
         session, storage, submission, settings=settings
     )
+    return await add_notification(
+        session,
+        message_id=message_id,
+        submission=submission,
+        owner=owner,
+        subject=subject,
+        text=text,
+        html=html,
+        available_at=time.time() + RANK_WAIT_SECONDS if pending else 0.0,
+    )
+
+
+async def add_notification(
+    session: AsyncSession,
+    *,
+    message_id: str,
+    submission: Submission,
+    owner: User,
+    subject: str,
+    text: str,
+    html: str,
+    available_at: float = 0.0,
+) -> Notification:
+    """A rendered email to `owner` about `submission`, queued for the mailer in the caller's
+    transaction (every email Weighbridge sends is one of these rows)."""
     notification = Notification(
         message_id=message_id,
         submission_id=submission.id,
@@ -299,7 +324,7 @@ async def queue_submission_email(
         body_text=text,
         body_html=html,
         status="pending",
-        available_at=time.time() + RANK_WAIT_SECONDS if pending else 0.0,
+        available_at=available_at,
     )
     session.add(notification)
     await session.flush()

@@ -45,7 +45,13 @@ from core.version import __version__
 from evaluator import hwinfo, records
 from evaluator.benchmark_job import STAGE, BenchmarkJob, prepare_job
 from evaluator.benchmark_run import RunOutcome, extract_metrics, read_text, run_command
-from evaluator.evaluation import SERVICE, STAGE_CHARS, fail_submission, queue_email
+from evaluator.evaluation import (
+    SERVICE,
+    STAGE_CHARS,
+    fail_submission,
+    note_stopped,
+    queue_email,
+)
 from evaluator.receipt import evaluator_identity
 from evaluator.runner import EvaluationCancelled
 from sandbox.jail import Job, Limits, current_jail
@@ -602,19 +608,7 @@ class BenchmarkEvaluation:
 
     async def note_cancelled(self, name: str | None) -> None:
         """The timeline says where the work stopped (the cancel ended the runs itself)."""
-        async with self.services.db.session() as session:
-            submission = await session.get(Submission, self.submission_id)
-            if submission is not None:
-                record_event(
-                    session,
-                    submission,
-                    "run.stopped",
-                    service=SERVICE,
-                    message=f"{name or self.kind}: stopped because the submission was "
-                    f"{submission.status}",
-                    payload={"run": name},
-                    parent=self.envelope,
-                )
+        await note_stopped(self.services, self.submission_id, self.envelope, "run", name, self.kind)
 
 
 __all__ = ["ALL", "STAGE", "BenchmarkEvaluation", "run_name", "run_prefix"]

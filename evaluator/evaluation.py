@@ -655,16 +655,30 @@ class Evaluation:
     async def note_cancelled(self, dataset: str | None) -> None:
         """The timeline says where the work stopped; the runs were ended by the cancel
         (core.states.cancel) and are left as they are."""
-        async with self.services.db.session() as session:
-            submission = await session.get(Submission, self.submission_id)
-            if submission is not None:
-                record_event(
-                    session,
-                    submission,
-                    "dataset.stopped",
-                    service=SERVICE,
-                    message=f"{dataset or 'evaluation'}: stopped because the submission was "
-                    f"{submission.status}",
-                    payload={"dataset": dataset},
-                    parent=self.envelope,
-                )
+        await note_stopped(
+            self.services, self.submission_id, self.envelope, "dataset", dataset, "evaluation"
+        )
+
+
+async def note_stopped(
+    services: Services,
+    submission_id: str,
+    parent: Envelope,
+    unit: str,
+    name: str | None,
+    whole: str,
+) -> None:
+    """A `<unit>.stopped` event: the work on `name` (or on the `whole`) stopped because the
+    submission was cancelled or ended elsewhere (the cancel ended its runs itself)."""
+    async with services.db.session() as session:
+        submission = await session.get(Submission, submission_id)
+        if submission is not None:
+            record_event(
+                session,
+                submission,
+                f"{unit}.stopped",
+                service=SERVICE,
+                message=f"{name or whole}: stopped because the submission was {submission.status}",
+                payload={unit: name},
+                parent=parent,
+            )

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from core.models import BenchmarkAlert, Notification, Submission, User
-from core.notifications import render_email
+from core.notifications import add_notification, render_email
 from metrics.regressions import AlertRule
 
 if TYPE_CHECKING:
@@ -92,16 +92,12 @@ async def queue_alert_email(
         "submission_id": submission.id,
     }
     text, html = render_email("alert", context)
-    notification = Notification(
+    return await add_notification(
+        session,
         message_id=message_id,
-        submission_id=submission.id,
-        user_id=owner.id,
-        to_address=owner.email,
-        subject=subject[:255],
-        body_text=text,
-        body_html=html,
-        status="pending",
+        submission=submission,
+        owner=owner,
+        subject=subject,
+        text=text,
+        html=html,
     )
-    session.add(notification)
-    await session.flush()
-    return notification
