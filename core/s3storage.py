@@ -19,9 +19,9 @@ from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aioboto3
 from botocore.exceptions import ClientError
 
+from core.aws import AwsClients
 from core.errors import TooLarge, WeighbridgeError
 from core.storage import ObjectInfo, StoredObject, check_key
 
@@ -54,28 +54,15 @@ class S3Storage:
         self.endpoint_url = endpoint_url
         self.region = region
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self._session = aioboto3.Session()
-        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, Any, Any]] = {}
+        self._aws = AwsClients(endpoint_url=endpoint_url, region=region)
 
     # -- the client: one per event loop, closed by `close` --------------------------------
 
     async def _client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        held = self._clients.get(id(loop))
-        if held is not None and held[0] is loop:
-            return held[1]
-        manager = self._session.client(
-            "s3", endpoint_url=self.endpoint_url, region_name=self.region
-        )
-        client = await manager.__aenter__()
-        self._clients[id(loop)] = (loop, client, manager)
-        return client
+        return await self._aws.client("s3")
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        held = self._clients.pop(id(loop), None)
-        if held is not None:
-            await held[2].__aexit__(None, None, None)
+        await self._aws.close()
 
     def _name(self, key: str) -> str:
         check_key(key)
