@@ -8,6 +8,7 @@ from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.routes import (
     benchmarks,
+    blobs,
     health,
     history,
     inspections,
@@ -15,6 +16,7 @@ from api.routes import (
     schemas,
     submissions,
     tasks,
+    workers,
 )
 from api.routes.prometheus import ApiMetrics
 from core.context import Services
@@ -54,6 +56,9 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(inspections.router, prefix="/api/v1/inspect", include_in_schema=False)
     app.include_router(prometheus.router)
     app.include_router(schemas.router)
+    # Remote evaluator workers (worker tokens only).
+    app.include_router(workers.router)
+    app.include_router(blobs.router)
     app.include_router(pages.router)
     install_docs(app)
     app.mount("/static", pages.static, name="static")

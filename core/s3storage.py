@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
@@ -260,11 +260,18 @@ class S3Storage:
         )
         await client.delete_object(Bucket=self.bucket, Key=self._name(src))
 
-    async def presigned_url(self, key: str, *, seconds: int = 900) -> str:
-        """A link that downloads `key` without credentials until it expires (owners' logs)."""
+    async def presigned_url(
+        self, key: str, *, method: Literal["GET", "PUT"] = "GET", seconds: int = 900
+    ) -> str:
+        """A link that downloads (GET) or uploads (PUT, the whole object in one request) `key`
+        without credentials until it expires (owners' logs, remote workers)."""
+        if method not in ("GET", "PUT"):
+            raise WeighbridgeError(
+                f"a presigned link is for GET or PUT, not {method!r}", field="method"
+            )
         client = await self._client()
         url: str = await client.generate_presigned_url(
-            "get_object",
+            "get_object" if method == "GET" else "put_object",
             Params={"Bucket": self.bucket, "Key": self._name(key)},
             ExpiresIn=seconds,
         )

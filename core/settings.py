@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     email_from: str = "Weighbridge <noreply@weighbridge.local>"
 
     upload_chunk_bytes: int = Field(default=1024 * 1024, ge=4096)
+    # The key that signs the API's own presigned links (local storage). Empty: a random key
+    # made once and kept in $WEIGHBRIDGE_HOME/secret_key, shared by every process with that
+    # home; deployments whose processes do not share a home must set the same key on each.
+    secret_key: str = ""
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

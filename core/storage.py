@@ -11,7 +11,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol
 from urllib.parse import urlparse
 
 from core.errors import TooLarge, WeighbridgeError
@@ -66,6 +66,14 @@ class Storage(Protocol):
         ...
 
     def local_path(self, key: str) -> Path | None: ...
+    async def presigned_url(
+        self, key: str, *, method: Literal["GET", "PUT"] = "GET", seconds: int = 900
+    ) -> str | None:
+        """A link that reads (GET) or writes (PUT) `key` without credentials for `seconds`,
+        or None when the backend cannot sign links (the folder: the API signs them instead;
+        callers use `core.presign.presigned_url`, which does both)."""
+        ...
+
     async def close(self) -> None:
         """Let go of connections (the process is stopping)."""
         ...
@@ -92,6 +100,12 @@ class LocalStorage:
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+    async def presigned_url(
+        self, key: str, *, method: Literal["GET", "PUT"] = "GET", seconds: int = 900
+    ) -> str | None:
+        check_key(key)
+        return None  # a folder has no URLs: the API serves signed links to it
 
     async def close(self) -> None:
         return None
