@@ -12,7 +12,9 @@ from core import submissions as subs
 from core.errors import WeighbridgeError
 from core.incoming import accept_upload, discard_upload, incoming_key
 from core.inspection_results import read_json, results_prefix
+from core.loglinks import create_log_link, get_own_submission
 from core.models import Task, User, new_id
+from core.presign import secret_key
 from core.storage import Storage
 from core.tasks import get_task, task_config
 
@@ -217,6 +219,23 @@ async def read_logs(submission_id: str, request: Request, offset: Offset = 0) ->
         "next_offset": len(data),
         "complete": s.status in ("done", "failed", "cancelled"),
     }
+
+
+@router.get("/{submission_id}/logs/link")
+async def read_log_link(submission_id: str, request: Request, part: str = "build") -> dict:
+    """A 15-minute link to the whole log of the build or of one dataset or run; the owner's
+    (or an admin's) only: anyone else gets the 404 of a submission they cannot see."""
+    services = services_of(request)
+    async with services.db.session() as session:
+        viewer = await optional_user(session, request)
+        s = await get_own_submission(session, submission_id, viewer=viewer)
+    return await create_log_link(
+        services.storage,
+        s.id,
+        part,
+        public_url=services.settings.public_url,
+        secret=secret_key(services.settings),
+    )
 
 
 @router.delete("/{submission_id}")

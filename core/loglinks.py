@@ -1,0 +1,76 @@
+"""Owners' links to a whole log: the build's (`submissions/<id>/build/log`) or one dataset's or
+run's (`submissions/<id>/results/<part>/log`), as a presigned link that lasts 15 minutes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import NotFound, WeighbridgeError
+from core.models import Submission, User, utcnow
+from core.presign import presigned_url
+from core.storage import Storage
+from core.submissions import get_submission
+
+LINK_SECONDS = 15 * 60
+
+
+def log_key(submission_id: str, part: str) -> str:
+    """The storage key of a part's log: `build`, or a dataset or run name."""
+    if not part or "/" in part or part in (".", ".."):
+        raise WeighbridgeError(
+            f"part must be 'build' or a dataset or run name, not {part!r}", field="part"
+        )
+    if part == "build":
+        return f"submissions/{submission_id}/build/log"
+    return f"submissions/{submission_id}/results/{part}/log"
+
+
+async def log_parts(storage: Storage, submission_id: str) -> list[str]:
+    """The parts of a submission that have a log, the build first."""
+    prefix = f"submissions/{submission_id}/"
+    parts = []
+    for key in await storage.list(prefix.rstrip("/")):
+        middle = key[len(prefix) : -len("/log")] if key.endswith("/log") else ""
+        if middle == "build":
+            parts.append("build")
+        elif middle.startswith("results/") and middle.count("/") == 1:
+            parts.append(middle.removeprefix("results/"))
+    return sorted(parts, key=lambda p: (p != "build", p))
+
+
+async def get_own_submission(
+    session: AsyncSession, submission_id: str, *, viewer: User | None
+) -> Submission:
+    """The viewer's own submission (any, for an admin); 404 for everyone else's, public ones
+    included, as for a private submission (nothing says that it exists)."""
+    submission = await get_submission(session, submission_id, viewer=viewer)
+    if viewer is None or not (viewer.is_admin or viewer.id == submission.user_id):
+        raise NotFound(f"no submission {submission_id}", field="id")
+    return submission
+
+
+async def create_log_link(
+    storage: Storage,
+    submission_id: str,
+    part: str,
+    *,
+    public_url: str,
+    secret: str,
+    seconds: int = LINK_SECONDS,
+) -> dict[str, str]:
+    """`{"part", "url", "expires_at"}`: a link that downloads the part's whole log."""
+    key = log_key(submission_id, part)
+    if not await storage.exists(key):
+        known = await log_parts(storage, submission_id)
+        raise NotFound(
+            f"submission {submission_id} has no {part!r} log; parts with a log: "
+            + (", ".join(known) or "none yet"),
+            field="part",
+        )
+    expires_at = utcnow() + timedelta(seconds=seconds)
+    url = await presigned_url(
+        storage, key, method="GET", seconds=seconds, public_url=public_url, secret=secret
+    )
+    return {"part": part, "url": url, "expires_at": expires_at.isoformat()}
