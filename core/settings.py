@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     aws_region: str = "us-east-1"
     runner: str = "local"
     builder: str = "local"
+    # The SageMaker runner (WEIGHBRIDGE_RUNNER=sagemaker): transform and training jobs one
+    # fleet keeps in progress at once (counted in SageMaker by the fleet's job-name prefix).
+    sagemaker_max_jobs: int = Field(default=4, ge=1)
     email_url: str = ""
     # Unset: the task configs shipped with Weighbridge (the package `task_configs`), so every
     # command finds them whatever the current folder; a relative path is taken from the cwd.

@@ -78,6 +78,9 @@ class EvalConfig(_Strict):
     aws_region: str = "us-east-1"
     batch_size: int = Field(default=32, ge=1, le=100_000)
     max_concurrent_transforms: int = Field(default=1, ge=1)
+    # SageMaker transform: the most MB of input lines one request carries (MaxPayloadInMB);
+    # times max_concurrent_transforms it may not pass SageMaker's 100.
+    max_payload_mb: int = Field(default=6, ge=1, le=100)
     timeout_seconds: float = Field(default=600, gt=0)
     # One dataset's whole run, and a submission's whole evaluation: a handler that answers
     # each batch just in time still cannot hold its fleet longer than these.

@@ -3,7 +3,7 @@
 A runner takes a built model and one dataset's inputs and gives back the answers, the log and
 the usage (`DatasetRun`); scoring, storing and ranking stay with the evaluation around it. The
 local runner runs the handler on this machine in the sandbox (`evaluator.runner.run_dataset`);
-a SageMaker batch-transform runner joins the registry with the AWS backends.
+the SageMaker runner runs it as a batch transform job (`evaluator.sagemaker_runner`).
 """
 
 from __future__ import annotations
@@ -72,8 +72,15 @@ class LocalRunner:
         )
 
 
+def _sagemaker(settings: Settings) -> Runner:
+    from evaluator.sagemaker_runner import SageMakerRunner  # aioboto3 only where it is used
+
+    return SageMakerRunner.from_settings(settings)
+
+
 RUNNERS: dict[str, Callable[[Settings], Runner]] = {
     "local": lambda settings: LocalRunner(),
+    "sagemaker": _sagemaker,
 }
 
 
