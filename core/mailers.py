@@ -1,9 +1,11 @@
-"""Mailers: how an email leaves (an outbox folder, SMTP), chosen by URL; the RFC 5322 message.
+"""Mailers: how an email leaves (an outbox folder, SMTP, SES), chosen by URL; the RFC 5322
+message.
 
 `mailer_from_url(WEIGHBRIDGE_EMAIL_URL)` picks the backend: `file:///dir` writes
 `<message id>.eml` atomically, `smtp://user:pass@host:port?starttls=1` (or `smtps://`) sends
-through aiosmtplib. A mailer raises when the message was not sent; PermanentMailError says
-the server refused it for good (5xx), so it is not retried.
+through aiosmtplib, `ses://?region=…` sends the same raw message through SES's API (aioboto3).
+A mailer raises when the message was not sent; PermanentMailError says the server refused it
+for good (SMTP 5xx, SES MessageRejected and the like), so it is not retried.
 """
 
 from __future__ import annotations
@@ -144,6 +146,63 @@ class SmtpMailer:
         return None
 
 
+# SES errors that say the message (or this account or sender) is refused for good: retrying
+# the same message cannot help. Throttling, quotas, 5xx and network faults are retried.
+SES_PERMANENT = frozenset(
+    {
+        "MessageRejected",
+        "MailFromDomainNotVerifiedException",
+        "MailFromDomainNotVerified",
+        "AccountSuspendedException",
+        "SendingPausedException",
+        "AccountSendingPausedException",
+        "ConfigurationSetSendingPausedException",
+        "BadRequestException",
+        "NotFoundException",
+        "InvalidParameterValue",
+    }
+)
+
+
+class SesMailer:
+    """Amazon SES (API v2) through aioboto3: `ses://`, `ses://?region=eu-west-1`, optionally
+    `&configuration_set=NAME`; the raw RFC 5322 message goes as it is (same parts, same
+    Message-ID), its sender and recipients taken from its From and To headers."""
+
+    def __init__(
+        self,
+        *,
+        region: str = "us-east-1",
+        endpoint_url: str | None = None,
+        configuration_set: str | None = None,
+    ) -> None:
+        from core.aws import AwsClients
+
+        self.region = region
+        self.configuration_set = configuration_set
+        self._aws = AwsClients(endpoint_url=endpoint_url, region=region)
+        self.url = f"ses://?region={region}" + (
+            f"&configuration_set={configuration_set}" if configuration_set else ""
+        )
+
+    async def send(self, message: EmailMessage) -> None:
+        from core.aws import error_code, error_message
+
+        client = await self._aws.client("sesv2")
+        extra = {"ConfigurationSetName": self.configuration_set} if self.configuration_set else {}
+        try:
+            await client.send_email(
+                Content={"Raw": {"Data": message.as_bytes(policy=SMTP_POLICY)}}, **extra
+            )
+        except Exception as exc:
+            if error_code(exc) in SES_PERMANENT:
+                raise PermanentMailError(f"SES refused the message: {error_message(exc)}") from exc
+            raise
+
+    async def close(self) -> None:
+        await self._aws.close()
+
+
 def _flag(query: dict[str, list[str]], name: str) -> bool | None:
     values = query.get(name)
     if not values:
@@ -151,8 +210,11 @@ def _flag(query: dict[str, list[str]], name: str) -> bool | None:
     return values[-1].strip().lower() in ("1", "true", "yes", "on")
 
 
-def mailer_from_url(url: str) -> Mailer:
-    """The mailer for WEIGHBRIDGE_EMAIL_URL: `file:///dir`, `smtp://…` or `smtps://…`."""
+def mailer_from_url(
+    url: str, *, endpoint_url: str | None = None, region: str = "us-east-1"
+) -> Mailer:
+    """The mailer for WEIGHBRIDGE_EMAIL_URL: `file:///dir`, `smtp://…`, `smtps://…` or `ses://`
+    (in `region`, or the URL's `?region=`, at `endpoint_url` when set: moto, LocalStack)."""
     parsed = urlparse(url)
     scheme = parsed.scheme
     if scheme == "file":
@@ -182,13 +244,21 @@ def mailer_from_url(url: str) -> Mailer:
             url=safe,
         )
     if scheme == "ses":
-        raise WeighbridgeError(
-            "the SES email backend is not part of this build; use smtp:// (SES offers an SMTP "
-            "interface) or file://",
-            field="WEIGHBRIDGE_EMAIL_URL",
+        query = parse_qs(parsed.query)
+        unknown = sorted(set(query) - {"region", "configuration_set"})
+        if parsed.netloc or parsed.path.strip("/") or unknown:
+            raise WeighbridgeError(
+                f"email URL {url!r}: SES takes only ?region=…&configuration_set=… "
+                "(e.g. ses://?region=eu-west-1); the sender is WEIGHBRIDGE_EMAIL_FROM",
+                field="WEIGHBRIDGE_EMAIL_URL",
+            )
+        return SesMailer(
+            region=query.get("region", [region])[-1].strip() or region,
+            endpoint_url=endpoint_url,
+            configuration_set=query.get("configuration_set", [""])[-1].strip() or None,
         )
     raise WeighbridgeError(
         f"unknown email URL scheme {scheme!r}; use file:///dir, smtp://user:pass@host:port"
-        "?starttls=1 or smtps://…",
+        "?starttls=1, smtps://… or ses://",
         field="WEIGHBRIDGE_EMAIL_URL",
     )

@@ -535,7 +535,14 @@ async def run_mailer(
 ) -> None:
     """Deliver pending emails until `stop` is set; an error is logged and the loop goes on."""
     own = mailer is None
-    active = mailer if mailer is not None else mailer_from_url(services.settings.email_url)
+    settings = services.settings
+    active = (
+        mailer
+        if mailer is not None
+        else mailer_from_url(
+            settings.email_url, endpoint_url=settings.aws_endpoint_url, region=settings.aws_region
+        )
+    )
     try:
         while not stop.is_set():
             sent = 0

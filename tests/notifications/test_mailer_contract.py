@@ -1,9 +1,12 @@
 """The Mailer contract, passed by every implementation chosen by WEIGHBRIDGE_EMAIL_URL: a sent
 message arrives whole (the same Message-ID, sender, recipient, subject, both bodies), two
-messages arrive as two, and the URL names the implementation. SES joins with the cloud issue."""
+messages arrive as two, and the URL names the implementation. SES runs against moto's server
+over HTTP: what moto accepted is read back from its `/moto-api/data.json` (the raw messages)."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -14,6 +17,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
+from core.aws import AwsClients
 from core.mailers import Mailer, build_email, mailer_from_url
 from core.models import Notification, new_id
 from tests.conftest import free_port
@@ -30,8 +34,43 @@ def from_folder(folder: Path) -> Callable[[], list[bytes]]:
     return lambda: [p.read_bytes() for p in sorted(folder.glob("*.eml"))]
 
 
-@pytest.fixture(params=["file", "smtp"])
+SENDER = "Weighbridge <noreply@weighbridge.test>"
+
+
+def moto_raw_messages(moto_url: str) -> list[dict]:
+    """Every raw message moto's SES accepted (all regions), oldest first."""
+    with urllib.request.urlopen(f"{moto_url}/moto-api/data.json", timeout=10) as answer:
+        data = json.load(answer)
+    return list(data.get("ses", {}).get("RawMessage", []))
+
+
+def from_moto(moto_url: str) -> Callable[[], list[bytes]]:
+    """The messages moto's SES accepted since now (the server is shared by the session)."""
+    before = {m["id"] for m in moto_raw_messages(moto_url)}
+    return lambda: [
+        m["raw_data"].encode()
+        for m in moto_raw_messages(moto_url)
+        if m["id"] not in before and m["destinations"] == ["ada@example.org"]
+    ]
+
+
+async def verify_sender(moto_url: str, region: str) -> None:
+    """SES sends only from a verified identity (moto checks it too)."""
+    aws = AwsClients(endpoint_url=moto_url, region=region)
+    client = await aws.client("sesv2")
+    await client.create_email_identity(EmailIdentity="noreply@weighbridge.test")
+    await aws.close()
+
+
+@pytest.fixture(params=["file", "smtp", "ses"])
 async def delivered(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Delivered]:
+    if request.param == "ses":
+        moto_url = request.getfixturevalue("moto_url")
+        await verify_sender(moto_url, "eu-west-1")
+        mailer = mailer_from_url("ses://?region=eu-west-1", endpoint_url=moto_url)
+        yield Delivered(mailer, from_moto(moto_url))
+        await mailer.close()
+        return
     if request.param == "file":
         folder = tmp_path / "outbox"
         mailer = mailer_from_url(f"file://{folder}")
@@ -59,7 +98,7 @@ def message(subject: str) -> EmailMessage:
         body_text=f"plain: {subject}",
         body_html=f"<html><body><p>html: {subject}</p></body></html>",
     )
-    return build_email(note, sender="Weighbridge <noreply@weighbridge.test>")
+    return build_email(note, sender=SENDER)
 
 
 def parsed(raw: bytes) -> EmailMessage:
@@ -89,5 +128,5 @@ async def test_two_messages_arrive_as_two(delivered: Delivered) -> None:
 
 async def test_the_url_names_the_implementation(delivered: Delivered) -> None:
     scheme = delivered.mailer.url.split("://", 1)[0]
-    assert scheme in ("file", "smtp")
+    assert scheme in ("file", "smtp", "ses")
     assert "@" not in delivered.mailer.url.split("://", 1)[1].split("/", 1)[0]  # no password

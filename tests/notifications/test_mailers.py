@@ -282,7 +282,6 @@ def test_mailer_urls() -> None:
     assert "p/q" not in smtp.url  # no password in what gets logged
     assert mailer_from_url("smtp://mail.example.org?starttls=1").port == 587  # type: ignore[attr-defined]
     assert mailer_from_url("smtps://mail.example.org").use_tls  # type: ignore[attr-defined]
-    with pytest.raises(WeighbridgeError, match="not part of this build"):
-        mailer_from_url("ses://")
+    assert mailer_from_url("ses://").url == "ses://?region=us-east-1"  # SES: test_ses_mailer.py
     with pytest.raises(WeighbridgeError, match="unknown email URL scheme"):
         mailer_from_url("pigeon://coop")
