@@ -18,6 +18,7 @@ from cli import (
     tasks,
 )
 from cli.admin import admin_app, db_app
+from cli.infra import infra_app
 
 app = typer.Typer(
     name="weighbridge",
@@ -57,6 +58,7 @@ app.command("up")(server.up)
 app.command("serve")(server.serve)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
+app.add_typer(infra_app, name="infra")
 # Talking to a server.
 app.command("login")(account.login)
 # Making a model.

@@ -60,7 +60,7 @@ async def start_services(
                 await sync_tasks(session, tasks)
         storage = storage_from_url(
             settings.storage_url,
-            endpoint_url=settings.aws_endpoint_url,
+            endpoint_url=settings.s3_endpoint_url or settings.aws_endpoint_url,
             region=settings.aws_region,
         )
         queue = queue_from_url(

@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     storage_url: str = ""
     queue_url: str = "db://"
     aws_endpoint_url: str | None = None
+    # Per-service endpoints that override aws_endpoint_url where S3 and SQS are served apart
+    # (docker-compose: MinIO for S3, ElasticMQ for SQS); unset: aws_endpoint_url for both.
+    s3_endpoint_url: str | None = None
+    sqs_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
     runner: str = "local"
     builder: str = "local"
