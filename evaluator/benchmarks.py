@@ -308,6 +308,9 @@ class BenchmarkEvaluation:
     async def run_one(self, job: BenchmarkJob, n: int, count: int) -> dict[str, Any]:
         name = run_name(n)
         await self.start_run(n, count)
+        if self.on_sagemaker(job):
+            summary = await self.run_on_sagemaker(job, n, count)
+            return await self.end_run(job, n, summary, count=count)
         jail = current_jail()
         limits = Limits(
             memory_mb=self.settings.benchmark_memory_mb,
@@ -338,6 +341,36 @@ class BenchmarkEvaluation:
         if outcome.cancelled:
             raise EvaluationCancelled(name)
         return await self.end_run(job, n, summary, count=count)
+
+    def on_sagemaker(self, job: BenchmarkJob) -> bool:
+        """A descriptor asking for the SageMaker engine, on an evaluator set up for SageMaker."""
+        engine = job.descriptor.info.execution_engine
+        return engine == "aws.sagemaker" and self.settings.runner == "sagemaker"
+
+    async def run_on_sagemaker(self, job: BenchmarkJob, n: int, count: int) -> dict[str, Any]:
+        """Run n as a SageMaker training job (evaluator/sagemaker_training.py)."""
+        from core.aws import AwsClients
+        from evaluator.sagemaker_training import run_benchmark_run
+
+        clients = AwsClients(
+            endpoint_url=self.settings.aws_endpoint_url, region=self.settings.aws_region
+        )
+        try:
+            return await run_benchmark_run(
+                clients=clients,
+                storage=self.services.storage,
+                settings=self.settings,
+                job=job,
+                message=self.payload,
+                submission_id=self.submission_id,
+                kind=self.kind,
+                n=n,
+                count=count,
+                fleet=self.evaluator["fleet"],
+                should_stop=self.stopped,
+            )
+        finally:
+            await clients.close()
 
     async def note_sample(self, name: str, sample: dict[str, Any]) -> None:
         """The running run's newest CPU/memory sample on its row (`live`), which /metrics
