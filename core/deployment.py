@@ -16,6 +16,7 @@ demand. `render_deployment` writes, from that plan:
 from __future__ import annotations
 
 import functools
+import math
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -126,7 +127,7 @@ def plan_deployment(
     return DeploymentPlan(
         fleets=fleets,
         max_receive_count=settings.max_attempts + 1,
-        visibility_timeout_seconds=max(1, int(-(-settings.lease_seconds // 1))),
+        visibility_timeout_seconds=max(1, math.ceil(settings.lease_seconds)),
     )
 
 

@@ -212,6 +212,13 @@ data "aws_iam_policy_document" "service" {
     resources = [aws_ecr_repository.models.arn]
   }
   statement {
+    # The builder's images may start from AWS's deep-learning images (build.base_image =
+    # "sagemaker-pytorch"), which live in AWS's own registry account.
+    sid       = "PullAwsBaseImages"
+    actions   = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"]
+    resources = ["arn:${local.partition}:ecr:*:763104351884:repository/*"]
+  }
+  statement {
     sid = "SageMakerJobs"
     actions = [
       "sagemaker:CreateModel",
