@@ -3,7 +3,7 @@
 The local builder unpacks and checks the bundle in the sandbox, makes the .mar with
 torch-model-archiver, a virtualenv per requirements hash (cached) and renders the Dockerfile
 (`builder.builds.build_model`). A Docker builder (image pushed to ECR, SageMaker model
-registered) joins the registry with the AWS backends.
+registered) does the local build first, then the rest (`builder.docker_builder`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from core.errors import WeighbridgeError
 
 if TYPE_CHECKING:
     from core.context import Services
-    from core.taskconfig import BuildConfig
+    from core.taskconfig import BuildConfig, TaskConfig
 
 
 class Builder(Protocol):
     """Builds one model bundle."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def build(
         self,
@@ -40,6 +41,7 @@ class Builder(Protocol):
         work: Path,
         log: BuildLog,
         options: BuildOptions,
+        task: TaskConfig | None = None,
     ) -> BuildResult: ...
 
 
@@ -61,6 +63,7 @@ class LocalBuilder:
         work: Path,
         log: BuildLog,
         options: BuildOptions,
+        task: TaskConfig | None = None,
     ) -> BuildResult:
         return await asyncio.to_thread(
             build_model,
@@ -80,7 +83,13 @@ def _local(services: Services) -> Builder:
     return LocalBuilder(envs_root=envs_root(services.storage, services.settings.home))
 
 
-BUILDERS: dict[str, Callable[[Services], Builder]] = {"local": _local}
+def _docker(services: Services) -> Builder:
+    from builder.docker_builder import docker_builder  # it builds on LocalBuilder
+
+    return docker_builder(services)
+
+
+BUILDERS: dict[str, Callable[[Services], Builder]] = {"local": _local, "docker": _docker}
 
 
 def check_builder(name: str) -> Callable[[Services], Builder]:

@@ -100,14 +100,16 @@ def render_dockerfile(
     submission_id: str,
     requirements_sha256: str | None,
     settings: dict[str, Any],
+    base: str | None = None,
 ) -> str:
+    """The Dockerfile; `base` replaces the task's base image (one the docker builder resolved)."""
     return (
         _environment()
         .get_template("Dockerfile.j2")
         .render(
             weighbridge_version=__version__,
             submission_id=submission_id,
-            base_image=base_image(build),
+            base_image=base or base_image(build),
             gpu=build.gpu,
             model_name=model_name,
             requirements=requirements_sha256 is not None,

@@ -282,6 +282,7 @@ async def _build(
         work=work,
         log=build_log,
         options=options,
+        task=config,
     )
 
 
@@ -346,6 +347,8 @@ async def _store_and_hand_off(
             message=(
                 f"built {spec['model_name']}.mar ({len(result.bundle.files)} files, "
                 f"handler {result.handler.entry}) in {spec['timings']['total_s']:.1f} s"
+                # What a builder wants on the timeline (the docker builder: an image not built).
+                + "".join(f"; {w}" for w in spec.get("warnings", []))
             ),
             payload={**build_info, "timings": spec["timings"]},
             parent=delivery.envelope,

@@ -30,6 +30,13 @@ class Settings(BaseSettings):
     # The SageMaker runner (WEIGHBRIDGE_RUNNER=sagemaker): transform and training jobs one
     # fleet keeps in progress at once (counted in SageMaker by the fleet's job-name prefix).
     sagemaker_max_jobs: int = Field(default=4, ge=1)
+    # The docker builder (WEIGHBRIDGE_BUILDER=docker): the IAM role every SageMaker model it
+    # registers runs as (required there); its ECR repository is `<ecr_prefix>/models`; with
+    # docker_required a build fails where no Docker engine answers instead of registering
+    # the model without building its image (set it in production).
+    sagemaker_role_arn: str = ""
+    ecr_prefix: str = "weighbridge"
+    docker_required: bool = False
     email_url: str = ""
     # Unset: the task configs shipped with Weighbridge (the package `task_configs`), so every
     # command finds them whatever the current folder; a relative path is taken from the cwd.

@@ -66,6 +66,11 @@ class BuildConfig(_Strict):
     gpu: bool = False
     base_image_cpu: str = "pytorch/torchserve:0.12.0-cpu"
     base_image_gpu: str = "pytorch/torchserve:0.12.0-gpu"
+    # Which image the docker builder starts from: "torchserve" (base_image_cpu/base_image_gpu
+    # above) or "sagemaker-pytorch" (AWS's PyTorch inference image for the task's
+    # eval.aws_region and eval.instance_type, at pytorch_version and python_version).
+    base_image: Literal["torchserve", "sagemaker-pytorch"] = "torchserve"
+    pytorch_version: str = Field(default="2.3", pattern=r"^\d+\.\d+(\.\d+)?$")
     python_version: str = "3.11"
     torchserve: dict[str, Any] = Field(default_factory=dict)
     timeout_seconds: float = Field(default=1800, gt=0)

@@ -4,6 +4,7 @@ contract, and each submission kind goes to its own build."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 import builder.worker
 from builder.backends import BUILDERS, LocalBuilder, builder_from_settings, check_builder
 from builder.builds import BuildOptions
+from builder.docker_builder import DockerBuilder
 from builder.processes import BuildLog
 from builder.worker import build_consumer
 from core.context import Services
@@ -26,15 +28,30 @@ def test_the_setting_picks_the_builder_and_an_unknown_one_is_refused(
 ) -> None:
     assert isinstance(builder_from_settings(services), LocalBuilder)
     with pytest.raises(WeighbridgeError) as refused:
-        check_builder("docker")
+        check_builder("kaniko")
     assert refused.value.field == "WEIGHBRIDGE_BUILDER"
-    assert "'docker' is not a builder of this build (it has: local)" in refused.value.message
+    assert "'kaniko' is not a builder of this build (it has: docker, local)" in (
+        refused.value.message
+    )
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 async def test_every_builder_turns_a_bundle_into_an_archive(
-    name: str, services: Services, tmp_path: Path
+    name: str,
+    services: Services,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if name == "docker":
+        # Its AWS side against moto's server, with no Docker engine (tests/builder/
+        # test_docker_builder.py tests that side).
+        monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/weighbridge-test/docker.sock")
+        aws = {
+            "aws_endpoint_url": request.getfixturevalue("moto_url"),
+            "sagemaker_role_arn": "arn:aws:iam::123456789012:role/weighbridge-sagemaker",
+        }
+        services = replace(services, settings=services.settings.model_copy(update=aws))
     made = BUILDERS[name](services)
     assert made.name == name
     folder = write_model_folder(tmp_path / "m", files={"model.pt": b"weights"})
@@ -53,6 +70,8 @@ async def test_every_builder_turns_a_bundle_into_an_archive(
         )
     finally:
         log.close()
+        if isinstance(made, DockerBuilder):
+            await made.close()
     assert "model.mar" in result.files()
     assert result.handler is not None
 

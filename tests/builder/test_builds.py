@@ -87,7 +87,7 @@ def test_tiny_torch_model_builds_into_a_mar(tmp_path: Path) -> None:
     assert "FROM pytorch/torchserve:0.12.0-cpu" in dockerfile
     assert "COPY model.mar /home/model-server/model-store/tiny.mar" in dockerfile
     assert "COPY config.properties" in dockerfile and "printf" not in dockerfile
-    assert '"--models", "tiny=tiny.mar"' in dockerfile
+    assert "--models tiny=tiny.mar" in dockerfile
     assert "requirements.txt" not in dockerfile
 
     spec = json.loads((result.folder / "specification.json").read_text())

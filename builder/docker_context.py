@@ -1,0 +1,143 @@
+"""The Docker build context of a model: its base image, its Dockerfile, the files it COPYs.
+
+The docker builder makes the build folder a complete context holding nothing else (a
+`.dockerignore` keeps the log and the specification out) and tags the image with a hash of
+what the image holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import shlex
+from pathlib import Path
+
+from builder.builds import DOCKERFILE, MAR, BuildResult
+from builder.dockerfiles import base_image, render_dockerfile, torchserve_settings
+from builder.ecr import STAGE
+from builder.processes import BuildLog
+from core.errors import JobFailed
+from core.taskconfig import BuildConfig, EvalConfig
+
+DOCKERIGNORE = ".dockerignore"
+_COPY = re.compile(r"^\s*(?:COPY|ADD)\s+(.+)$", re.I)
+
+
+async def resolve_base_image(build: BuildConfig, evaluation: EvalConfig, log: BuildLog) -> str:
+    """The image the Dockerfile starts from: the task's TorchServe image for its gpu flag, or
+    AWS's PyTorch inference image for the task's region and instance type."""
+    if build.base_image == "torchserve":
+        return base_image(build)
+    py_version = "py" + "".join(build.python_version.split(".")[:2])
+    try:
+        uri = await asyncio.to_thread(
+            _retrieve_pytorch_image,
+            region=evaluation.aws_region,
+            version=build.pytorch_version,
+            py_version=py_version,
+            instance_type=evaluation.instance_type,
+        )
+    except ValueError as exc:
+        raise JobFailed(
+            STAGE,
+            f"AWS has no PyTorch inference image for pytorch {build.pytorch_version}, "
+            f"{py_version}, {evaluation.instance_type} in {evaluation.aws_region} ({exc}); "
+            "ask the task's owner to fix build.pytorch_version, build.python_version or "
+            "eval.instance_type in the task config",
+        ) from None
+    gpu_image = "-gpu-" in uri
+    if gpu_image != build.gpu:
+        raise JobFailed(
+            STAGE,
+            f"the task says build.gpu = {str(build.gpu).lower()} but eval.instance_type "
+            f"{evaluation.instance_type} runs the {'GPU' if gpu_image else 'CPU'} image {uri}; "
+            "ask the task's owner to make them agree",
+        )
+    log.step(f"base image for {evaluation.instance_type} in {evaluation.aws_region}: {uri}")
+    return uri
+
+
+def _retrieve_pytorch_image(
+    *, region: str, version: str, py_version: str, instance_type: str
+) -> str:
+    from sagemaker import image_uris  # slow to import: only for tasks that ask for it
+
+    return str(
+        image_uris.retrieve(
+            "pytorch",
+            region=region,
+            version=version,
+            py_version=py_version,
+            instance_type=instance_type,
+            image_scope="inference",
+        )
+    )
+
+
+def copy_sources(dockerfile: str) -> list[str]:
+    """The build-context paths the Dockerfile's COPY/ADD lines read (flags and targets left)."""
+    sources: list[str] = []
+    for line in dockerfile.splitlines():
+        match = _COPY.match(line)
+        if not match:
+            continue
+        rest = match.group(1).strip()
+        words = [str(w) for w in json.loads(rest)] if rest.startswith("[") else shlex.split(rest)
+        words = [w for w in words if not w.startswith("--")]
+        sources.extend(words[:-1])
+    return sources
+
+
+def write_context(
+    result: BuildResult, *, build: BuildConfig, submission_id: str, base: str
+) -> list[str]:
+    """Make the build folder a complete Docker build context holding nothing else; returns
+    its files (the Dockerfile first). JobFailed when a COPY names a file that is not there."""
+    folder = result.folder
+    if base != base_image(build):  # resolved for the region (sagemaker-pytorch)
+        (folder / DOCKERFILE).write_text(
+            render_dockerfile(
+                build=build,
+                model_name=result.specification["model_name"],
+                submission_id=submission_id,
+                requirements_sha256=result.requirements_sha256,
+                settings=torchserve_settings(build),
+                base=base,
+            ),
+            encoding="utf-8",
+        )
+    sources = copy_sources((folder / DOCKERFILE).read_text(encoding="utf-8"))
+    for name in sources:
+        path = folder / name
+        if "/" in name or name in (".", "..") or not path.is_file():
+            raise JobFailed(
+                STAGE,
+                f"internal error: the Dockerfile copies {name!r}, which the build folder "
+                "does not hold as a file",
+            )
+    files = [DOCKERFILE, *dict.fromkeys(sources)]
+    # The context is these files only: not the log being written, nor the specification.
+    (folder / DOCKERIGNORE).write_text(
+        "*\n" + "".join(f"!{name}\n" for name in files), encoding="utf-8"
+    )
+    return files
+
+
+def context_sha256(folder: Path, files: list[str], *, bundle_sha256: str) -> str:
+    """One hash of what the image holds (the image tag's suffix): every context file by name
+    and content, except the .mar, which stands for the uploaded bundle it is made from (an
+    attempt that archives the same bundle again writes other zip timestamps, not another
+    model), so a retry finds the image an earlier attempt pushed."""
+    whole = hashlib.sha256()
+    for name in sorted(files):
+        if name == MAR:
+            whole.update(f"{name}\0bundle {bundle_sha256}\n".encode())
+            continue
+        digest = hashlib.sha256()
+        with open(folder / name, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        whole.update(f"{name}\0{digest.hexdigest()}\n".encode())
+    return whole.hexdigest()
