@@ -246,10 +246,9 @@ class SageMakerRunner:
                 f"dataset {dataset.name}: an input line is {longest} bytes, more than the "
                 f"task's eval.max_payload_mb ({config.max_payload_mb} MB) lets SageMaker send",
             )
-        await storage.write_bytes(keys["input"], data)
         uids = [row.get("uid", i) for i, row in enumerate(rows)]
         references = [reference_of(row, task.label_field) for row in rows]
-        del rows, data  # the labels stay in `references` only
+        del rows  # the labels stay in `references` only
 
         region = config.aws_region
         client = await self.sagemaker_client(region)
@@ -257,7 +256,18 @@ class SageMakerRunner:
         await self._check_model(client, model_name, region=region, stage=stage)
 
         fleet = config.eval_server_id
-        name = jobs.job_name(fleet, submission_id, dataset.name)
+        # A redelivered message picks up the job an earlier delivery started (still running,
+        # or completed with its output) instead of paying for the same work twice.
+        # The dataset's checksum is part of the work's identity: a dataset prepared again is
+        # new work, never an earlier job's output.
+        work = f"{submission_id}/{dataset.sha256}"
+        earlier = await self._earlier_job(
+            client, storage, jobs.job_family(fleet, work, dataset.name), prefix=prefix
+        )
+        name = earlier or jobs.job_name(fleet, work, dataset.name)
+        if earlier is None:
+            await storage.write_bytes(keys["input"], data)
+        del data
         output_key = f"{prefix}/transform/output/{name}"
         keys["output"] = f"{output_key}/input.jsonl.out"
         request = transform_request(
@@ -274,18 +284,21 @@ class SageMakerRunner:
             return EvaluationCancelled(dataset.name)
 
         started_wall = time.time()
-        async with jobs.fleet_semaphore(fleet, self.max_jobs):
-            await jobs.wait_for_slot(
-                lambda: jobs.count_in_progress(
-                    client.list_transform_jobs, fleet=fleet, jobs_key="TransformJobSummaries"
-                ),
-                limit=self.max_jobs,
-                should_stop=should_stop,
-                backoff=self.poll,
-                cancelled=cancelled,
-            )
-            await self._create(client, request, stage=stage)
-        log.info("transform job %s started for %s / %s", name, submission_id, dataset.name)
+        if earlier is not None:
+            log.info("transform job %s (an earlier delivery's) taken up", name)
+        else:
+            async with jobs.fleet_semaphore(fleet, self.max_jobs):
+                await jobs.wait_for_slot(
+                    lambda: jobs.count_in_progress(
+                        client.list_transform_jobs, fleet=fleet, jobs_key="TransformJobSummaries"
+                    ),
+                    limit=self.max_jobs,
+                    should_stop=should_stop,
+                    backoff=self.poll,
+                    cancelled=cancelled,
+                )
+                await self._create(client, request, stage=stage)
+            log.info("transform job %s started for %s / %s", name, submission_id, dataset.name)
         what = f"transform job {name}"
         try:
             async with asyncio.timeout(config.dataset_timeout_seconds):
@@ -381,6 +394,34 @@ class SageMakerRunner:
         )
         await write_result(storage, run)
         return run
+
+    async def _earlier_job(
+        self, client: Any, storage: Storage, family: str, *, prefix: str
+    ) -> str | None:
+        """The newest job of this submission and dataset that is still running, or that
+        completed and left its output; None when there is none (or SageMaker cannot say)."""
+        try:
+            page = await jobs.call_with_retry(
+                lambda: client.list_transform_jobs(
+                    NameContains=family, SortBy="CreationTime", SortOrder="Descending"
+                ),
+                what="listing earlier transform jobs",
+                backoff=self.create,
+            )
+        except Exception as exc:  # only a saving: without it a new job starts
+            log.warning("could not list earlier transform jobs: %s", error_message(exc))
+            return None
+        for summary in page.get("TransformJobSummaries") or []:
+            name = str(summary.get("TransformJobName") or "")
+            if not name.startswith(family):
+                continue
+            status = summary.get("TransformJobStatus")
+            if status == "InProgress":
+                return name
+            output = f"{prefix}/transform/output/{name}/input.jsonl.out"
+            if status == "Completed" and await storage.exists(output):
+                return name
+        return None
 
     async def _check_model(self, client: Any, model_name: str, *, region: str, stage: str) -> None:
         try:

@@ -413,6 +413,66 @@ async def test_creation_is_retried_while_sagemaker_throttles(
     assert refusals == [] and len(run.answers) == 5
 
 
+async def test_a_redelivery_takes_up_the_job_an_earlier_delivery_finished(
+    moto_url: str, storage: S3Storage, tmp_path: Path
+) -> None:
+    """The first delivery's job completed (its output written by the test's wrapper: moto
+    writes none) but the evaluator died before storing the scores: the redelivered message
+    reads that job's output and starts no second job."""
+    task = digits_task()
+    rows = list(generate_rows("digits", {"split": "examples"}))
+    dataset = await store_rows(storage, rows, "ex")
+    submission = f"sub-{uuid.uuid4().hex}"
+    await register_model(moto_url, submission, "us-east-1")
+
+    class Writes(Client):
+        async def on(self, name: str, method: Any, kwargs: dict[str, Any]) -> Any:
+            answer = await method(**kwargs)
+            if name == "describe_transform_job":
+                base = f"s3://{storage.bucket}/{storage.prefix}/"
+                key = answer["TransformOutput"]["S3OutputPath"].removeprefix(base)
+                out = b"".join(b'{"label": %d}\n' % (i % 10) for i in range(len(rows)))
+                await storage.write_bytes(key + "/input.jsonl.out", out)
+            return answer
+
+    model = ModelSpec(model_dir=tmp_path, handler="handler.py", manifest={})
+    first = make_runner(moto_url, Writes)
+    done = await first.run_dataset(
+        storage,
+        submission_id=submission,
+        task=task,
+        dataset=dataset,
+        model=model,
+        scratch=tmp_path / "one",
+    )
+    again = make_runner(moto_url)
+    redone = await again.run_dataset(
+        storage,
+        submission_id=submission,
+        task=task,
+        dataset=dataset,
+        model=model,
+        scratch=tmp_path / "two",
+    )
+    assert again.made is not None and "create_transform_job" not in again.made.calls
+    assert redone.worker["job_name"] == done.worker["job_name"]
+    assert redone.answers == done.answers == [{"label": i % 10} for i in range(len(rows))]
+
+    # A dataset prepared again (another checksum) is new work: a new job.
+    changed = await store_rows(storage, rows[:-1], "ex")
+    other = make_runner(moto_url, Writes)
+    with pytest.raises(JobFailed):  # the wrapper answers one label too many: refused
+        await other.run_dataset(
+            storage,
+            submission_id=submission,
+            task=task,
+            dataset=changed,
+            model=model,
+            scratch=tmp_path / "three",
+        )
+    assert other.made is not None and "create_transform_job" in other.made.calls
+
+
 async def test_throttling_past_the_bound_is_a_retryable_error() -> None:
     """Creation gives up after its bounded time with a RetryableError (the message is retried)."""
     attempts = 0
