@@ -146,6 +146,8 @@ class SmtpMailer:
         return None
 
 
+# SES asks for 7-bit content: parts with other characters go base64-encoded (same text).
+SES_POLICY = SMTP_POLICY.clone(cte_type="7bit")
 # SES errors that say the message (or this account or sender) is refused for good: retrying
 # the same message cannot help. Throttling, quotas, 5xx and network faults are retried.
 SES_PERMANENT = frozenset(
@@ -167,7 +169,8 @@ SES_PERMANENT = frozenset(
 class SesMailer:
     """Amazon SES (API v2) through aioboto3: `ses://`, `ses://?region=eu-west-1`, optionally
     `&configuration_set=NAME`; the raw RFC 5322 message goes as it is (same parts, same
-    Message-ID), its sender and recipients taken from its From and To headers."""
+    Message-ID; non-ASCII parts base64-encoded, as SES asks), its sender and recipients taken
+    from its From and To headers."""
 
     def __init__(
         self,
@@ -192,7 +195,7 @@ class SesMailer:
         extra = {"ConfigurationSetName": self.configuration_set} if self.configuration_set else {}
         try:
             await client.send_email(
-                Content={"Raw": {"Data": message.as_bytes(policy=SMTP_POLICY)}}, **extra
+                Content={"Raw": {"Data": message.as_bytes(policy=SES_POLICY)}}, **extra
             )
         except Exception as exc:
             if error_code(exc) in SES_PERMANENT:

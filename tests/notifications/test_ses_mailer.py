@@ -51,11 +51,12 @@ async def test_the_outbox_goes_out_through_ses(services: Services, moto_url: str
     for message_id, (raw, message) in arrived.items():
         note = wanted[message_id]
         assert raw["source"] == "noreply@ses-outbox.test"
+        assert raw["raw_data"].isascii()  # 7-bit, as SES asks (non-ASCII parts in base64)
         assert raw["destinations"] == ["ada@example.org"] and message["To"] == "ada@example.org"
         assert message["Subject"] == note.subject
         plain = message.get_body(preferencelist=("plain",))
         html = message.get_body(preferencelist=("html",))
-        assert plain is not None  # sent with CRLF line ends, as RFC 5322 wants
+        assert plain is not None
         assert plain.get_content().replace("\r\n", "\n").strip() == note.body_text.strip()
         assert html is not None and "<html" in html.get_content()
 
