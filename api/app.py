@@ -16,6 +16,7 @@ from api.routes import (
     schemas,
     submissions,
     tasks,
+    workers,
 )
 from api.routes.prometheus import ApiMetrics
 from core.context import Services
@@ -55,6 +56,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(inspections.router, prefix="/api/v1/inspect", include_in_schema=False)
     app.include_router(prometheus.router)
     app.include_router(schemas.router)
+    # Remote evaluator workers (worker tokens only).
+    app.include_router(workers.router)
     app.include_router(blobs.router)
     app.include_router(pages.router)
     install_docs(app)

@@ -328,3 +328,139 @@ def queue(
             )
         console.print(letters)
         render.note("send one back with: weighbridge admin queue --redrive MESSAGE_ID")
+
+
+worker_token_app = typer.Typer(
+    help="Tokens of remote evaluator workers: each grants one fleet's jobs and nothing else.",
+    no_args_is_help=True,
+)
+admin_app.add_typer(worker_token_app, name="worker-token")
+
+
+def served_fleets(settings: Settings) -> list[str]:
+    """The fleets this server's task configs name (and `default`, and WEIGHBRIDGE_FLEETS)."""
+    from core.taskconfig import load_task_configs
+
+    tasks = load_task_configs(settings.task_configs)
+    return sorted(
+        {"default", *settings.fleet_ids(), *(t.eval.eval_server_id for t in tasks.values())}
+    )
+
+
+def _worker_token_row(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "fleet": row.fleet,
+        "label": row.label,
+        "created_at": row.created_at.isoformat() if row.created_at else None,
+        "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
+        "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+    }
+
+
+async def _worker_tokens(action: str, **kwargs: Any) -> dict[str, Any]:
+    from core import worker_tokens
+    from core.context import start_services
+    from core.errors import WeighbridgeError
+    from core.settings import Settings
+
+    settings = Settings()
+    require_database(settings)
+    fleets = served_fleets(settings) if action == "create" else []
+    services = await start_services(settings, sync=False)
+    try:
+        async with services.db.session() as session:
+            if action == "create":
+                row, token = await worker_tokens.create_worker_token(
+                    session, fleet=kwargs["fleet"], label=kwargs["label"], fleets=fleets
+                )
+                return {**_worker_token_row(row), "token": token}
+            if action == "revoke":
+                row = await worker_tokens.revoke_worker_token(session, kwargs["token_id"])
+                return _worker_token_row(row)
+            rows = await worker_tokens.list_worker_tokens(session)
+            return {"tokens": [_worker_token_row(r) for r in rows]}
+    except WeighbridgeError as exc:
+        raise CliError(exc.message, exit_code=2 if exc.status in (400, 422) else 1) from None
+    finally:
+        await services.close()
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+@worker_token_app.command("create")
+@reports_errors
+def create_worker_token(
+    fleet: Annotated[str, typer.Option("--fleet", help="The fleet (eval_server_id) it serves.")],
+    label: Annotated[
+        str, typer.Option("--label", help="A name to tell the token apart (who runs it).")
+    ] = "worker",
+    json_output: JsonOption = False,
+) -> None:
+    """Make a worker token for one fleet and print it (shown this once, never stored).
+
+    Start the worker anywhere with:
+    weighbridge serve evaluator --api URL --token TOKEN --fleet FLEET
+    """
+    created = asyncio.run(_worker_tokens("create", fleet=fleet, label=label))
+    if json_output:
+        render.print_json(created)
+        return
+    console = render.stdout()
+    console.print(
+        f"worker token {created['id']} for fleet [bold]{escape(fleet)}[/] "
+        f"({escape(created['label'])}); shown once, keep it secret:"
+    )
+    console.print(created["token"], style="bold", soft_wrap=True)
+    console.print(
+        f"[dim]start a worker with: weighbridge serve evaluator --api URL --token "
+        f"{created['token']} --fleet {escape(fleet)}[/]",
+        soft_wrap=True,
+    )
+
+
+@worker_token_app.command("list")
+@reports_errors
+def list_worker_tokens(json_output: JsonOption = False) -> None:
+    """The worker tokens (never the tokens themselves): fleet, label, last use, revoked."""
+    from rich.table import Table
+
+    report = asyncio.run(_worker_tokens("list"))
+    if json_output:
+        render.print_json(report)
+        return
+    if not report["tokens"]:
+        render.note("no worker tokens yet (`weighbridge admin worker-token create --fleet F`)")
+        return
+    table = Table(title="worker tokens")
+    for column in ("id", "fleet", "label", "created", "last used", "revoked"):
+        table.add_column(column)
+    for row in report["tokens"]:
+        render.add_row(
+            table,
+            str(row["id"]),
+            render.plain(row["fleet"]),
+            render.plain(row["label"]),
+            render.plain(row["created_at"] or ""),
+            render.plain(row["last_used_at"] or "never"),
+            render.plain(row["revoked_at"] or ""),
+        )
+    render.stdout().print(table)
+
+
+@worker_token_app.command("revoke")
+@reports_errors
+def revoke_worker_token(
+    token_id: Annotated[int, typer.Argument(help="The token's id (see `worker-token list`).")],
+    json_output: JsonOption = False,
+) -> None:
+    """Revoke a worker token: the worker's next request is refused."""
+    revoked = asyncio.run(_worker_tokens("revoke", token_id=token_id))
+    if json_output:
+        render.print_json(revoked)
+        return
+    render.stdout().print(
+        f"worker token {revoked['id']} (fleet {escape(revoked['fleet'])}, "
+        f"{escape(revoked['label'])}) is revoked"
+    )

@@ -421,10 +421,30 @@ def serve(
     port: PortOption = 8000,
     host: HostOption = "127.0.0.1",
     log_level: LogLevelOption = LogLevel.INFO,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            help="Evaluator only: run as a remote worker pulling the fleet's jobs from the API "
+            "at this URL (no database or storage credentials; needs --token and one --fleet).",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="WEIGHBRIDGE_WORKER_TOKEN",
+            help="The remote worker's token (wbw_…, from `weighbridge admin worker-token "
+            "create`); with --api.",
+        ),
+    ] = None,
 ) -> None:
     """Run one role, for distributed deployments."""
     if fleet and role is not Role.EVALUATOR:
         raise typer.BadParameter("--fleet is for `serve evaluator`", param_hint="--fleet")
+    if api is not None or token is not None:
+        _serve_remote_worker(role, api, token, fleet, log_level)
+        return
     plan = Plan(
         workers=list(ROLE_WORKERS[role]),
         api=(host, port) if role is Role.API else None,
@@ -433,3 +453,57 @@ def serve(
         log_level=log_level.value,
     )
     _run(plan)
+
+
+def _serve_remote_worker(
+    role: Role, api: str | None, token: str | None, fleet: list[str] | None, log_level: LogLevel
+) -> None:
+    """`serve evaluator --api URL --token T --fleet F`: a remote worker
+    (evaluator.remote_worker)."""
+    if role is not Role.EVALUATOR:
+        raise typer.BadParameter("--api and --token are for `serve evaluator`", param_hint="--api")
+    if not api:
+        raise typer.BadParameter(
+            "--token needs --api URL (the API to pull jobs from)", param_hint="--api"
+        )
+    if not token:
+        raise typer.BadParameter(
+            "--api needs --token (a worker token from `weighbridge admin worker-token create`)",
+            param_hint="--token",
+        )
+    if not token.startswith("wbw_"):
+        raise typer.BadParameter(
+            "--token must be a worker token (wbw_…), not a user's API token", param_hint="--token"
+        )
+    if not fleet or len(fleet) != 1:
+        raise typer.BadParameter(
+            "a remote worker serves exactly one --fleet (its token's)", param_hint="--fleet"
+        )
+    if not api.startswith(("http://", "https://")):
+        raise typer.BadParameter(f"--api {api!r} is not an http(s) URL", param_hint="--api")
+    from core.settings import Settings
+
+    configure_logging(log_level.value)
+    settings = Settings()
+    check_sandbox(settings, Plan(workers=["evaluator"]))
+    code = asyncio.run(_remote_worker(api, token, fleet[0]))
+    if code:
+        raise typer.Exit(code)
+
+
+async def _remote_worker(api: str, token: str, fleet: str) -> int:
+    from evaluator.remote_worker import WorkerRefused, run_remote_worker
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await run_remote_worker(api, token, fleet, stop)
+    except WorkerRefused as exc:
+        render.print_error(f"the API refused this worker: {exc}")
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return 0

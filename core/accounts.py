@@ -15,6 +15,7 @@ from core.models import ApiToken, User, utcnow
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+WORKER_TOKEN_PREFIX = "wbw_"  # core.worker_tokens
 
 
 def hash_token(token: str) -> str:
@@ -55,6 +56,12 @@ async def authenticate(session: AsyncSession, token: str | None) -> User:
         raise Unauthorized(
             "missing API token: send 'Authorization: Bearer <token>' "
             "(get one with `weighbridge admin create-user`)"
+        )
+    if token.startswith(WORKER_TOKEN_PREFIX):
+        # A fleet's worker token (core.worker_tokens) grants that fleet's jobs, nothing else.
+        raise Unauthorized(
+            "this is an evaluator worker token: it works only on /api/v1/worker/*; "
+            "use a user's API token here"
         )
     row = (
         await session.execute(

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     email_from: str = "Weighbridge <noreply@weighbridge.local>"
 
     upload_chunk_bytes: int = Field(default=1024 * 1024, ge=4096)
+    # Remote evaluator workers (WEIGHBRIDGE_RUNNER=remote): how long a claimed job stays a
+    # worker's without a heartbeat (it beats every third of it), and how long the presigned
+    # links it gets last (upload links are renewed with every heartbeat).
+    worker_lease_seconds: float = Field(default=60.0, gt=0)
+    worker_url_seconds: int = Field(default=900, ge=1)
     # The key that signs the API's own presigned links (local storage). Empty: a random key
     # made once and kept in $WEIGHBRIDGE_HOME/secret_key, shared by every process with that
     # home; deployments whose processes do not share a home must set the same key on each.

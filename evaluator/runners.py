@@ -78,8 +78,15 @@ def _sagemaker(settings: Settings) -> Runner:
     return SageMakerRunner.from_settings(settings)
 
 
+def _remote(settings: Settings) -> Runner:
+    from evaluator.remote_runner import RemoteRunner  # remote workers run each dataset
+
+    return RemoteRunner.from_settings(settings)
+
+
 RUNNERS: dict[str, Callable[[Settings], Runner]] = {
     "local": lambda settings: LocalRunner(),
+    "remote": _remote,
     "sagemaker": _sagemaker,
 }
 

@@ -17,6 +17,7 @@ from core.models.queue import OutboxMessage, QueueMessage
 from core.models.submissions import Event, Run, Score, Submission
 from core.models.tasks import Dataset, Task
 from core.models.users import ApiToken, User
+from core.models.workers import RemoteJob, WorkerToken
 
 __all__ = [
     "ApiToken",
@@ -33,6 +34,7 @@ __all__ = [
     "Notification",
     "OutboxMessage",
     "QueueMessage",
+    "RemoteJob",
     "Run",
     "SQLModel",
     "Schedule",
@@ -41,6 +43,7 @@ __all__ = [
     "Submission",
     "Task",
     "User",
+    "WorkerToken",
     "new_id",
     "table_of",
     "utcnow",

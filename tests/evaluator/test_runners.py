@@ -37,7 +37,9 @@ def test_the_setting_picks_the_runner_and_an_unknown_one_is_refused(tmp_path: Pa
 
 # The SageMaker runner needs S3 and a job whose output a test writes (moto writes none): it
 # passes this contract against moto in tests/evaluator/test_sagemaker_runner.py.
-@pytest.mark.parametrize("name", sorted(set(RUNNERS) - {"sagemaker"}))
+# The remote runner needs a database and a remote worker: it passes this contract in
+# tests/evaluator/test_remote_worker.py.
+@pytest.mark.parametrize("name", sorted(set(RUNNERS) - {"sagemaker", "remote"}))
 async def test_every_runner_answers_each_example_of_a_dataset_in_order(
     name: str, tmp_path: Path
 ) -> None:

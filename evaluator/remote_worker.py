@@ -1,0 +1,325 @@
+"""A remote evaluator worker: `weighbridge serve evaluator --api URL --token T --fleet F`.
+
+It holds a worker token of one fleet and nothing else: no database, no storage credentials.
+It claims that fleet's jobs over the HTTP API, downloads the model archive and the dataset's
+inputs (no labels) through the presigned links the job carries, checks both against their
+sha256, runs the handler with the local runner's own sandboxed code (evaluator.runner) on a
+small folder storage under its scratch, uploads the predictions, the log and result.json
+through the job's presigned PUT links, and reports done or failed, each report signed with
+the job's secret. A heartbeat every third of the lease keeps the job; a refused heartbeat
+(the lease was lost, the submission cancelled) stops the handler at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core.errors import JobFailed
+from core.report_signatures import SIGNATURE_HEADER, sign_report
+from core.storage import LocalStorage
+from core.taskconfig import TaskConfig
+from evaluator.archive import extract_mar
+from evaluator.runner import (
+    DatasetSpec,
+    EvaluationCancelled,
+    ModelSpec,
+    run_dataset,
+)
+from sandbox.jobs import jobs_root
+
+log = logging.getLogger(__name__)
+
+IDLE_SECONDS = (1.0, 5.0)  # back-off between empty claims: from 1 s, doubling up to 5 s
+REQUEST_SECONDS = 60.0
+ERROR_CHARS = 4000
+
+
+class WorkerRefused(Exception):
+    """The API refused this worker (a bad, revoked or wrong-fleet token): it stops."""
+
+
+def task_from_document(doc: dict[str, Any], dataset: str) -> TaskConfig:
+    """The task as the job describes it, enough to run the handler (fields and eval)."""
+    return TaskConfig.model_validate(
+        {
+            "slug": doc["slug"],
+            "name": doc.get("name") or doc["slug"],
+            "input_fields": doc["input_fields"],
+            "output_fields": doc["output_fields"],
+            "label_field": doc.get("label_field", "label"),
+            "datasets": [{"name": dataset, "source": "remote"}],
+            "metrics": [{"name": m} for m in doc.get("metrics") or ["accuracy"]],
+            "eval": doc.get("eval") or {},
+        }
+    )
+
+
+def _who() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+class RemoteWorker:
+    """Pulls one fleet's jobs from the API at `api` with the worker token `token`."""
+
+    def __init__(
+        self,
+        api: str,
+        token: str,
+        fleet: str,
+        *,
+        client: httpx.AsyncClient | None = None,
+        scratch_root: Path | None = None,
+    ) -> None:
+        self.api = api.rstrip("/")
+        self.token = token
+        self.fleet = fleet
+        self.scratch_root = scratch_root
+        self.client = client or httpx.AsyncClient(timeout=REQUEST_SECONDS)
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.jobs_done = 0
+        self.current: str | None = None  # the job in hand
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and run jobs until `stop` is set (a job in hand is finished first)."""
+        idle = IDLE_SECONDS[0]
+        log.info("remote worker for fleet %s pulling jobs from %s", self.fleet, self.api)
+        while not stop.is_set():
+            try:
+                job = await self.claim()
+            except httpx.TransportError as exc:
+                log.warning("the API at %s did not answer (%s); trying again", self.api, exc)
+                job = None
+            if job is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), idle)
+                idle = min(idle * 2, IDLE_SECONDS[1])
+                continue
+            idle = IDLE_SECONDS[0]
+            await self.run_job(job)
+
+    async def claim(self) -> dict[str, Any] | None:
+        response = await self.client.post(
+            f"{self.api}/api/v1/worker/jobs/claim", headers=self.headers
+        )
+        if response.status_code == 204:
+            return None
+        if response.status_code in (401, 403):
+            raise WorkerRefused(_message(response))
+        response.raise_for_status()
+        job = dict(response.json())
+        if job.get("fleet") != self.fleet:
+            raise WorkerRefused(
+                f"this worker token belongs to fleet {job.get('fleet')!r}, not {self.fleet!r}: "
+                "start the worker with the token's --fleet"
+            )
+        return job
+
+    # -- one job ---------------------------------------------------------------------------
+
+    async def run_job(self, job: dict[str, Any]) -> None:
+        job_id = self.current = job["job_id"]
+        lost = asyncio.Event()
+        upload = dict(job["upload"])
+        beat = asyncio.create_task(self._heartbeat(job, upload, lost), name=f"heartbeat-{job_id}")
+        log.info(
+            "job %s: dataset %s of submission %s",
+            job_id,
+            job["dataset"]["name"],
+            job["submission_id"],
+        )
+        try:
+            with tempfile.TemporaryDirectory(
+                prefix="remote-", dir=self.scratch_root or jobs_root()
+            ) as tmp:
+                await self._run_job(job, upload, lost, Path(tmp))
+        except EvaluationCancelled:
+            log.warning("job %s: the lease was lost or the job was cancelled; stopped", job_id)
+        except JobFailed as failure:
+            await self.report(job, "fail", {"error": failure.reason, "worker": _who()})
+        except WorkerRefused:
+            raise
+        except Exception as exc:  # a bad job must never stop the worker
+            log.exception("job %s failed", job_id)
+            await self.report(
+                job,
+                "fail",
+                {"error": f"the remote worker failed: {exc}"[:ERROR_CHARS], "worker": _who()},
+            )
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+            self.current = None
+
+    async def _run_job(
+        self, job: dict[str, Any], upload: dict[str, str], lost: asyncio.Event, tmp: Path
+    ) -> None:
+        dataset = job["dataset"]
+        name = dataset["name"]
+        stage = f"evaluate:{name}"
+        archive = tmp / "model.mar"
+        await self._download(
+            job["model"]["archive_url"], archive, job["model"]["sha256"], stage, "model archive"
+        )
+        model_dir = tmp / "model"
+        model_dir.mkdir()
+        manifest = await asyncio.to_thread(extract_mar, archive, model_dir)
+        archive.unlink()
+        found = manifest.get("model")
+        described: dict[str, Any] = found if isinstance(found, dict) else {}
+        model = ModelSpec(
+            model_dir=model_dir,
+            handler=str(described.get("handler") or job["model"].get("handler") or "handler.py"),
+            manifest=manifest,
+            name=str(described.get("modelName") or job["model"].get("name") or "model"),
+        )
+        # The local runner's own code reads its inputs from a storage: a folder under scratch.
+        store = LocalStorage(tmp / "store")
+        key = f"inputs/{name}.jsonl"
+        inputs = store.local_path(key)
+        assert inputs is not None
+        inputs.parent.mkdir(parents=True, exist_ok=True)
+        await self._download(
+            dataset["inputs_url"], inputs, dataset["sha256"], stage, "dataset inputs"
+        )
+        task = task_from_document(job["task"], name)
+
+        async def should_stop() -> bool:
+            return lost.is_set()
+
+        run = await run_dataset(
+            store,
+            submission_id=job["submission_id"],
+            task=task,
+            dataset=DatasetSpec(
+                name=name, key=key, sha256=dataset["sha256"], n_examples=dataset.get("n_examples")
+            ),
+            model=model,
+            scratch=tmp / "scratch",
+            should_stop=should_stop,
+            server_name=f"weighbridge-remote-{self.fleet}",
+        )
+        if lost.is_set():
+            raise EvaluationCancelled(name)
+        for part in ("predictions", "log", "result"):
+            path = store.local_path(run.keys[part])
+            assert path is not None
+            await self._put(upload[f"{part}_url"], path)
+        await self.report(
+            job,
+            "complete",
+            {
+                "performance": run.performance,
+                "timings": run.timings,
+                "worker": {**run.worker, "machine": _who()},
+            },
+        )
+        self.jobs_done += 1
+        log.info("job %s: done (%d examples)", job["job_id"], run.n_examples)
+
+    async def _download(self, url: str, path: Path, sha256: str, stage: str, what: str) -> None:
+        digest = hashlib.sha256()
+        async with self.client.stream("GET", url) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise JobFailed(
+                    stage,
+                    f"the {what} could not be downloaded: HTTP {response.status_code} "
+                    f"{_message(response)}",
+                )
+            with path.open("wb") as fh:
+                async for chunk in response.aiter_bytes(1 << 20):
+                    digest.update(chunk)
+                    fh.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise JobFailed(stage, f"the {what} downloaded does not match its sha256 {sha256}")
+
+    async def _put(self, url: str, path: Path) -> None:
+        body = await asyncio.to_thread(_read_or_empty, path)
+        response = await self.client.put(url, content=body)
+        if response.status_code not in (200, 201, 204):
+            raise RuntimeError(
+                f"uploading {path.name} was refused: HTTP {response.status_code} "
+                f"{_message(response)}"
+            )
+
+    async def report(
+        self, job: dict[str, Any], verb: str, payload: dict[str, Any]
+    ) -> httpx.Response:
+        """A signed POST to the job's `verb` route (heartbeat, complete, fail)."""
+        body = json.dumps(payload, sort_keys=True, default=str).encode()
+        headers = {
+            **self.headers,
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign_report(job["secret"], body),
+        }
+        response = await self.client.post(
+            f"{self.api}/api/v1/worker/jobs/{job['job_id']}/{verb}", content=body, headers=headers
+        )
+        if verb != "heartbeat" and response.status_code >= 400:
+            log.error(
+                "job %s: %s was refused: HTTP %d %s",
+                job["job_id"],
+                verb,
+                response.status_code,
+                _message(response),
+            )
+        return response
+
+    async def _heartbeat(
+        self, job: dict[str, Any], upload: dict[str, str], lost: asyncio.Event
+    ) -> None:
+        every = max(0.2, float(job["lease_seconds"]) / 3)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                response = await self.report(job, "heartbeat", {})
+            except httpx.TransportError as exc:
+                log.warning("job %s: heartbeat did not reach the API (%s)", job["job_id"], exc)
+                continue
+            if response.status_code == 200:
+                upload.update(response.json().get("upload") or {})  # renewed links
+                continue
+            log.warning(
+                "job %s: heartbeat refused (HTTP %d): %s",
+                job["job_id"],
+                response.status_code,
+                _message(response),
+            )
+            lost.set()
+            return
+
+
+def _read_or_empty(path: Path) -> bytes:
+    return path.read_bytes() if path.exists() else b""
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:300]
+
+
+async def run_remote_worker(api: str, token: str, fleet: str, stop: asyncio.Event) -> None:
+    """The worker loop of `serve evaluator --api --token --fleet`, until `stop` is set."""
+    worker = RemoteWorker(api, token, fleet)
+    try:
+        await worker.run(stop)
+    finally:
+        await worker.close()
