@@ -66,6 +66,8 @@ async def start_services(
         queue = queue_from_url(
             settings.queue_url,
             database=db,
+            endpoint_url=settings.sqs_endpoint_url or settings.aws_endpoint_url,
+            region=settings.aws_region,
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
             backoff_seconds=settings.retry_backoff_seconds,

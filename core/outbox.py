@@ -165,11 +165,15 @@ class RelayOutbox:
         on one winner on every backend (MySQL allows no subquery on the updated table)."""
         om = table_of(OutboxMessage)
         now = self._now()
+        # A transport that cannot delay a message as long as asked (SQS: 15 minutes) gets it
+        # only once it is due within that delay; until then the row waits here.
+        longest = getattr(self.transport, "max_delay", None)
+        due = () if longest is None else (om.c.available_at <= now + float(longest),)
         async with self.db.session() as session:
             candidates = (
                 await session.execute(
                     sa.select(om.c.id)
-                    .where(om.c.claimed_until < now)
+                    .where(om.c.claimed_until < now, *due)
                     .order_by(om.c.id)
                     .limit(self.batch)
                 )

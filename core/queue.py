@@ -610,15 +610,24 @@ def database_epoch(dialect: str) -> Any:
     return sa.literal_column("((julianday('now') - 2440587.5) * 86400.0)", sa.Double())
 
 
-def queue_from_url(url: str, *, database: Database, **options: float | int) -> Queue:
-    """The backend for a URL: `db://` (tables in the database) or `sqs://?prefix=...`."""
+def queue_from_url(
+    url: str,
+    *,
+    database: Database,
+    endpoint_url: str | None = None,
+    region: str = "us-east-1",
+    **options: float | int,
+) -> Queue:
+    """The backend for a URL: `db://` (tables in the database) or `sqs://?prefix=...` (SQS at
+    `endpoint_url`, or AWS's own, in `region`)."""
     scheme = urlparse(url).scheme
     if scheme == "db":
         return DbQueue(database, **options)  # type: ignore[arg-type]
     if scheme == "sqs":
-        raise WeighbridgeError(
-            "the SQS queue backend is not part of this build yet; use db://",
-            field="WEIGHBRIDGE_QUEUE_URL",
+        from core.sqsqueue import sqs_queue_from_url
+
+        return sqs_queue_from_url(
+            url, database=database, endpoint_url=endpoint_url, region=region, **options
         )
     raise WeighbridgeError(
         f"unknown queue URL scheme {scheme!r}; use db:// or sqs://?prefix=...",

@@ -232,7 +232,9 @@ class Consumer:
         """Receive up to `room` messages and start each in its own task."""
         if bell is not None:
             bell.clear()  # before claiming: a ring during the claim is kept
-        wait = 0.0 if bell is not None or in_hand else self.wait_seconds
+        # A queue that long-polls (SQS) waits in the receive itself, up to its own poll time.
+        idle_wait = getattr(self.queue, "long_poll_seconds", None) or self.wait_seconds
+        wait = 0.0 if bell is not None or in_hand else idle_wait
         deliveries = await self.queue.receive(
             self.receives,
             max_messages=room,

@@ -7,6 +7,7 @@ Postgres and MariaDB tests are skipped with the reason when the server cannot be
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -164,6 +165,8 @@ def moto_url() -> Iterator[str]:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    # moto's HTTP server logs every request at INFO: thousands of lines in a failure's report.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     port = free_port()
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
