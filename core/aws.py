@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 import aioboto3
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 SAGEMAKER_NAME_MAX = 63
@@ -27,9 +28,16 @@ _NOT_NAME = re.compile(r"[^A-Za-z0-9-]+")
 class AwsClients:
     """aioboto3 clients by service, one per event loop; see the module docstring."""
 
-    def __init__(self, *, endpoint_url: str | None = None, region: str = "us-east-1") -> None:
+    def __init__(
+        self,
+        *,
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        config: Config | None = None,
+    ) -> None:
         self.endpoint_url = endpoint_url or None
         self.region = region
+        self.config = config  # botocore settings for every client (S3: the signature version)
         self._session = aioboto3.Session()
         self._held: dict[tuple[int, str, str], tuple[asyncio.AbstractEventLoop, Any, Any]] = {}
 
@@ -41,7 +49,9 @@ class AwsClients:
         held = self._held.get(slot)
         if held is not None and held[0] is loop:
             return held[1]
-        manager = self._session.client(service, endpoint_url=self.endpoint_url, region_name=where)
+        manager = self._session.client(
+            service, endpoint_url=self.endpoint_url, region_name=where, config=self.config
+        )
         opened = await manager.__aenter__()
         self._held[slot] = (loop, opened, manager)
         return opened

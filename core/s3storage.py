@@ -19,6 +19,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from core.aws import AwsClients
@@ -54,7 +55,11 @@ class S3Storage:
         self.endpoint_url = endpoint_url
         self.region = region
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self._aws = AwsClients(endpoint_url=endpoint_url, region=region)
+        # SigV4 for everything, presigned links included: botocore would sign those with SigV2,
+        # which S3 refuses for buckets made since June 2020 (and in newer regions).
+        self._aws = AwsClients(
+            endpoint_url=endpoint_url, region=region, config=Config(signature_version="s3v4")
+        )
 
     # -- the client: one per event loop, closed by `close` --------------------------------
 
