@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,24 +92,10 @@ class RemoteRunner:
         "describes itself in result.json"
     )
     poll_seconds: float = POLL_SECONDS
-    _databases: dict[int, Database] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RemoteRunner:
         return cls(database_url=settings.database_url)
-
-    def database(self) -> Database:
-        """One engine per event loop (the evaluator's process has one)."""
-        loop = id(asyncio.get_running_loop())
-        db = self._databases.get(loop)
-        if db is None:
-            db = self._databases[loop] = Database(self.database_url)
-        return db
-
-    async def close(self) -> None:
-        for db in self._databases.values():
-            await db.dispose()
-        self._databases.clear()
 
     async def run_dataset(
         self,
@@ -137,6 +123,9 @@ class RemoteRunner:
         inputs = inputs_only(rows, task)
         inputs_key = f"{job_prefix}inputs.jsonl"
         await storage.write_bytes(inputs_key, inputs)
+        # Its own short-lived engine: the runner protocol has no close, and a dataset's wait
+        # is long next to opening one.
+        db = Database(self.database_url)
         try:
             archive = mar_key(submission_id)
             spec = {
@@ -156,7 +145,7 @@ class RemoteRunner:
                 "upload": keys,
             }
             fleet = task.eval.eval_server_id
-            async with self.database().session() as session:
+            async with db.session() as session:
                 await remote_jobs.create_job(
                     session,
                     job_id=job_id,
@@ -165,9 +154,10 @@ class RemoteRunner:
                     dataset=dataset.name,
                     spec=spec,
                 )
-            job = await self.wait(job_id, task, dataset=dataset.name, should_stop=should_stop)
+            job = await self.wait(db, job_id, task, dataset=dataset.name, should_stop=should_stop)
         finally:
             await asyncio.shield(storage.delete_prefix(job_prefix))
+            await asyncio.shield(db.dispose())
         if job.status == remote_jobs.FAILED:
             raise JobFailed(
                 stage,
@@ -180,6 +170,7 @@ class RemoteRunner:
 
     async def wait(
         self,
+        db: Database,
         job_id: str,
         task: TaskConfig,
         *,
@@ -193,9 +184,9 @@ class RemoteRunner:
         deadline = time.monotonic() + seconds
         next_stop_check = 0.0
         while True:
-            async with self.database().session() as session:
+            async with db.session() as session:
                 await remote_jobs.expire_leases(session, job_id=job_id)
-            async with self.database().session() as session:
+            async with db.session() as session:
                 job = await remote_jobs.get_job(session, job_id)
             if job is None:
                 raise RuntimeError(f"remote job {job_id} vanished")
@@ -207,11 +198,11 @@ class RemoteRunner:
                 next_stop_check = now + STOP_CHECK_SECONDS
                 stop = await should_stop()
             if stop:
-                async with self.database().session() as session:
+                async with db.session() as session:
                     await remote_jobs.cancel_job(session, job_id)
                 raise EvaluationCancelled(dataset)
             if now > deadline:
-                async with self.database().session() as session:
+                async with db.session() as session:
                     await remote_jobs.cancel_job(session, job_id)
                 waiting = "no worker claimed it" if job.attempts == 0 else "it did not finish"
                 raise JobFailed(
