@@ -11,10 +11,12 @@ against moto. Where an engine is reachable, one further test builds the image fo
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shlex
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -23,15 +25,17 @@ from typing import Any
 
 import aioboto3
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from builder.backends import LocalBuilder, builder_from_settings
 from builder.builds import BuildOptions, BuildResult
 from builder.docker_builder import DockerBuilder, DockerSettings, docker_engine_missing
+from builder.ecr import aws_failure
 from builder.processes import BuildLog
 from builder.worker import build_consumer
 from core.aws import AwsClients
 from core.context import Services
-from core.errors import JobFailed, WeighbridgeError
+from core.errors import JobFailed, RetryableError, WeighbridgeError
 from core.models import new_id
 from core.states import Status
 from core.taskconfig import BuildConfig, EvalConfig, TaskConfig, load_task_config
@@ -411,4 +415,144 @@ async def test_the_image_builds_where_a_docker_engine_is_reachable(
     assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
     await asyncio.to_thread(
         subprocess.run, ["docker", "image", "rm", tag], capture_output=True, timeout=120
+    )
+
+
+MANIFEST = {
+    "schemaVersion": 2,
+    "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+    "config": {
+        "mediaType": "application/vnd.docker.container.image.v1+json",
+        "size": 2,
+        "digest": "sha256:" + "0" * 64,
+    },
+    "layers": [],
+}
+
+# A stand-in for the docker CLI (no engine can run here): it records each call (arguments,
+# what came on stdin, DOCKER_CONFIG) and "pushes" by putting a manifest in moto's ECR under
+# the pushed tag, as a real push would leave it.
+STAND_IN_DOCKER = """#!{python}
+import json, os, sys
+args = sys.argv[1:]
+stdin = sys.stdin.read() if args[:1] == ["login"] else ""
+with open(os.environ["WB_TEST_DOCKER_CALLS"], "a") as fh:
+    fh.write(json.dumps({{"args": args, "stdin": stdin,
+                         "config": os.environ.get("DOCKER_CONFIG")}}) + "\\n")
+if args[:1] == ["info"]:
+    print("27.0.0-stand-in")
+elif args[:1] == ["push"]:
+    import boto3
+    repository_uri, tag = args[1].rsplit(":", 1)
+    registry, repository = repository_uri.split("/", 1)
+    ecr = boto3.client("ecr", endpoint_url=os.environ["WB_TEST_MOTO"],
+                       region_name=registry.split(".")[3])
+    ecr.put_image(repositoryName=repository, imageTag=tag,
+                  imageManifest=os.environ["WB_TEST_MANIFEST"])
+"""
+
+
+async def test_an_image_an_earlier_attempt_pushed_is_kept_and_needs_no_engine(
+    tmp_path: Path, moto_url: str, aws: dict[str, Any], no_docker_engine: None
+) -> None:
+    """The first attempt has no Docker engine (skipped); then the image is put in moto's ECR
+    under its tag, as a push from an earlier attempt would have left it. The next attempt
+    finds it and asks for no engine, even with WEIGHBRIDGE_DOCKER_REQUIRED."""
+    prefix = f"wb-{uuid.uuid4().hex[:8]}"
+    submission_id = new_id()
+    builder = make_builder(tmp_path, moto_url, prefix=prefix)
+    try:
+        first, _ = await build_with(builder, tmp_path, toy_task(), submission_id)
+    finally:
+        await builder.close()
+    tag = json.loads((first.folder / "specification.json").read_text())["image"]["tag"]
+    ecr = await aws["client"]("ecr", "us-east-1")
+    put = await ecr.put_image(
+        repositoryName=f"{prefix}/models", imageTag=tag, imageManifest=json.dumps(MANIFEST)
+    )
+    required = make_builder(tmp_path, moto_url, prefix=prefix, required=True)
+    try:
+        again, log = await build_with(required, tmp_path, toy_task(), submission_id)
+    finally:
+        await required.close()
+    image = json.loads((again.folder / "specification.json").read_text())["image"]
+    assert image["status"] == "present" and image["tag"] == tag
+    assert image["digest"] == put["image"]["imageId"]["imageDigest"]
+    assert "is in ECR already" in log and "docker build" not in log
+
+
+async def test_with_an_engine_the_builder_logs_in_by_stdin_builds_and_pushes(
+    tmp_path: Path, moto_url: str, aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Docker engine can run here, so a stand-in docker CLI (STAND_IN_DOCKER) answers
+    `info`, records every call and leaves the pushed manifest in moto's ECR; what is checked
+    is what the builder asks of docker: the ECR password only on stdin (also for AWS's own
+    registry of the PyTorch base), build and push of the tagged image, the login removed."""
+    calls = tmp_path / "docker-calls.jsonl"
+    docker = tmp_path / "bin" / "docker"
+    docker.parent.mkdir()
+    docker.write_text(STAND_IN_DOCKER.format(python=sys.executable))
+    docker.chmod(0o755)
+    monkeypatch.setenv("WB_TEST_DOCKER_CALLS", str(calls))
+    monkeypatch.setenv("WB_TEST_MOTO", moto_url)
+    monkeypatch.setenv("WB_TEST_MANIFEST", json.dumps(MANIFEST))
+    prefix = f"wb-{uuid.uuid4().hex[:8]}"
+    task = toy_task(
+        build={"base_image": "sagemaker-pytorch"},
+        evaluation={"aws_region": "eu-west-1", "instance_type": "ml.c5.xlarge"},
+    )
+    builder = make_builder(tmp_path, moto_url, prefix=prefix, required=True, docker=str(docker))
+    try:
+        result, log = await build_with(builder, tmp_path, task, new_id())
+    finally:
+        await builder.close()
+    spec = json.loads((result.folder / "specification.json").read_text())
+    image = spec["image"]
+    ecr = await aws["client"]("ecr", "eu-west-1")
+    token = (await ecr.get_authorization_token())["authorizationData"][0]
+    password = base64.b64decode(token["authorizationToken"]).decode().partition(":")[2]
+    registry = token["proxyEndpoint"].removeprefix("https://")
+
+    made = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert [c["args"][0] for c in made] == ["info", "login", "login", "build", "push"]
+    logins = [c for c in made if c["args"][0] == "login"]
+    assert [c["args"][-1] for c in logins] == [
+        registry,
+        "763104351884.dkr.ecr.eu-west-1.amazonaws.com",  # the base image's registry
+    ]
+    assert all(c["args"][1:4] == ["--username", "AWS", "--password-stdin"] for c in logins)
+    assert all(c["stdin"] == password for c in logins)
+    assert not any(password in " ".join(c["args"]) for c in made)
+    assert password not in log and password not in json.dumps(spec)
+    build = next(c["args"] for c in made if c["args"][0] == "build")
+    assert build[build.index("--tag") + 1] == image["uri"]
+    assert build[build.index("--platform") + 1] == "linux/amd64"
+    assert build[-1] == str(result.folder)
+    assert next(c["args"] for c in made if c["args"][0] == "push") == ["push", image["uri"]]
+    config = Path(made[1]["config"])
+    assert config.is_relative_to(tmp_path)
+    assert not await asyncio.to_thread(config.exists)  # the login went with the build
+
+    found = await ecr.describe_images(
+        repositoryName=f"{prefix}/models", imageIds=[{"imageTag": image["tag"]}]
+    )
+    assert image["status"] == "pushed"
+    assert image["digest"] == found["imageDetails"][0]["imageDigest"]
+    assert spec["warnings"] == []
+
+
+def test_aws_faults_that_pass_are_retried_and_refusals_fail_the_build() -> None:
+    """moto neither throttles nor refuses permissions: the ClientErrors botocore raises for
+    them are made here, as botocore makes them from AWS's answers."""
+
+    def answer(code: str) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": f"{code} here"}}, "CreateModel")
+
+    assert isinstance(aws_failure("x", answer("ThrottlingException")), RetryableError)
+    assert isinstance(aws_failure("x", answer("ServiceUnavailable")), RetryableError)
+    assert isinstance(aws_failure("x", EndpointConnectionError(endpoint_url="h")), RetryableError)
+    refused = aws_failure("SageMaker refused to create the model wb-1", answer("AccessDenied"))
+    assert isinstance(refused, JobFailed)
+    assert refused.reason.startswith(
+        "SageMaker refused to create the model wb-1 (AccessDenied: AccessDenied here)"
     )
