@@ -189,7 +189,9 @@ class Evaluation:
         The message names the env by key; the local evaluator shares its host (and envs root)
         with the local builder, so the key resolves to the env the builder made."""
         key = self.payload.build.env_key
-        if key is None:
+        if key is None or not getattr(self.runner, "handler_runs_here", True):
+            # No env, or a runner whose handler runs elsewhere (SageMaker's container holds
+            # the model's packages): nothing to look up on this host.
             return None
         try:
             python = local_env_python(

@@ -182,6 +182,9 @@ class SageMakerRunner:
     poll: jobs.Backoff = field(default_factory=lambda: jobs.Backoff(first=5.0, cap=60.0))
     create: jobs.Backoff = field(default_factory=lambda: jobs.Backoff(first=2.0, cap=60.0))
     name: str = "sagemaker"
+    # The handler runs in SageMaker's container (with the image's packages), not on this host:
+    # the evaluation looks up no local environment for it.
+    handler_runs_here: bool = False
     describes: str = (
         "the evaluator machine that ran the SageMaker transform job (not its instances)"
     )

@@ -95,11 +95,19 @@ class Fails(Client):
         return answer
 
 
-async def evaluate(services: Services, tmp_path: Path, moto_url: str, wrapper: type[Client]) -> str:
+async def evaluate(
+    services: Services,
+    tmp_path: Path,
+    moto_url: str,
+    wrapper: type[Client],
+    *,
+    env_key: str | None = None,
+) -> str:
     dataset = await store_dataset(services, toy_rows(30))
     user = await make_user(services)
     mar = pack_mar(write_folder(tmp_path / "model", GOOD), tmp_path / "model.mar")
     sid, envelope = await make_built_submission(services, user, mar, [dataset])
+    envelope.payload["build"]["env_key"] = env_key
     await register_model(moto_url, sid, "us-east-1")  # what the docker builder does
     payload = EvaluatePayload.model_validate(envelope.payload)
     task = TaskConfig.model_validate(payload.task.config)
@@ -113,7 +121,15 @@ async def evaluate(services: Services, tmp_path: Path, moto_url: str, wrapper: t
 async def test_a_model_is_evaluated_and_scored_through_transform_jobs(
     s3_services: Services, tmp_path: Path, moto_url: str
 ) -> None:
-    sid = await evaluate(s3_services, tmp_path, moto_url, answers_parity(s3_services.storage))
+    # The builder made an environment for the model's requirements on its own host; the
+    # handler runs in SageMaker's container, so this evaluator never needs that environment.
+    sid = await evaluate(
+        s3_services,
+        tmp_path,
+        moto_url,
+        answers_parity(s3_services.storage),
+        env_key="envs/" + "e" * 64,
+    )
     submission = await get_submission(s3_services, sid)
     assert submission.status == "done", submission.error
     async with s3_services.db.session() as session:
