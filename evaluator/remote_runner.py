@@ -115,6 +115,15 @@ class RemoteRunner:
             "log": f"{prefix}/log",
             "result": f"{prefix}/result.json",
         }
+        if model.python is not None:
+            # The model's requirements.txt environment exists on this host only; a worker would
+            # run the handler without its packages.
+            raise JobFailed(
+                stage,
+                "this model has a requirements.txt, and remote workers do not build model "
+                "environments yet: the task's fleet must run its evaluator with "
+                "WEIGHBRIDGE_RUNNER=local (or the model must need no extra packages)",
+            )
         rows = await load_examples(storage, dataset)
         if not rows:
             raise JobFailed(stage, f"dataset {dataset.name} has no examples")

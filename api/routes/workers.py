@@ -96,10 +96,10 @@ async def complete_job(job_id: str, request: Request) -> dict:
     """The dataset ran and its predictions, log and result are uploaded."""
     services = services_of(request)
     body = await request.body()
-    report: CompleteReport = _parse(CompleteReport, body)
     signature = request.headers.get(remote_jobs.SIGNATURE_HEADER)
     async with services.db.session() as session:
         token = await authenticate_worker(session, bearer_token(request))
+        report: CompleteReport = _parse(CompleteReport, body)
         if report.error:
             job = await remote_jobs.fail_job(
                 session, token, job_id, body=body, signature=signature, error=report.error
@@ -121,9 +121,9 @@ async def fail_job(job_id: str, request: Request) -> dict:
     """The dataset could not run; the error is the reason the owner reads."""
     services = services_of(request)
     body = await request.body()
-    report: FailReport = _parse(FailReport, body)
     async with services.db.session() as session:
         token = await authenticate_worker(session, bearer_token(request))
+        report: FailReport = _parse(FailReport, body)
         job = await remote_jobs.fail_job(
             session,
             token,

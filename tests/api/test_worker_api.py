@@ -286,3 +286,20 @@ async def _stored_plain(session: AsyncSession, token: str) -> bool:
 
     rows = (await session.execute(sa.text("SELECT * FROM worker_tokens"))).all()
     return any(token in str(tuple(row)) for row in rows)
+
+
+async def test_a_report_is_authenticated_before_its_body_is_read(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    _, north = await worker_token(services, NORTH)
+    job = await queue_job(services)
+    secret = (await claim(client, north)).json()["secret"]
+    path = f"/api/v1/worker/jobs/{job.id}/complete"
+    anonymous = await client.post(path, content=b"not json")
+    assert anonymous.status_code == 401
+    body = b'{"performance": "fast"}'
+    bad = await client.post(
+        path, content=body, headers={**auth(north), SIGNATURE_HEADER: sign_report(secret, body)}
+    )
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "performance"
+    assert (await job_row(services, job.id)).status == "claimed"
