@@ -143,7 +143,12 @@ class DockerBuilder:
 
         base = await resolve_base_image(build, evaluation, log)
         files = await asyncio.to_thread(
-            write_context, result, build=build, submission_id=submission_id, base=base
+            write_context,
+            result,
+            build=build,
+            submission_id=submission_id,
+            base=base,
+            input_fields=task.input_fields if task is not None else None,
         )
         digest = await asyncio.to_thread(
             context_sha256, result.folder, files, bundle_sha256=result.bundle.sha256

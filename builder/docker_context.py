@@ -2,7 +2,9 @@
 
 The docker builder makes the build folder a complete context holding nothing else (a
 `.dockerignore` keeps the log and the specification out) and tags the image with a hash of
-what the image holds.
+what the image holds. The image serves `serving.mar`: the model's archive with Weighbridge's
+handler for SageMaker's JSON-lines requests in front of the model's own
+(templates/weighbridge_serving.py); model.mar itself stays as the local runner uses it.
 """
 
 from __future__ import annotations
@@ -12,16 +14,23 @@ import hashlib
 import json
 import re
 import shlex
+import shutil
+import zipfile
 from pathlib import Path
+from typing import Any
 
 from builder.builds import DOCKERFILE, MAR, BuildResult
-from builder.dockerfiles import base_image, render_dockerfile, torchserve_settings
+from builder.dockerfiles import TEMPLATES, base_image, render_dockerfile, torchserve_settings
 from builder.ecr import STAGE
 from builder.processes import BuildLog
 from core.errors import JobFailed
 from core.taskconfig import BuildConfig, EvalConfig
 
 DOCKERIGNORE = ".dockerignore"
+SERVING_MAR = "serving.mar"
+SERVING_HANDLER = TEMPLATES / "weighbridge_serving.py"
+SERVING_SETTINGS = "weighbridge_serving.json"
+MANIFEST = "MAR-INF/MANIFEST.json"
 _COPY = re.compile(r"^\s*(?:COPY|ADD)\s+(.+)$", re.I)
 
 
@@ -90,24 +99,51 @@ def copy_sources(dockerfile: str) -> list[str]:
     return sources
 
 
+def write_serving_mar(folder: Path, *, input_fields: list[str] | None) -> dict[str, Any]:
+    """`serving.mar`: model.mar with Weighbridge's serving handler as the archive's handler
+    and the model's own named in its settings; returns those settings. Entries are streamed,
+    so a large archive is never held in memory."""
+    with zipfile.ZipFile(folder / MAR) as source:
+        manifest = json.loads(source.read(MANIFEST))
+        model = manifest.setdefault("model", {})
+        settings = {"handler": model.get("handler") or "handler.py", "input_fields": input_fields}
+        model["handler"] = SERVING_HANDLER.name
+        with zipfile.ZipFile(folder / SERVING_MAR, "w", zipfile.ZIP_DEFLATED) as target:
+            for info in source.infolist():
+                if info.filename in (MANIFEST, SERVING_HANDLER.name, SERVING_SETTINGS):
+                    continue
+                with source.open(info) as src, target.open(info, "w", force_zip64=True) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            target.writestr(MANIFEST, json.dumps(manifest, indent=2))
+            target.write(SERVING_HANDLER, SERVING_HANDLER.name)
+            target.writestr(SERVING_SETTINGS, json.dumps(settings))
+    return settings
+
+
 def write_context(
-    result: BuildResult, *, build: BuildConfig, submission_id: str, base: str
+    result: BuildResult,
+    *,
+    build: BuildConfig,
+    submission_id: str,
+    base: str,
+    input_fields: list[str] | None,
 ) -> list[str]:
     """Make the build folder a complete Docker build context holding nothing else; returns
     its files (the Dockerfile first). JobFailed when a COPY names a file that is not there."""
     folder = result.folder
-    if base != base_image(build):  # resolved for the region (sagemaker-pytorch)
-        (folder / DOCKERFILE).write_text(
-            render_dockerfile(
-                build=build,
-                model_name=result.specification["model_name"],
-                submission_id=submission_id,
-                requirements_sha256=result.requirements_sha256,
-                settings=torchserve_settings(build),
-                base=base,
-            ),
-            encoding="utf-8",
-        )
+    write_serving_mar(folder, input_fields=input_fields)
+    (folder / DOCKERFILE).write_text(
+        render_dockerfile(
+            build=build,
+            model_name=result.specification["model_name"],
+            submission_id=submission_id,
+            requirements_sha256=result.requirements_sha256,
+            settings=torchserve_settings(build),
+            base=base,
+            mar_file=SERVING_MAR,
+        ),
+        encoding="utf-8",
+    )
     sources = copy_sources((folder / DOCKERFILE).read_text(encoding="utf-8"))
     for name in sources:
         path = folder / name
@@ -127,13 +163,18 @@ def write_context(
 
 def context_sha256(folder: Path, files: list[str], *, bundle_sha256: str) -> str:
     """One hash of what the image holds (the image tag's suffix): every context file by name
-    and content, except the .mar, which stands for the uploaded bundle it is made from (an
-    attempt that archives the same bundle again writes other zip timestamps, not another
-    model), so a retry finds the image an earlier attempt pushed."""
+    and content, except the archives, which stand for the uploaded bundle they are made from
+    (an attempt that archives the same bundle again writes other zip timestamps, not another
+    model) and, for serving.mar, the handler and settings added; so a retry finds the image an
+    earlier attempt pushed."""
     whole = hashlib.sha256()
     for name in sorted(files):
-        if name == MAR:
+        if name in (MAR, SERVING_MAR):
             whole.update(f"{name}\0bundle {bundle_sha256}\n".encode())
+            if name == SERVING_MAR:
+                with zipfile.ZipFile(folder / name) as archive:
+                    for added in (SERVING_HANDLER.name, SERVING_SETTINGS):
+                        whole.update(hashlib.sha256(archive.read(added)).hexdigest().encode())
             continue
         digest = hashlib.sha256()
         with open(folder / name, "rb") as fh:

@@ -101,8 +101,10 @@ def render_dockerfile(
     requirements_sha256: str | None,
     settings: dict[str, Any],
     base: str | None = None,
+    mar_file: str = "model.mar",
 ) -> str:
-    """The Dockerfile; `base` replaces the task's base image (one the docker builder resolved)."""
+    """The Dockerfile; `base` replaces the task's base image (one the docker builder resolved),
+    `mar_file` names the archive copied in (the docker builder's serving archive)."""
     return (
         _environment()
         .get_template("Dockerfile.j2")
@@ -112,6 +114,7 @@ def render_dockerfile(
             base_image=base or base_image(build),
             gpu=build.gpu,
             model_name=model_name,
+            mar_file=mar_file,
             requirements=requirements_sha256 is not None,
             requirements_sha256=requirements_sha256,
             ports=exposed_ports(settings),

@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import uuid
+import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -161,12 +162,12 @@ async def test_a_cpu_build_has_a_complete_context_an_ecr_repository_and_an_isola
     assert dockerfile.splitlines()[3] == "FROM pytorch/torchserve:0.12.0-cpu"
     assert "NVIDIA_VISIBLE_DEVICES" not in dockerfile
     sources = copy_sources(dockerfile)
-    assert sources == ["config.properties", "model.mar"]
+    assert sources == ["config.properties", "serving.mar"]
     for name in sources:
         assert (folder / name).is_file(), f"the Dockerfile copies {name}, missing from the context"
     assert "--models parity=parity.mar" in dockerfile and 'CMD ["serve"]' in dockerfile
     ignore = (folder / ".dockerignore").read_text().split()
-    assert ignore == ["*", "!Dockerfile", "!config.properties", "!model.mar"]
+    assert ignore == ["*", "!Dockerfile", "!config.properties", "!serving.mar"]
 
     spec = json.loads((folder / "specification.json").read_text())
     assert spec["builder"] == "docker"
@@ -556,3 +557,81 @@ def test_aws_faults_that_pass_are_retried_and_refusals_fail_the_build() -> None:
     assert refused.reason.startswith(
         "SageMaker refused to create the model wb-1 (AccessDenied: AccessDenied here)"
     )
+
+
+ECHO_HANDLER = """
+import json
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    return [{"keys": sorted(item["body"]), "x": item["body"]["x"]} for item in data]
+"""
+
+# Loads serving.mar's handler as TorchServe's model loader would (the module's `handle`,
+# first called with None) and sends it what SageMaker's requests become in TorchServe. The
+# Context is a stand-in with the parts handlers use: TorchServe (Java) is not installed here.
+SERVE = """
+import json, sys, zipfile
+model_dir = sys.argv[1]
+zipfile.ZipFile(sys.argv[2]).extractall(model_dir)
+sys.path.insert(0, model_dir)
+manifest = json.load(open(model_dir + "/MAR-INF/MANIFEST.json"))
+handler = manifest["model"]["handler"]
+module = __import__(handler[:-3])
+
+
+class Context:
+    def __init__(self):
+        self.system_properties = {"model_dir": model_dir, "gpu_id": None, "batch_size": 1}
+        self.manifest = manifest
+        self.types = {}
+
+    def set_response_content_type(self, index, value):
+        self.types[index] = value
+
+
+context = Context()
+assert module.handle(None, context) is None
+lines = b'{"uid":"a","x":3,"label":1}\\n{"uid":"b","x":4}\\n'
+answers = module.handle([{"body": bytearray(lines)}, {"body": {"uid": "c", "x": 5}}], context)
+print(json.dumps({"handler": handler, "answers": answers, "types": context.types,
+                  "seen_handler": context.manifest["model"]["handler"]}))
+"""
+
+
+async def test_the_image_serves_json_lines_to_the_model_handler_as_the_contract_says(
+    tmp_path: Path, moto_url: str, no_docker_engine: None
+) -> None:
+    """The serving archive the image holds, run as TorchServe would load it (TorchServe is not
+    installed here: a small driver stands in for its model loader and Context): one request
+    of JSON lines from SageMaker reaches the model's own handler as one item per line holding
+    only the task's input fields, and the answers go back as JSON lines in order."""
+    (tmp_path / "echo").mkdir()
+    folder = write_model_folder(tmp_path / "echo" / "m", handler=ECHO_HANDLER)
+    tar_folder(folder, tmp_path / "echo" / "bundle.tar.gz", arcname="m")
+    builder = make_builder(tmp_path, moto_url, prefix=f"wb-{uuid.uuid4().hex[:8]}")
+    try:
+        result, _ = await build_with(builder, tmp_path / "echo", toy_task(), new_id())
+    finally:
+        await builder.close()
+    served = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", SERVE, str(tmp_path / "served"), str(result.folder / "serving.mar")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert served.returncode == 0, served.stderr[-4000:]
+    out = json.loads(served.stdout)
+    assert out["handler"] == "weighbridge_serving.py"
+    assert out["seen_handler"] == "handler.py"  # the model's own handler sees its own manifest
+    assert out["answers"] == [
+        '{"keys":["x"],"x":3}\n{"keys":["x"],"x":4}\n',
+        '{"keys":["x"],"x":5}\n',
+    ]
+    assert out["types"] == {"0": "application/jsonlines", "1": "application/jsonlines"}
+    # model.mar itself, which the local runner uses, keeps the model's own handler.
+    with zipfile.ZipFile(result.folder / "model.mar") as archive:
+        assert json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]["handler"] == "handler.py"
