@@ -439,8 +439,7 @@ async def run_benchmark_run(
         count=count,
         fleet=fleet,
         region=settings.aws_region,
-        # The IAM role SageMaker runs jobs as (the docker builder's setting, shared).
-        role_arn=str(getattr(settings, "sagemaker_role_arn", "") or ""),
+        role_arn=settings.sagemaker_role_arn,
         max_jobs=settings.sagemaker_max_jobs,
         prefix=prefix,
         should_stop=should_stop,

@@ -143,7 +143,6 @@ async def make_job(
 
 
 def settings_for(role: str = ROLE) -> Settings:
-    # The role is the docker builder's setting (WEIGHBRIDGE_SAGEMAKER_ROLE_ARN), read by name.
     return cast(
         Settings,
         SimpleNamespace(aws_region="us-east-1", sagemaker_role_arn=role, sagemaker_max_jobs=2),
@@ -210,13 +209,11 @@ def final_metric_data(request: dict[str, Any], output: str) -> list[dict[str, An
     return found
 
 
-async def test_a_run_is_a_training_job_whose_final_metrics_become_the_runs_metrics(
-    moto_url: str, storage: S3Storage, tmp_path: Path
-) -> None:
-    job, message = await make_job(storage, tmp_path)
-    outputs: list[str] = []
-
+def plays_container(storage: S3Storage, tmp_path: Path, outputs: list[str]) -> type[Client]:
     class Container(Client):
+        """Once moto says Completed, plays the container (play_container) and reports the
+        job's final metrics (final_metric_data): moto runs nothing and reports none."""
+
         async def on(self, name: str, answer: Any) -> Any:
             if name == "describe_training_job" and answer["TrainingJobStatus"] == "Completed":
                 request = self.requests["create_training_job"]
@@ -227,15 +224,23 @@ async def test_a_run_is_a_training_job_whose_final_metrics_become_the_runs_metri
                     c["ChannelName"]: await storage.read_bytes(
                         c["DataSource"]["S3DataSource"]["S3Uri"].removeprefix(base)
                     )
-                    for c in request["InputDataConfig"]
+                    for c in request.get("InputDataConfig", [])
                 }
-                output = await asyncio.to_thread(
-                    play_container, tmp_path, request, archive, channels
-                )
+                where = tmp_path / f"run-{len(outputs) + 1}"
+                output = await asyncio.to_thread(play_container, where, request, archive, channels)
                 outputs.append(output)
                 answer = {**answer, "FinalMetricDataList": final_metric_data(request, output)}
             return answer
 
+    return Container
+
+
+async def test_a_run_is_a_training_job_whose_final_metrics_become_the_runs_metrics(
+    moto_url: str, storage: S3Storage, tmp_path: Path
+) -> None:
+    job, message = await make_job(storage, tmp_path)
+    outputs: list[str] = []
+    Container = plays_container(storage, tmp_path, outputs)
     clients = AwsClients(endpoint_url=moto_url, region="eu-west-1")
     client = Container(await clients.client("sagemaker", region="eu-west-1"))
     summary = await run_benchmark_run(
@@ -359,3 +364,62 @@ def test_the_image_is_the_frameworks_an_ecr_image_or_pytorchs() -> None:
     bad = DESCRIPTOR.replace('python_version = "3.11"', 'python_version = "three"')
     with pytest.raises(JobFailed, match=r"custom_params\.python_version"):
         training_image(parse_descriptor(bad), region="eu-west-1")
+
+
+async def test_a_whole_benchmark_on_a_sagemaker_evaluator_scores_each_run(
+    moto_url: str,
+    tmp_path: Path,
+    database_url: str,
+    db: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The benchmark message through the fleet's evaluator (BenchmarkEvaluation) with
+    WEIGHBRIDGE_RUNNER=sagemaker and S3 storage: two runs, each a training job, scored per run
+    and over all. AwsClients' SageMaker client is wrapped so that the test plays the container
+    (plays_container): moto runs nothing and reports no final metrics."""
+    from core.context import start_services
+    from tests.conftest import make_settings
+    from tests.evaluator.factories import make_user, status_of
+    from tests.evaluator.test_benchmarks import evaluate, make_benchmark, scores_of
+
+    bucket = f"wb-tb-{uuid.uuid4().hex[:12]}"
+    clients = AwsClients(endpoint_url=moto_url)
+    await (await clients.client("s3")).create_bucket(Bucket=bucket)
+    await clients.close()
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        storage_url=f"s3://{bucket}/wb",
+        aws_endpoint_url=moto_url,
+        runner="sagemaker",
+        sagemaker_role_arn=ROLE,
+    )
+    services = await start_services(settings, migrate=False)
+    outputs: list[str] = []
+    Container = plays_container(cast(S3Storage, services.storage), tmp_path, outputs)
+    plain = AwsClients.client
+
+    async def wrapped(self: AwsClients, service: str, *, region: str | None = None) -> Any:
+        opened = await plain(self, service, region=region)
+        return Container(opened) if service == "sagemaker" else opened
+
+    monkeypatch.setattr(AwsClients, "client", wrapped)
+    try:
+        user = await make_user(services)
+        toml = DESCRIPTOR.replace("[run]\ntimeout = 900", "[run]\ncount = 2\ntimeout = 900")
+        sid = await make_benchmark(
+            services,
+            user,
+            toml,
+            scripts={"bench.py": BENCH},
+            data=[("/mnist/train.gz", "train.gz", b"x" * 99)],
+        )
+        await evaluate(services)
+        assert await status_of(services, sid) == "done"
+        scores = await scores_of(services, sid)
+        assert scores[("run-1", "throughput")].value == 120.5
+        assert scores[("run-2", "bytes")].value == 99.0
+        assert scores[("all", "throughput")].value == 120.5
+        assert len(outputs) == 2 and "args: ['--lines', '2']" in outputs[1]
+    finally:
+        await services.close()
