@@ -36,12 +36,25 @@ PER_TASK = 3
 
 
 def test_each_fleet_evaluates_only_its_own_tasks(tmp_path: Path, stack_database: str) -> None:
+    fleets(tmp_path, stack_database)
+
+
+def test_each_fleet_receives_only_its_own_sqs_queue(
+    tmp_path: Path, aws_stack: dict[str, str]
+) -> None:
+    """The same two fleets with the queues on SQS and the storage on S3 (moto's server over
+    HTTP), on SQLite: each evaluator process long-polls only its fleet's SQS queue, so no
+    message ever goes to the other fleet."""
+    fleets(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'home' / 'weighbridge.db'}", **aws_stack)
+
+
+def fleets(tmp_path: Path, stack_database: str, **extra: str) -> None:
     configs = tmp_path / "task_configs"
     for slug, fleet in FLEETS.items():
         write_task(configs, slug, fleet=fleet)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = stack_env(tmp_path, configs, url, WEIGHBRIDGE_DATABASE_URL=stack_database)
+    env = stack_env(tmp_path, configs, url, WEIGHBRIDGE_DATABASE_URL=stack_database, **extra)
     logs = {name: tmp_path / f"{name}.log" for name in ("api", "builder", *FLEETS.values())}
     processes = {}
     try:

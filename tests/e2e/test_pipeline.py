@@ -8,6 +8,7 @@ import email
 import io
 import json
 import tarfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -19,9 +20,13 @@ from core.accounts import create_user
 from core.boards import run_leaderboards
 from core.context import start_services
 from core.datasets import prepare_datasets
+from core.models import new_id
 from core.notifications import run_mailer
+from core.outbox import relay_forever
+from core.settings import Settings
 from evaluator.worker import run_evaluator
 from tests.conftest import ROOT, make_settings
+from tests.notifications.test_mailer_contract import from_moto
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +70,71 @@ async def test_two_models_are_built_evaluated_ranked_and_emailed(
     settings = make_settings(
         tmp_path, database_url, task_configs=ROOT / "task_configs", lease_seconds=30.0
     )
+
+    async def emailed() -> None:
+        # One email per model, delivered from the outbox as files.
+        files = await wait_for_emails(settings.home / "outbox", 2)
+        check_emails([p.read_bytes() for p in files])
+
+    await pipeline(settings, trained, emailed)
+
+
+async def test_the_whole_loop_on_s3_sqs_and_ses(
+    tmp_path: Path, database_url: str, db, trained: dict, moto_url: str
+):
+    """The same loop with every AWS backend on moto's server over HTTP: bundles, builds,
+    datasets and results on S3, the queues on SQS (staged in the outbox, relayed after
+    commit), the emails through SES (read back from moto); the local builder and runner."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("the AWS loop runs once, on SQLite (the databases have their own loop)")
+    import boto3
+
+    bucket = f"wb-{new_id()[:12]}"
+    boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1").create_bucket(Bucket=bucket)
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        task_configs=ROOT / "task_configs",
+        lease_seconds=30.0,
+        storage_url=f"s3://{bucket}/loop",
+        queue_url=f"sqs://?prefix=t{new_id()[:8]}-&wait=1",
+        email_url="ses://",
+        aws_endpoint_url=moto_url,
+        email_from="Weighbridge <noreply@example.org>",
+    )
+    ses = boto3.client("sesv2", endpoint_url=moto_url, region_name="us-east-1")
+    ses.create_email_identity(EmailIdentity="noreply@example.org")
+
+    async def stored_and_emailed() -> None:
+        s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix="loop/submissions/")
+        keys = [o["Key"] for o in listed.get("Contents", [])]
+        assert sum(k.endswith("/build/model.mar") for k in keys) == 2
+        assert sum(k.endswith("/results/heldout/predictions.jsonl") for k in keys) == 2
+        # The emails went through SES (moto keeps what it was sent).
+        raw: list[bytes] = []
+        async with asyncio.timeout(30):
+            while len(raw) < 2:
+                raw = await asyncio.to_thread(sent_since)
+                await asyncio.sleep(0.2)
+        check_emails(raw)
+
+    sent_since = from_moto(moto_url)
+    await pipeline(settings, trained, stored_and_emailed)
+
+
+def check_emails(raw: list[bytes]) -> None:
+    messages = [email.message_from_bytes(r) for r in raw]
+    subjects = sorted(m["Subject"] for m in messages)
+    assert len(messages) == 2, subjects
+    assert any("digits-cnn" in s and "rank 1 of 2" in s for s in subjects), subjects
+    assert any("digits-linear" in s for s in subjects), subjects
+    assert all(m["To"] == "ada@example.org" for m in messages)
+
+
+async def pipeline(settings: Settings, trained: dict, then: Callable[[], Awaitable[None]]) -> None:
+    """Upload the two example models, wait until they are done and ranked, check the
+    results and the board, then `then` (with the workers still running)."""
     services = await start_services(settings, migrate=False)
     stop = asyncio.Event()
     workers = []
@@ -77,6 +147,8 @@ async def test_two_models_are_built_evaluated_ranked_and_emailed(
             asyncio.create_task(run_evaluator(services, ["default"], stop)),
             asyncio.create_task(run_mailer(services, stop)),
             asyncio.create_task(run_leaderboards(services, stop, poll_seconds=0.1)),
+            # Messages staged for a transport outside the database are relayed after commit.
+            asyncio.create_task(relay_forever(services.outbox, stop, every=0.2)),
         ]
         transport = httpx.ASGITransport(app=create_app(services))
         headers = {"Authorization": f"Bearer {token}"}
@@ -152,15 +224,7 @@ async def test_two_models_are_built_evaluated_ranked_and_emailed(
                 assert set(row["metrics"]) >= {"accuracy", "macro_f1", "robustness"}
                 assert 0.5 < row["metrics"]["robustness"] <= 1.0
             assert board["rows"][0]["submission_id"] == ids["digits-cnn"]
-
-        # One email per model, delivered from the outbox as files.
-        files = await wait_for_emails(settings.home / "outbox", 2)
-        messages = [email.message_from_bytes(p.read_bytes()) for p in files]
-        subjects = sorted(m["Subject"] for m in messages)
-        assert len(messages) == 2, subjects
-        assert any("digits-cnn" in s and "rank 1 of 2" in s for s in subjects), subjects
-        assert any("digits-linear" in s for s in subjects), subjects
-        assert all(m["To"] == "ada@example.org" for m in messages)
+        await then()
     finally:
         stop.set()
         await asyncio.gather(*workers, return_exceptions=True)
