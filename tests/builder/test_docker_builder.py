@@ -15,8 +15,11 @@ import base64
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
 import zipfile
 from collections.abc import AsyncIterator
@@ -635,3 +638,59 @@ async def test_the_image_serves_json_lines_to_the_model_handler_as_the_contract_
     # model.mar itself, which the local runner uses, keeps the model's own handler.
     with zipfile.ZipFile(result.folder / "model.mar") as archive:
         assert json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]["handler"] == "handler.py"
+
+
+def test_real_torchserve_answers_sagemaker_json_lines_through_the_serving_archive(
+    tmp_path: Path, moto_url: str, no_docker_engine: None
+) -> None:
+    """The serving archive the image holds, in a real TorchServe 0.12 (its Java frontend and
+    Python worker, as the image runs it, without the image: no Docker engine here; skipped
+    where Java or TorchServe is absent): SageMaker's batch-transform request (POST
+    /invocations, JSON lines) is answered line by line by the model's own handler, which saw
+    only the task's input fields; /ping answers as SageMaker's health check needs."""
+    from tests.conformance.test_torchserve import TorchServe, torchserve_missing
+
+    missing = torchserve_missing()
+    if missing is not None:
+        pytest.skip(missing)
+    (tmp_path / "echo").mkdir()
+    folder = write_model_folder(tmp_path / "echo" / "m", handler=ECHO_HANDLER)
+    tar_folder(folder, tmp_path / "echo" / "bundle.tar.gz", arcname="m")
+
+    async def build() -> BuildResult:
+        builder = make_builder(tmp_path, moto_url, prefix=f"wb-{uuid.uuid4().hex[:8]}")
+        try:
+            result, _ = await build_with(builder, tmp_path / "echo", toy_task(), new_id())
+        finally:
+            await builder.close()
+        return result
+
+    result = asyncio.run(build())
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copyfile(result.folder / "serving.mar", store / "parity.mar")
+    (tmp_path / "ts").mkdir()
+    server = TorchServe(tmp_path / "ts", store, ["parity"])
+    try:
+        server.start()
+        server.wait_ready(90)
+        base = f"http://127.0.0.1:{server.inference}"
+        with urllib.request.urlopen(f"{base}/ping", timeout=10) as ping:
+            assert ping.status == 200
+        request = urllib.request.Request(
+            f"{base}/invocations",
+            data=b'{"uid":"a","x":3,"label":1}\n{"uid":"b","x":4}\n',
+            headers={"Content-Type": "application/jsonlines"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answered = response.read().decode()
+        except urllib.error.HTTPError as exc:
+            pytest.fail(f"HTTP {exc.code} {exc.read()[:500]!r}{server.logs()}")
+    finally:
+        server.stop()
+    assert [json.loads(line) for line in answered.splitlines()] == [
+        {"keys": ["x"], "x": 3},
+        {"keys": ["x"], "x": 4},
+    ]
