@@ -25,6 +25,12 @@ class Submission(SQLModel, table=True):
     user_id: int = Field(foreign_key="users.id", index=True)
     name: str = Field(max_length=255)
     private: bool = False
+    # Moderation: an admin may take a row off the boards (`hidden`), mark it (`flagged`, with
+    # the reason shown), or mark an organiser's reference model (`baseline`).
+    hidden: bool = False
+    flagged: bool = False
+    flag_reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    baseline: bool = False
     status: str = Field(default="uploaded", max_length=16, index=True)
     failed_stage: str | None = Field(default=None, max_length=32)
     error: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))

@@ -19,6 +19,8 @@ class User(SQLModel, table=True):
     name: str = Field(max_length=64, unique=True)
     email: str = Field(max_length=255)
     is_admin: bool = False
+    # For signing in to the website with a password (scrypt; None: token sign-in only).
+    password_hash: str | None = Field(default=None, max_length=255)
     created_at: datetime = Field(default_factory=utcnow, sa_column=created_at_column())
 
 
@@ -33,5 +35,12 @@ class ApiToken(SQLModel, table=True):
     label: str = Field(default="default", max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_column=created_at_column())
     last_used_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
+    )
+    # A token may be given a life; a revoked one is kept (listed as revoked) and refused.
+    expires_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
+    )
+    revoked_at: datetime | None = Field(
         default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
     )
