@@ -38,8 +38,9 @@ CANCEL_CHECK_SECONDS = 1.0
 
 StopCheck = Callable[[], Awaitable[bool]]
 
-# One semaphore per fleet and limit in this process (see the module docstring); made lazily.
-_SLOTS: dict[tuple[str, int], asyncio.Semaphore] = {}
+# One semaphore per event loop, fleet and limit in this process (see the module docstring);
+# made lazily (a semaphore belongs to the loop it first waited in).
+_SLOTS: dict[tuple[int, str, int], asyncio.Semaphore] = {}
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ async def call_with_retry(
 
 
 def fleet_semaphore(fleet: str, limit: int) -> asyncio.Semaphore:
-    slot = (fleet, limit)
+    slot = (id(asyncio.get_running_loop()), fleet, limit)
     if slot not in _SLOTS:
         _SLOTS[slot] = asyncio.Semaphore(limit)
     return _SLOTS[slot]
