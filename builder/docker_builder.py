@@ -149,6 +149,7 @@ class DockerBuilder:
             submission_id=submission_id,
             base=base,
             input_fields=task.input_fields if task is not None else None,
+            evaluation=evaluation,
         )
         digest = await asyncio.to_thread(
             context_sha256, result.folder, files, bundle_sha256=result.bundle.sha256

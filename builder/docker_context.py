@@ -19,8 +19,14 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from builder.builds import DOCKERFILE, MAR, BuildResult
-from builder.dockerfiles import TEMPLATES, base_image, render_dockerfile, torchserve_settings
+from builder.builds import CONFIG_PROPERTIES, DOCKERFILE, MAR, BuildResult
+from builder.dockerfiles import (
+    TEMPLATES,
+    base_image,
+    render_config_properties,
+    render_dockerfile,
+    torchserve_settings,
+)
 from builder.ecr import STAGE
 from builder.processes import BuildLog
 from core.errors import JobFailed
@@ -31,6 +37,7 @@ SERVING_MAR = "serving.mar"
 SERVING_HANDLER = TEMPLATES / "weighbridge_serving.py"
 SERVING_SETTINGS = "weighbridge_serving.json"
 MANIFEST = "MAR-INF/MANIFEST.json"
+TORCHSERVE_MAX_BYTES = 6553500  # TorchServe's own default request and response limit
 _COPY = re.compile(r"^\s*(?:COPY|ADD)\s+(.+)$", re.I)
 
 
@@ -120,6 +127,18 @@ def write_serving_mar(folder: Path, *, input_fields: list[str] | None) -> dict[s
     return settings
 
 
+def serving_settings(build: BuildConfig, evaluation: EvalConfig) -> dict[str, Any]:
+    """TorchServe's settings in the image: the task's, plus limits that let through what the
+    SageMaker runner sends (requests of up to eval.max_payload_mb, answered within
+    eval.timeout_seconds) where the task's [build.torchserve] does not set them itself."""
+    settings = torchserve_settings(build)
+    size = max(evaluation.max_payload_mb * 1024 * 1024 + 65536, TORCHSERVE_MAX_BYTES)
+    settings.setdefault("max_request_size", size)
+    settings.setdefault("max_response_size", size)
+    settings.setdefault("default_response_timeout", max(120, round(evaluation.timeout_seconds)))
+    return settings
+
+
 def write_context(
     result: BuildResult,
     *,
@@ -127,18 +146,21 @@ def write_context(
     submission_id: str,
     base: str,
     input_fields: list[str] | None,
+    evaluation: EvalConfig,
 ) -> list[str]:
     """Make the build folder a complete Docker build context holding nothing else; returns
     its files (the Dockerfile first). JobFailed when a COPY names a file that is not there."""
     folder = result.folder
     write_serving_mar(folder, input_fields=input_fields)
+    settings = serving_settings(build, evaluation)
+    (folder / CONFIG_PROPERTIES).write_text(render_config_properties(settings), encoding="utf-8")
     (folder / DOCKERFILE).write_text(
         render_dockerfile(
             build=build,
             model_name=result.specification["model_name"],
             submission_id=submission_id,
             requirements_sha256=result.requirements_sha256,
-            settings=torchserve_settings(build),
+            settings=settings,
             base=base,
             mar_file=SERVING_MAR,
         ),

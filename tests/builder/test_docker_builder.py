@@ -151,7 +151,7 @@ async def test_a_cpu_build_has_a_complete_context_an_ecr_repository_and_an_isola
     """No Docker engine here: the image step is reported skipped (on the timeline's warnings
     and in the log), while the context, ECR and SageMaker parts run against moto."""
     prefix = f"wb-{uuid.uuid4().hex[:8]}"
-    task = toy_task(evaluation={"aws_region": "eu-west-1"})
+    task = toy_task(evaluation={"aws_region": "eu-west-1", "max_payload_mb": 20})
     builder = make_builder(tmp_path, moto_url, prefix=prefix)
     submission_id = new_id()
     sent = await record_create_model(builder, "eu-west-1")
@@ -170,6 +170,11 @@ async def test_a_cpu_build_has_a_complete_context_an_ecr_repository_and_an_isola
         assert (folder / name).is_file(), f"the Dockerfile copies {name}, missing from the context"
     assert "--models parity=parity.mar" in dockerfile and 'CMD ["serve"]' in dockerfile
     ignore = (folder / ".dockerignore").read_text().split()
+    # TorchServe lets through what the SageMaker runner sends (requests of max_payload_mb).
+    properties = (folder / "config.properties").read_text().splitlines()
+    assert f"max_request_size={20 * 1024 * 1024 + 65536}" in properties
+    assert "default_response_timeout=600" in properties  # the task's eval.timeout_seconds
+    assert "inference_address=http://0.0.0.0:8080" in properties  # where SageMaker calls
     assert ignore == ["*", "!Dockerfile", "!config.properties", "!serving.mar"]
 
     spec = json.loads((folder / "specification.json").read_text())
