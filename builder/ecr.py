@@ -1,8 +1,9 @@
 """ECR for the docker builder: the model repository (made on demand), registry logins, images.
 
-The repository scans every image on push and keeps tags immutable: a tag is the submission
-id plus a hash of its build context, so the same tag never needs to name another image, and
-an image a SageMaker model points at can never be replaced under it.
+A repository the builder creates scans every image on push and keeps tags immutable: a tag
+is the submission id plus a hash of its build context, so the same tag never needs to name
+another image, and an image a SageMaker model points at can never be replaced under it. A
+repository made elsewhere (Terraform) is used as it is.
 """
 
 from __future__ import annotations
@@ -57,21 +58,39 @@ class RegistryLogin:
 
 
 async def ensure_repository(ecr: Any, name: str) -> Repository:
-    """The repository `name`, created (scan on push, immutable tags, encrypted) when missing."""
+    """The repository `name`, looked up first (Terraform usually made it; the lookup needs no
+    right to create) and created when missing: scan on push, immutable tags, encrypted."""
+    found = await _repository(ecr, name)
+    if found is not None:
+        return _as_repository(found, created=False)
     try:
         made = await ecr.create_repository(
             repositoryName=name,
             imageScanningConfiguration={"scanOnPush": True},
             imageTagMutability="IMMUTABLE",
             encryptionConfiguration={"encryptionType": "AES256"},
-            tags=[{"Key": "weighbridge:role", "Value": "models"}],
         )
-        repo, created = made["repository"], True
     except AWS_ERRORS as exc:
         if error_code(exc) != "RepositoryAlreadyExistsException":
             raise aws_failure(f"the ECR repository {name!r} could not be created", exc) from exc
+        raced = await _repository(ecr, name)  # another builder made it just now
+        if raced is None:
+            raise aws_failure(f"the ECR repository {name!r} could not be found", exc) from exc
+        return _as_repository(raced, created=False)
+    return _as_repository(made["repository"], created=True)
+
+
+async def _repository(ecr: Any, name: str) -> dict[str, Any] | None:
+    try:
         found = await ecr.describe_repositories(repositoryNames=[name])
-        repo, created = found["repositories"][0], False
+    except AWS_ERRORS as exc:
+        if error_code(exc) == "RepositoryNotFoundException":
+            return None
+        raise aws_failure(f"ECR could not describe the repository {name!r}", exc) from exc
+    return dict(found["repositories"][0])
+
+
+def _as_repository(repo: dict[str, Any], *, created: bool) -> Repository:
     return Repository(
         name=repo["repositoryName"],
         uri=repo["repositoryUri"],

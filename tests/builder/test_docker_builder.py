@@ -184,6 +184,7 @@ async def test_a_cpu_build_has_a_complete_context_an_ecr_repository_and_an_isola
     found = (await ecr.describe_repositories(repositoryNames=[repository]))["repositories"][0]
     assert found["imageScanningConfiguration"] == {"scanOnPush": True}
     assert found["imageTagMutability"] == "IMMUTABLE"
+    assert f"created {found['repositoryUri']}" in log
     assert spec["ecr"] == {
         "repository": repository,
         "uri": found["repositoryUri"],
@@ -268,6 +269,7 @@ async def test_a_gpu_task_gets_the_gpu_base_and_its_endpoint_and_a_retry_makes_n
     assert second["image"]["tag"] == spec["image"]["tag"]
     assert second["sagemaker"]["model_arn"] == spec["sagemaker"]["model_arn"]
     assert "already registered" in log
+    assert f"found {spec['ecr']['uri']}" in log  # the repository made by the first attempt
     models = [m["ModelName"] for m in (await sagemaker.list_models())["Models"]]
     assert models.count(f"wb-{submission_id}") == 1
     configs = (await sagemaker.list_endpoint_configs())["EndpointConfigs"]
