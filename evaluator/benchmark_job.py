@@ -257,9 +257,11 @@ async def prepare_job(
     home: Path,
     folder: Path,
     jail: Jail,
+    on_sagemaker: bool = False,
 ) -> BenchmarkJob:
     """Fetch, verify and lay out everything in `folder` (in the jobs folder); JobFailed
-    names what is wrong."""
+    names what is wrong. `on_sagemaker`: this evaluator runs `aws.sagemaker` descriptors as
+    SageMaker training jobs, whose container installs the environment itself (no local one)."""
     ref = message.benchmark
     text = await read_verified(
         storage, ref.descriptor_key, ref.descriptor_sha256, what="descriptor"
@@ -269,7 +271,10 @@ async def prepare_job(
     except DescriptorError as exc:
         raise JobFailed(STAGE, f"internal error: the stored descriptor is invalid: {exc}") from None
     command = command_of(descriptor)
-    python = interpreter(message, storage=storage, home=home)
+    if on_sagemaker and descriptor.info.execution_engine == "aws.sagemaker":
+        python = sys.executable  # not used: the run is a SageMaker training job
+    else:
+        python = interpreter(message, storage=storage, home=home)
 
     scripts, data, bin_folder, scratch = (folder / n for n in ("scripts", "data", "bin", "scratch"))
     await asyncio.to_thread(_make_folders, folder, scripts, data, scratch)

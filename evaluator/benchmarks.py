@@ -153,6 +153,7 @@ class BenchmarkEvaluation:
                     home=self.settings.home,
                     folder=Path(tmp) / "job",
                     jail=current_jail(),
+                    on_sagemaker=self.settings.runner == "sagemaker",
                 )
                 if not await self.begin(job):
                     return

@@ -6,7 +6,9 @@ expanded) by `/bin/sh -c` in the training container, through a small launcher sh
 scripts: the scripts, the launcher and the `emit()` modules go to S3 as the source archive
 (`sagemaker_program` / `sagemaker_submit_directory`, as SageMaker's framework containers read
 them) and are unpacked at /opt/ml/code (`$BAI_SCRIPTS_PATH`, `$WEIGHBRIDGE_SCRIPTS_PATH`); each
-`[[data.sources]]` file is an input channel the launcher links to `/data/<path>`. The image is
+`[[data.sources]]` file is an input channel the launcher links to `/data/<path>`; the
+`[environment]`'s Python packages go in the archive as requirements.txt, which the container
+installs (its native packages cannot be: the image has what it has). The image is
 SageMaker's training image of `ml.framework` (mxnet, tensorflow) at `ml.framework_version`, else
 the descriptor's `env.docker_image` when it is in ECR (SageMaker pulls from ECR only), else
 SageMaker's PyTorch training image; instance type and count come from `[hardware]`, the stopping
@@ -149,10 +151,29 @@ def training_image(descriptor: Descriptor, *, region: str) -> str:
         ) from None
 
 
-def source_archive(scripts: Path) -> bytes:
-    """The source archive: the benchmark's scripts, the launcher, the emit() modules."""
+def requirements_of(descriptor: Descriptor, scripts: Path) -> str | None:
+    """`[environment]`'s pip requirements (its python_packages, or the requirements file in
+    the scripts), which SageMaker's training containers install from requirements.txt."""
+    env = descriptor.environment
+    if env.python_packages:
+        return "".join(f"{line}\n" for line in env.python_packages)
+    if env.requirements:
+        path = scripts / env.requirements
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    return None
+
+
+def source_archive(scripts: Path, requirements: str | None = None) -> bytes:
+    """The source archive: the benchmark's scripts, the launcher, the emit() modules and the
+    environment's requirements.txt (at the top, where the training toolkit looks for it)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        if requirements is not None and not (scripts / "requirements.txt").is_file():
+            info = tarfile.TarInfo("requirements.txt")
+            text = requirements.encode()
+            info.size, info.mode, info.mtime = len(text), 0o644, 0
+            tar.addfile(info, io.BytesIO(text))
         if scripts.is_dir():
             for path in sorted(scripts.rglob("*")):
                 if path.is_file() and not path.is_symlink():
@@ -305,8 +326,10 @@ async def run_training_job(
     region = message_region(job.descriptor, default=region)
     image = await asyncio.to_thread(training_image, job.descriptor, region=region)
     source_key = f"{prefix}/sagemaker/sourcedir.tar.gz"
+    scripts = job.folder / "scripts"
+    requirements = await asyncio.to_thread(requirements_of, job.descriptor, scripts)
     await storage.write_bytes(
-        source_key, await asyncio.to_thread(source_archive, job.folder / "scripts")
+        source_key, await asyncio.to_thread(source_archive, scripts, requirements)
     )
     name = jobs.job_name(fleet, submission_id, f"run-{n}")
     request = training_request(

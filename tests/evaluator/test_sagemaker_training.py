@@ -34,7 +34,12 @@ from core.s3storage import S3Storage
 from core.settings import Settings
 from evaluator import sagemaker_jobs as jobs
 from evaluator.benchmark_job import BenchmarkJob, command_of
-from evaluator.sagemaker_training import run_benchmark_run, training_image
+from evaluator.sagemaker_training import (
+    requirements_of,
+    run_benchmark_run,
+    source_archive,
+    training_image,
+)
 
 ROLE = "arn:aws:iam::123456789012:role/weighbridge-sagemaker"
 FAST = jobs.Backoff(first=0.01, cap=0.05, within=5.0)
@@ -423,3 +428,58 @@ async def test_a_whole_benchmark_on_a_sagemaker_evaluator_scores_each_run(
         assert len(outputs) == 2 and "args: ['--lines', '2']" in outputs[1]
     finally:
         await services.close()
+
+
+def test_the_environments_packages_go_in_the_archive_as_requirements_txt(tmp_path: Path) -> None:
+    """SageMaker's training toolkit installs requirements.txt from the source folder."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "bench.py").write_text(BENCH)
+    wanted = DESCRIPTOR + '\n[environment]\npython_packages = ["tqdm==4.66.4", "numpy"]\n'
+    text = requirements_of(parse_descriptor(wanted), scripts)
+    assert text == "tqdm==4.66.4\nnumpy\n"
+    with tarfile.open(fileobj=io.BytesIO(source_archive(scripts, text)), mode="r:gz") as tar:
+        names = set(tar.getnames())
+        requirements = tar.extractfile("requirements.txt")
+        assert requirements is not None and requirements.read() == text.encode()
+    assert {"bench.py", "weighbridge_launch.py", "weighbridge_metrics.py"} <= names
+    assert requirements_of(parse_descriptor(DESCRIPTOR), scripts) is None
+
+
+async def test_a_sagemaker_evaluator_needs_no_local_environment(
+    storage: S3Storage, tmp_path: Path
+) -> None:
+    """The builder made the benchmark's environment on its own host; on an evaluator that
+    runs aws.sagemaker descriptors on SageMaker the job is prepared without it."""
+    from core.errors import JobFailed
+    from evaluator.benchmark_job import prepare_job
+    from sandbox.jail import current_jail
+
+    text = DESCRIPTOR.encode()
+    key = "submissions/s/upload/bench.toml"
+    await storage.write_bytes(key, text)
+    message = BenchmarkMessage(
+        submission=SubmissionRef(id="s", kind="benchmark", name="smoke"),
+        benchmark=BenchmarkRef(
+            descriptor_key=key,
+            descriptor_sha256=hashlib.sha256(text).hexdigest(),
+            env_key="envs/" + "e" * 64,
+        ),
+    )
+    job = await prepare_job(
+        message,
+        storage=storage,
+        home=tmp_path / "home",
+        folder=tmp_path / "a",
+        jail=current_jail(),
+        on_sagemaker=True,
+    )
+    assert job.descriptor.info.execution_engine == "aws.sagemaker"
+    with pytest.raises(JobFailed, match="not on this evaluator's host"):
+        await prepare_job(
+            message,
+            storage=storage,
+            home=tmp_path / "home",
+            folder=tmp_path / "b",
+            jail=current_jail(),
+        )
