@@ -22,6 +22,7 @@ from api.routes.prometheus import ApiMetrics
 from core.context import Services
 from core.version import __version__
 from web import pages
+from web.auth import install_auth
 
 
 def create_app(services: Services) -> FastAPI:
@@ -37,6 +38,7 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     app.state.metrics = ApiMetrics()
     install_error_handlers(app)
+    install_auth(app, secure=services.settings.public_url.lower().startswith("https://"))
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):

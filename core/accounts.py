@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,6 +13,7 @@ from sqlmodel import col
 
 from core.errors import Conflict, Unauthorized, WeighbridgeError
 from core.models import ApiToken, User, utcnow
+from core.passwords import hash_password, verify_password
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
@@ -52,6 +54,13 @@ async def issue_token(session: AsyncSession, user: User, *, label: str = "defaul
 
 async def authenticate(session: AsyncSession, token: str | None) -> User:
     """The user a bearer token belongs to, or Unauthorized saying what is wrong."""
+    user, _ = await authenticate_token(session, token)
+    return user
+
+
+async def authenticate_token(session: AsyncSession, token: str | None) -> tuple[User, ApiToken]:
+    """The user and the token row a bearer token names; a revoked or expired token is refused
+    with the date it stopped working."""
     if not token:
         raise Unauthorized(
             "missing API token: send 'Authorization: Bearer <token>' "
@@ -73,7 +82,47 @@ async def authenticate(session: AsyncSession, token: str | None) -> User:
     if row is None:
         raise Unauthorized("invalid API token: check the token or ask an admin for a new one")
     user, api_token = row
+    check_token_usable(api_token)
     api_token.last_used_at = utcnow()
+    return user, api_token
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def check_token_usable(api_token: ApiToken, *, now: datetime | None = None) -> None:
+    """Refuse (401) a revoked or expired token, saying when it stopped working."""
+    if api_token.revoked_at is not None:
+        raise Unauthorized(
+            f"this token was revoked on {_when(api_token.revoked_at)}: "
+            "create a new one (`weighbridge token create`) or ask an admin",
+            code="token_revoked",
+        )
+    if api_token.expires_at is not None and api_token.expires_at <= (now or utcnow()):
+        raise Unauthorized(
+            f"this token expired on {_when(api_token.expires_at)}: "
+            "create a new one (`weighbridge token create`) or ask an admin",
+            code="token_expired",
+        )
+
+
+async def set_password(session: AsyncSession, user: User, password: str) -> None:
+    """Let `user` sign in to the website with `password` (kept only as a scrypt hash)."""
+    user.password_hash = hash_password(password)
+    session.add(user)
+    await session.flush()
+
+
+async def authenticate_password(session: AsyncSession, name: str, password: str) -> User:
+    """The user whose name and password these are; one message whichever part is wrong."""
+    user = await get_user(session, name) if NAME.match(name or "") else None
+    ok = verify_password(password or "", user.password_hash if user else None)
+    if user is None or not ok:
+        raise Unauthorized(
+            "wrong user name or password (or no password set: sign in with an API token)",
+            code="bad_credentials",
+        )
     return user
 
 

@@ -16,6 +16,7 @@ from core.errors import WeighbridgeError
 from core.leaderboard import parse_weights
 from core.models import Task, User
 from core.tasks import describe_task, get_task, list_datasets, list_tasks
+from web.auth import csrf_token, known_viewer
 from web.markdown import render_markdown
 
 HERE = Path(__file__).parent
@@ -32,6 +33,9 @@ def _fmt(value: object) -> str:
 
 templates.env.filters["fmt"] = _fmt
 templates.env.filters["markdown"] = render_markdown
+# Forms carry `{{ csrf_token(request) }}`; the header shows who is signed in (web.auth).
+templates.env.globals["csrf_token"] = csrf_token
+templates.env.globals["known_viewer"] = known_viewer
 
 ERROR_TITLES = {
     404: "Not found",
