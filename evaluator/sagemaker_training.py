@@ -119,12 +119,19 @@ def py_version(descriptor: Descriptor) -> str:
     return f"py{found.group(2)}{found.group(3)}"
 
 
+def instance_type(descriptor: Descriptor) -> str:
+    """[hardware] instance_type as SageMaker names it: Anubis descriptors give EC2 names
+    (`p3.8xlarge`), SageMaker's are the same with `ml.` before them."""
+    name = descriptor.hardware.instance_type.strip()
+    return name if name.startswith("ml.") else f"ml.{name}"
+
+
 def training_image(descriptor: Descriptor, *, region: str) -> str:
     """The image the job runs (see the module docstring); JobFailed naming the field when
     SageMaker has no image for it."""
     from sagemaker import image_uris  # heavy; only where a training job is made
 
-    ml, hardware = descriptor.ml, descriptor.hardware
+    ml = descriptor.ml
     framework: str
     if ml.framework:
         framework, version, field = ml.framework, ml.framework_version or None, "ml.framework"
@@ -139,7 +146,7 @@ def training_image(descriptor: Descriptor, *, region: str) -> str:
                 region,
                 version=version,
                 py_version=py_version(descriptor),
-                instance_type=hardware.instance_type,
+                instance_type=instance_type(descriptor),
                 image_scope="training",
             )
         )
@@ -147,7 +154,7 @@ def training_image(descriptor: Descriptor, *, region: str) -> str:
         raise JobFailed(
             "evaluate",
             f"{field}: SageMaker has no {framework} training image for version {version!r}, "
-            f"{py_version(descriptor)} on {hardware.instance_type} in {region}: {exc}",
+            f"{py_version(descriptor)} on {instance_type(descriptor)} in {region}: {exc}",
         ) from None
 
 
@@ -246,7 +253,7 @@ def training_request(
         "HyperParameters": hyper,
         "OutputDataConfig": {"S3OutputPath": output_uri},
         "ResourceConfig": {
-            "InstanceType": descriptor.hardware.instance_type,
+            "InstanceType": instance_type(descriptor),
             "InstanceCount": (distributed.num_instances if distributed else None) or 1,
             "VolumeSizeInGB": 30,
         },

@@ -362,7 +362,7 @@ def test_the_image_is_the_frameworks_an_ecr_image_or_pytorchs() -> None:
     ecr = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/bench:1"
     mine = DESCRIPTOR.replace('"python:3.11"', f'"{ecr}"')
     assert training_image(parse_descriptor(mine), region="eu-west-1") == ecr
-    gpu = DESCRIPTOR.replace('"ml.c5.xlarge"', '"ml.g5.2xlarge"')
+    gpu = DESCRIPTOR.replace('"ml.c5.xlarge"', '"g5.2xlarge"')  # an EC2 name, as Anubis wrote
     assert training_image(parse_descriptor(gpu), region="eu-west-1").endswith(
         "pytorch-training:2.3-gpu-py311"
     )
