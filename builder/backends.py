@@ -21,6 +21,7 @@ from core.errors import WeighbridgeError
 
 if TYPE_CHECKING:
     from core.context import Services
+    from core.settings import Settings
     from core.taskconfig import BuildConfig, TaskConfig
 
 
@@ -92,8 +93,19 @@ def _docker(services: Services) -> Builder:
 BUILDERS: dict[str, Callable[[Services], Builder]] = {"local": _local, "docker": _docker}
 
 
-def check_builder(name: str) -> Callable[[Services], Builder]:
-    """How to make the builder called `name`; a clear error for one this build does not have."""
+def _check_docker(settings: Settings) -> None:
+    from builder.docker_builder import docker_settings
+
+    docker_settings(settings)
+
+
+# What each builder needs from the settings, checked at start (a clear error, not a crash).
+SETTINGS_CHECKS: dict[str, Callable[[Settings], None]] = {"docker": _check_docker}
+
+
+def check_builder(name: str, settings: Settings | None = None) -> Callable[[Services], Builder]:
+    """How to make the builder called `name`; a clear error for one this build does not have,
+    or (given the settings) for settings it cannot work with."""
     make = BUILDERS.get(name)
     if make is None:
         raise WeighbridgeError(
@@ -101,6 +113,8 @@ def check_builder(name: str) -> Callable[[Services], Builder]:
             f"(it has: {', '.join(sorted(BUILDERS))})",
             field="WEIGHBRIDGE_BUILDER",
         )
+    if settings is not None and name in SETTINGS_CHECKS:
+        SETTINGS_CHECKS[name](settings)
     return make
 
 

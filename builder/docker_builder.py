@@ -49,6 +49,7 @@ from core.taskconfig import BuildConfig, EvalConfig, TaskConfig
 
 if TYPE_CHECKING:
     from core.context import Services
+    from core.settings import Settings
 
 ROLE_SETTING = "WEIGHBRIDGE_SAGEMAKER_ROLE_ARN"
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
@@ -423,16 +424,20 @@ def _left(deadline: float) -> float:
     return left
 
 
-def docker_builder(services: Services) -> DockerBuilder:
-    """The docker builder from the settings (refused, naming the setting, without a role)."""
-    settings = services.settings
-    config = DockerSettings(
+def docker_settings(settings: Settings) -> DockerSettings:
+    """The docker builder's settings (refused, naming the setting, without a valid role)."""
+    return DockerSettings(
         role_arn=settings.sagemaker_role_arn,
         ecr_prefix=settings.ecr_prefix,
         docker_required=settings.docker_required,
     )
+
+
+def docker_builder(services: Services) -> DockerBuilder:
+    """The docker builder from the settings (refused, naming the setting, without a role)."""
+    settings = services.settings
     return DockerBuilder(
         local=LocalBuilder(envs_root=envs_root(services.storage, settings.home)),
         aws=AwsClients(endpoint_url=settings.aws_endpoint_url, region=settings.aws_region),
-        config=config,
+        config=docker_settings(settings),
     )

@@ -223,7 +223,7 @@ def check_backends(settings: Settings, plan: Plan) -> None:
         if "builder" in plan.workers:
             from builder.backends import check_builder
 
-            check_builder(settings.builder)
+            check_builder(settings.builder, settings)
         if "evaluator" in plan.workers:
             from evaluator.runners import runner_from_settings
 

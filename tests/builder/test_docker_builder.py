@@ -31,7 +31,7 @@ import aioboto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from builder.backends import LocalBuilder, builder_from_settings
+from builder.backends import LocalBuilder, builder_from_settings, check_builder
 from builder.builds import BuildOptions, BuildResult
 from builder.docker_builder import DockerBuilder, DockerSettings, docker_engine_missing
 from builder.ecr import aws_failure
@@ -353,6 +353,10 @@ def test_the_docker_builder_refuses_to_start_without_a_valid_role(services: Serv
         builder_from_settings(replace(services, settings=docker))
     assert missing.value.field == "WEIGHBRIDGE_SAGEMAKER_ROLE_ARN"
     assert "set WEIGHBRIDGE_SAGEMAKER_ROLE_ARN" in missing.value.message
+
+    # `serve builder` and `up` check it before they start (cli/server.py: check_backends).
+    with pytest.raises(WeighbridgeError, match="set WEIGHBRIDGE_SAGEMAKER_ROLE_ARN"):
+        check_builder("docker", docker)
 
     wrong = docker.model_copy(update={"sagemaker_role_arn": "weighbridge-sagemaker"})
     with pytest.raises(WeighbridgeError) as invalid:

@@ -111,8 +111,8 @@ def test_an_unknown_sandbox_setting_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("role", "setting", "value"),
     [
-        ("builder", "WEIGHBRIDGE_BUILDER", "docker"),
-        ("evaluator", "WEIGHBRIDGE_RUNNER", "sagemaker"),
+        ("builder", "WEIGHBRIDGE_BUILDER", "kaniko"),
+        ("evaluator", "WEIGHBRIDGE_RUNNER", "lambda"),
     ],
 )
 def test_a_builder_or_runner_this_build_does_not_have_is_refused_at_start(
@@ -122,5 +122,13 @@ def test_a_builder_or_runner_this_build_does_not_have_is_refused_at_start(
     result = cli.installed("serve", role, timeout=60)
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert f"{setting}={value!r} is not a" in result.stderr
-    assert "(it has: local)" in result.stderr
+    assert "(it has: " in result.stderr and "local" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_docker_builder_without_its_role_is_refused_at_start(tmp_path: Path) -> None:
+    cli = Cli(env=clean_env(tmp_path, WEIGHBRIDGE_BUILDER="docker"), cwd=tmp_path)
+    result = cli.installed("serve", "builder", timeout=60)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "set WEIGHBRIDGE_SAGEMAKER_ROLE_ARN" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
