@@ -54,11 +54,14 @@ LAUNCHER_SOURCE = '''"""Runs a Weighbridge benchmark's command in a SageMaker tr
 
 Written by Weighbridge beside the benchmark's scripts. SageMaker passes the job's
 hyperparameters as `--name value`: `weighbridge_command` is the command (run by /bin/sh -c,
-as a local run does) and `weighbridge_data` maps each input channel to its path under /data.
+as a local run does), `weighbridge_data` maps each input channel to its path under /data, and
+the others (the descriptor's custom_params.hyper_params) are appended to the command as
+`--name value`, as SageMaker's script mode hands them to an entry point.
 """
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -66,6 +69,9 @@ import sys
 def main(argv):
     args = dict(zip(argv[1::2], argv[2::2]))
     command = args["--weighbridge_command"]
+    extra = [(k, v) for k, v in args.items() if not k.startswith("--weighbridge_")]
+    if extra:
+        command += " " + " ".join(f"{shlex.quote(k)} {shlex.quote(v)}" for k, v in extra)
     here = os.path.dirname(os.path.abspath(__file__))
     data_root = os.environ.get("WEIGHBRIDGE_DATA_PATH", "/data")
     channels = os.environ.get("SM_INPUT_DIR", "/opt/ml/input") + "/data"

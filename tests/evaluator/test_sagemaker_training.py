@@ -271,7 +271,8 @@ async def test_a_run_is_a_training_job_whose_final_metrics_become_the_runs_metri
     assert summary["status"] == "done", summary
     assert summary["metrics"] == {"throughput": [120.5], "bytes": [1234.0]}
     assert summary["scores"] == ["bytes", "throughput"]
-    assert "greeting: hello args: ['--lines', '1']" in outputs[0]
+    # The command with its $(NAME)s expanded, then the hyperparameters, as in script mode.
+    assert "greeting: hello args: ['--lines', '1', '--epochs', '2']" in outputs[0]
     # What SageMaker was asked for.
     assert described["TrainingJobArn"].split(":")[3] == "eu-west-1"
     assert described["ResourceConfig"]["InstanceType"] == "ml.c5.xlarge"
@@ -425,7 +426,7 @@ async def test_a_whole_benchmark_on_a_sagemaker_evaluator_scores_each_run(
         assert scores[("run-1", "throughput")].value == 120.5
         assert scores[("run-2", "bytes")].value == 99.0
         assert scores[("all", "throughput")].value == 120.5
-        assert len(outputs) == 2 and "args: ['--lines', '2']" in outputs[1]
+        assert len(outputs) == 2 and "args: ['--lines', '2', '--epochs', '2']" in outputs[1]
     finally:
         await services.close()
 
