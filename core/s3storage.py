@@ -56,9 +56,17 @@ class S3Storage:
         self.region = region
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         # SigV4 for everything, presigned links included: botocore would sign those with SigV2,
-        # which S3 refuses for buckets made since June 2020 (and in newer regions).
+        # which S3 refuses for buckets made since June 2020 (and in newer regions). Checksums
+        # only where S3 requires them: the sha256 of every write is ours already, and botocore's
+        # own CRC of each part held a further copy of it in memory.
         self._aws = AwsClients(
-            endpoint_url=endpoint_url, region=region, config=Config(signature_version="s3v4")
+            endpoint_url=endpoint_url,
+            region=region,
+            config=Config(
+                signature_version="s3v4",
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
         )
 
     # -- the client: one per event loop, closed by `close` --------------------------------
@@ -94,7 +102,11 @@ class S3Storage:
         name = self._name(key)
         digest = hashlib.sha256()
         size = 0
-        buffer = bytearray()
+        # The chunks of the part being filled, kept as they came: a part is joined once, at
+        # exactly PART_BYTES (the chunk that crosses the line is split), and the chunks are let
+        # go before it is sent, so a write holds about one part, not three copies of one.
+        pending: list[bytes] = []
+        filled = 0
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
         try:
@@ -105,20 +117,27 @@ class S3Storage:
                         f"file is larger than the limit of {max_bytes} bytes", field="file"
                     )
                 digest.update(chunk)
-                buffer += chunk
-                while len(buffer) >= PART_BYTES:
+                while filled + len(chunk) >= PART_BYTES:
+                    need = PART_BYTES - filled
+                    pending.append(chunk[:need])
+                    chunk = chunk[need:]
+                    part = b"".join(pending)
+                    pending, filled = [], 0
                     if upload_id is None:
                         started = await client.create_multipart_upload(Bucket=self.bucket, Key=name)
                         upload_id = started["UploadId"]
-                    part, buffer = bytes(buffer[:PART_BYTES]), buffer[PART_BYTES:]
                     parts.append(await self._part(client, name, upload_id, len(parts) + 1, part))
+                    del part
+                if chunk:
+                    pending.append(chunk)
+                    filled += len(chunk)
+            rest = b"".join(pending)
+            pending = []
             if upload_id is None:
-                await client.put_object(Bucket=self.bucket, Key=name, Body=bytes(buffer))
+                await client.put_object(Bucket=self.bucket, Key=name, Body=rest)
             else:
-                if buffer:
-                    parts.append(
-                        await self._part(client, name, upload_id, len(parts) + 1, bytes(buffer))
-                    )
+                if rest:
+                    parts.append(await self._part(client, name, upload_id, len(parts) + 1, rest))
                 await client.complete_multipart_upload(
                     Bucket=self.bucket,
                     Key=name,
