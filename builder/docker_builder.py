@@ -31,7 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from builder.backends import LocalBuilder
 from builder.builds import DOCKERFILE, SPECIFICATION, BuildOptions, BuildResult
-from builder.docker_context import context_sha256, resolve_base_image, write_context
+from builder.docker_context import (
+    SERVING_MAR,
+    context_sha256,
+    resolve_base_image,
+    serving_settings,
+    write_context,
+)
 from builder.ecr import (
     STAGE,
     RegistryLogin,
@@ -224,6 +230,8 @@ class DockerBuilder:
             **spec.get("docker", {}),
             "base_image": base,
             "base": build.base_image,
+            "torchserve": serving_settings(build, evaluation),  # the image's config.properties
+            "serving_mar": SERVING_MAR,
             "context": files,
             "context_sha256": digest,
         }

@@ -175,6 +175,9 @@ async def test_a_cpu_build_has_a_complete_context_an_ecr_repository_and_an_isola
     assert f"max_request_size={20 * 1024 * 1024 + 65536}" in properties
     assert "default_response_timeout=600" in properties  # the task's eval.timeout_seconds
     assert "inference_address=http://0.0.0.0:8080" in properties  # where SageMaker calls
+    spec_docker = json.loads((folder / "specification.json").read_text())["docker"]
+    assert spec_docker["torchserve"]["max_request_size"] == 20 * 1024 * 1024 + 65536
+    assert spec_docker["serving_mar"] == "serving.mar"
     assert ignore == ["*", "!Dockerfile", "!config.properties", "!serving.mar"]
 
     spec = json.loads((folder / "specification.json").read_text())
