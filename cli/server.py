@@ -15,6 +15,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -438,12 +439,27 @@ def serve(
             "create`); with --api.",
         ),
     ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="Remote worker only: the folder holding <task>/<dataset>.jsonl labels of the "
+            'datasets whose labels the workers hold (labels = "worker"); it scores there and '
+            "sends back only scores.",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Run one role, for distributed deployments."""
     if fleet and role is not Role.EVALUATOR:
         raise typer.BadParameter("--fleet is for `serve evaluator`", param_hint="--fleet")
+    if labels is not None and api is None:
+        raise typer.BadParameter(
+            "--labels is for a remote worker (with --api and --token)", param_hint="--labels"
+        )
     if api is not None or token is not None:
-        _serve_remote_worker(role, api, token, fleet, log_level)
+        _serve_remote_worker(role, api, token, fleet, log_level, labels)
         return
     plan = Plan(
         workers=list(ROLE_WORKERS[role]),
@@ -456,7 +472,12 @@ def serve(
 
 
 def _serve_remote_worker(
-    role: Role, api: str | None, token: str | None, fleet: list[str] | None, log_level: LogLevel
+    role: Role,
+    api: str | None,
+    token: str | None,
+    fleet: list[str] | None,
+    log_level: LogLevel,
+    labels: Path | None = None,
 ) -> None:
     """`serve evaluator --api URL --token T --fleet F`: a remote worker
     (evaluator.remote_worker)."""
@@ -486,12 +507,12 @@ def _serve_remote_worker(
     configure_logging(log_level.value)
     settings = Settings()
     check_sandbox(settings, Plan(workers=["evaluator"]))
-    code = asyncio.run(_remote_worker(api, token, fleet[0]))
+    code = asyncio.run(_remote_worker(api, token, fleet[0], labels))
     if code:
         raise typer.Exit(code)
 
 
-async def _remote_worker(api: str, token: str, fleet: str) -> int:
+async def _remote_worker(api: str, token: str, fleet: str, labels: Path | None) -> int:
     from evaluator.remote_worker import WorkerRefused, run_remote_worker
 
     stop = asyncio.Event()
@@ -499,7 +520,7 @@ async def _remote_worker(api: str, token: str, fleet: str) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await run_remote_worker(api, token, fleet, stop)
+        await run_remote_worker(api, token, fleet, stop, labels=labels)
     except WorkerRefused as exc:
         render.print_error(f"the API refused this worker: {exc}")
         return 1

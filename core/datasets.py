@@ -202,7 +202,9 @@ def _check_rows(rows: Rows, config: TaskConfig, dataset: DatasetConfig) -> None:
     where = f"task {config.slug!r}, dataset {dataset.name!r}"
     if not rows:
         raise DatasetError(f"{where}: the source produced no rows")
-    needed = ["uid", *config.input_fields, config.label_field]
+    # Labels held by the organiser's remote workers are not in the stored rows.
+    labels = [config.label_field] if dataset.labels != "worker" else []
+    needed = ["uid", *config.input_fields, *labels]
     for row in rows[:1]:
         missing = [f for f in needed if f not in row]
         if missing:
@@ -210,6 +212,12 @@ def _check_rows(rows: Rows, config: TaskConfig, dataset: DatasetConfig) -> None:
                 f"{where}: rows lack field(s) {missing} (they have {sorted(row)}); "
                 "the task's input_fields/label_field must match the dataset"
             )
+    if dataset.labels == "worker" and config.label_field in rows[0]:
+        raise DatasetError(
+            f"{where}: the rows hold the label field {config.label_field!r}, but the dataset's "
+            'labels are held by the remote workers (labels = "worker"): remove them from the '
+            "source, or set labels to evaluator"
+        )
     uids = [r["uid"] for r in rows]
     if len(set(uids)) != len(uids):
         raise DatasetError(f"{where}: uids are not unique")

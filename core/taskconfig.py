@@ -40,6 +40,12 @@ class DatasetConfig(_Strict):
     perturbation_of: str | None = None
     # Which Dynaboard delta the perturbation measures (default robustness; needs perturbation_of).
     perturbation: Literal["robustness", "fairness"] | None = None
+    # Who holds the labels: the evaluator (in the stored rows), or the organiser's remote
+    # workers ("worker": the stored rows need no labels; a worker started with --labels scores
+    # on its own disk and sends back only scores). `labels_sha256`: the sha256 of the labels
+    # file such a worker must hold (empty: not checked).
+    labels: Literal["evaluator", "worker"] = "evaluator"
+    labels_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
 
     @property
     def delta_metric(self) -> str | None:
@@ -144,6 +150,13 @@ class TaskConfig(_Strict):
                 )
             if d.perturbation_of == d.name:
                 raise ValueError(f"datasets.{i}.perturbation_of: {d.name!r} cannot perturb itself")
+            if d.labels == "worker" and d.access != "hidden":
+                raise ValueError(
+                    f"datasets.{i}.labels: only a hidden dataset's labels can be held by the "
+                    "remote workers (a public one is read with its labels)"
+                )
+            if d.labels_sha256 and d.labels != "worker":
+                raise ValueError(f'datasets.{i}.labels_sha256: set only with labels = "worker"')
             if d.perturbation and not d.perturbation_of:
                 raise ValueError(
                     f"datasets.{i}.perturbation: {d.name!r} names no perturbation_of, the "

@@ -54,6 +54,7 @@ from evaluator.runner import (
     DatasetSpec,
     EvaluationCancelled,
     ModelSpec,
+    labels_held_by_workers,
     prediction_values,
     results_prefix,
     write_result,
@@ -356,15 +357,26 @@ class Evaluation:
     async def score(self, ref: DatasetRef, run: DatasetRun) -> list[dict[str, Any]]:
         """Task metrics (with CIs, in the pool) and the run's performance, as score rows."""
         config = self.task.eval
-        results = await score_metrics(
-            self.pool,
-            # Deltas compare two datasets' answers: score_perturbations computes them.
-            [m for m in self.task.metrics if m.name not in DELTA_METRICS],
-            prediction_values(self.task, run.answers),
-            run.references,
-            confidence=config.confidence,
-            resamples=config.bootstrap_resamples,
-        )
+        if run.task_scores is not None:
+            # The labels are held by the remote worker that ran the dataset: it scored there.
+            results = run.task_scores
+        elif labels_held_by_workers(self.task, ref.name):
+            raise JobFailed(
+                f"evaluate:{ref.name}",
+                f"dataset {ref.name}: its labels are held by the organiser's remote workers, "
+                f"and the runner {self.runner.name!r} does not use them: the fleet's evaluator "
+                "must run with WEIGHBRIDGE_RUNNER=remote",
+            )
+        else:
+            results = await score_metrics(
+                self.pool,
+                # Deltas compare two datasets' answers: score_perturbations computes them.
+                [m for m in self.task.metrics if m.name not in DELTA_METRICS],
+                prediction_values(self.task, run.answers),
+                run.references,
+                confidence=config.confidence,
+                resamples=config.bootstrap_resamples,
+            )
         rows: list[dict[str, Any]] = []
         for result in results:
             if "error" in result:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from core.errors import JobFailed
 from core.models import RemoteJob, new_id
 from core.settings import Settings
 from core.storage import Storage
-from core.taskconfig import TaskConfig
+from core.taskconfig import DELTA_METRICS, TaskConfig
 from evaluator.answers import InvalidAnswer, check_answers
 from evaluator.runner import (
     DatasetRun,
@@ -33,6 +34,7 @@ from evaluator.runner import (
     EvaluationCancelled,
     ModelSpec,
     StopCheck,
+    labels_held_by_workers,
     load_examples,
     reference_of,
     results_prefix,
@@ -58,6 +60,12 @@ def task_document(task: TaskConfig) -> dict[str, Any]:
         "output_fields": dict(task.output_fields),
         "label_field": task.label_field,
         "metrics": [m.name for m in task.metrics],
+        # What a worker holding a dataset's labels scores with (deltas are scored here).
+        "metric_configs": [
+            {"name": m.name, "options": dict(m.options)}
+            for m in task.metrics
+            if m.name not in DELTA_METRICS
+        ],
         "eval": task.eval.model_dump(mode="json"),
     }
 
@@ -150,6 +158,7 @@ class RemoteRunner:
                     "n_examples": len(rows),
                     "inputs_key": inputs_key,
                     "sha256": hashlib.sha256(inputs).hexdigest(),
+                    **_labels_of(task, dataset.name),
                 },
                 "upload": keys,
             }
@@ -267,19 +276,75 @@ class RemoteRunner:
             raise JobFailed(stage, f"{where}: the worker's report has no performance summary")
         worker = dict(report.get("worker") or {})
         worker["remote"] = {"job_id": job.id, "fleet": job.fleet, "attempts": job.attempts}
+        held = labels_held_by_workers(task, dataset.name)
         run = DatasetRun(
             dataset=dataset.name,
             sha256=dataset.sha256,
             uids=uids,
             answers=answers,
-            references=[reference_of(row, task.label_field) for row in rows],
+            # Labels held by the worker never come here: it sends the task metrics instead.
+            references=[None if held else reference_of(row, task.label_field) for row in rows],
             performance={k: float(v) for k, v in performance.items()},
             timings={k: float(v) for k, v in (report.get("timings") or {}).items()},
             worker=worker,
             keys=keys,
+            task_scores=worker_scores(report, task, where=where, stage=stage) if held else None,
         )
         await write_result(storage, run)
         return run
+
+
+def _labels_of(task: TaskConfig, dataset: str) -> dict[str, Any]:
+    """Where the dataset's labels are: here ("evaluator"), or with the workers ("worker":
+    the worker scores, against the labels file whose sha256 the task names, if it does)."""
+    if not labels_held_by_workers(task, dataset):
+        return {"labels": "evaluator"}
+    return {"labels": "worker", "labels_sha256": task.dataset(dataset).labels_sha256 or None}
+
+
+def worker_scores(
+    report: dict[str, Any], task: TaskConfig, *, where: str, stage: str
+) -> list[dict[str, Any]]:
+    """The task metrics a worker holding the labels computed, checked: each of the task's
+    (non-delta) metrics once, a finite number or none (a non-number kept as detail)."""
+    expected = [m.name for m in task.metrics if m.name not in DELTA_METRICS]
+    scores = report.get("scores")
+    if not isinstance(scores, list):
+        raise JobFailed(
+            stage, f"{where}: the dataset's labels are held by the worker, which sent no scores"
+        )
+    checked: list[dict[str, Any]] = []
+    for score in scores:
+        if not isinstance(score, dict) or score.get("metric") not in expected:
+            raise JobFailed(stage, f"{where}: the worker sent a score that is no task metric")
+        row: dict[str, Any] = {"metric": score["metric"]}
+        if "error" in score:
+            row["error"] = str(score["error"])[:1000]
+        else:
+            for name in ("value", "ci_low", "ci_high"):
+                value = score.get(name)
+                if value is not None and (
+                    isinstance(value, bool)
+                    or not isinstance(value, int | float)
+                    or not math.isfinite(value)
+                ):
+                    raise JobFailed(
+                        stage,
+                        f"{where}: the worker's {score['metric']} {name} is not a finite number",
+                    )
+                row[name] = None if value is None else float(value)
+            if score.get("ci_error"):
+                row["ci_error"] = str(score["ci_error"])[:1000]
+            if row["value"] is None:
+                row["detail"] = score.get("detail")
+        checked.append(row)
+    if sorted(r["metric"] for r in checked) != sorted(expected):
+        raise JobFailed(
+            stage,
+            f"{where}: the worker's scores are {sorted(r['metric'] for r in checked)}, "
+            f"not the task's metrics {sorted(expected)}",
+        )
+    return checked
 
 
 async def _tail(storage: Storage, key: str, chars: int = 4000) -> str:

@@ -28,7 +28,7 @@ import httpx
 from core.errors import JobFailed
 from core.report_signatures import SIGNATURE_HEADER, sign_report
 from core.storage import LocalStorage
-from core.taskconfig import TaskConfig
+from core.taskconfig import DELTA_METRICS, TaskConfig
 from evaluator.archive import extract_mar
 from evaluator.runner import (
     DatasetSpec,
@@ -59,7 +59,10 @@ def task_from_document(doc: dict[str, Any], dataset: str) -> TaskConfig:
             "output_fields": doc["output_fields"],
             "label_field": doc.get("label_field", "label"),
             "datasets": [{"name": dataset, "source": "remote"}],
-            "metrics": [{"name": m} for m in doc.get("metrics") or ["accuracy"]],
+            # The metrics scored on one dataset (deltas compare two, and are scored there).
+            "metrics": doc.get("metric_configs")
+            or [{"name": m} for m in doc.get("metrics") or [] if m not in DELTA_METRICS]
+            or [{"name": "accuracy"}],
             "eval": doc.get("eval") or {},
         }
     )
@@ -80,11 +83,15 @@ class RemoteWorker:
         *,
         client: httpx.AsyncClient | None = None,
         scratch_root: Path | None = None,
+        labels: Path | None = None,
     ) -> None:
         self.api = api.rstrip("/")
         self.token = token
         self.fleet = fleet
         self.scratch_root = scratch_root
+        # Labels the organiser keeps on this machine: <labels>/<task slug>/<dataset>.jsonl
+        # ({"uid", <label field>} lines), for datasets whose labels are held by the workers.
+        self.labels = labels
         self.client = client or httpx.AsyncClient(timeout=REQUEST_SECONDS)
         self.headers = {"Authorization": f"Bearer {token}"}
         self.jobs_done = 0
@@ -216,6 +223,9 @@ class RemoteWorker:
         )
         if lost.is_set():
             raise EvaluationCancelled(name)
+        scores = None
+        if dataset.get("labels") == "worker":
+            scores = await self.score_here(job, task, run.uids, run.answers)
         for part in ("predictions", "log", "result"):
             path = store.local_path(run.keys[part])
             assert path is not None
@@ -227,10 +237,67 @@ class RemoteWorker:
                 "performance": run.performance,
                 "timings": run.timings,
                 "worker": {**run.worker, "machine": _who()},
+                **({"scores": scores} if scores is not None else {}),
             },
         )
         self.jobs_done += 1
         log.info("job %s: done (%d examples)", job["job_id"], run.n_examples)
+
+    async def score_here(
+        self, job: dict[str, Any], task: TaskConfig, uids: list[Any], answers: list[Any]
+    ) -> list[dict[str, Any]]:
+        """The task metrics against the labels this machine holds (they never leave it)."""
+        name = job["dataset"]["name"]
+        stage = f"evaluate:{name}"
+        shown = f"<labels>/{task.slug}/{name}.jsonl"
+        if self.labels is None:
+            raise JobFailed(
+                stage,
+                f"dataset {name}'s labels are held by the fleet's workers, and this worker was "
+                "started without --labels DIR (the folder holding <task>/<dataset>.jsonl)",
+            )
+        path = self.labels / task.slug / f"{name}.jsonl"
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except OSError:
+            raise JobFailed(stage, f"this worker holds no labels file {shown}") from None
+        expected = job["dataset"].get("labels_sha256")
+        if expected and hashlib.sha256(data).hexdigest() != expected:
+            raise JobFailed(
+                stage,
+                f"the labels file {shown} on this worker is not the one the task names "
+                f"(labels_sha256 {expected})",
+            )
+        try:
+            rows = [json.loads(line) for line in data.splitlines() if line.strip()]
+            labels = {row["uid"]: row[task.label_field] for row in rows}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise JobFailed(
+                stage,
+                f"the labels file {shown} must hold one {{'uid', {task.label_field!r}}} "
+                f"object a line: {type(exc).__name__}: {exc}",
+            ) from None
+        missing = [uid for uid in uids if uid not in labels]
+        if missing:
+            raise JobFailed(
+                stage,
+                f"the labels file {shown} lacks {len(missing)} of the dataset's {len(uids)} uids "
+                f"(first: {missing[0]!r})",
+            )
+        from concurrent.futures import ThreadPoolExecutor
+
+        from evaluator.runner import prediction_values
+        from evaluator.scoring import score_metrics
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return await score_metrics(
+                pool,
+                task.metrics,
+                prediction_values(task, answers),
+                [labels[uid] for uid in uids],
+                confidence=task.eval.confidence,
+                resamples=task.eval.bootstrap_resamples,
+            )
 
     async def _download(self, url: str, path: Path, sha256: str, stage: str, what: str) -> None:
         digest = hashlib.sha256()
@@ -316,9 +383,12 @@ def _message(response: httpx.Response) -> str:
         return response.text[:300]
 
 
-async def run_remote_worker(api: str, token: str, fleet: str, stop: asyncio.Event) -> None:
-    """The worker loop of `serve evaluator --api --token --fleet`, until `stop` is set."""
-    worker = RemoteWorker(api, token, fleet)
+async def run_remote_worker(
+    api: str, token: str, fleet: str, stop: asyncio.Event, *, labels: Path | None = None
+) -> None:
+    """The worker loop of `serve evaluator --api --token --fleet [--labels DIR]`, until `stop`
+    is set."""
+    worker = RemoteWorker(api, token, fleet, labels=labels)
     try:
         await worker.run(stop)
     finally:

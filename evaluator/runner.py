@@ -75,6 +75,9 @@ class DatasetRun:
     worker: dict[str, Any]
     keys: dict[str, str]
     result: dict[str, Any] = field(default_factory=dict)
+    # The task metrics, when whoever holds the labels computed them (a remote worker holding
+    # a dataset's labels, evaluator.remote_runner); None: scored here against `references`.
+    task_scores: list[dict[str, Any]] | None = None
 
     @property
     def n_examples(self) -> int:
@@ -83,6 +86,14 @@ class DatasetRun:
 
 def results_prefix(submission_id: str, dataset: str) -> str:
     return f"submissions/{submission_id}/results/{dataset}"
+
+
+def labels_held_by_workers(task: TaskConfig, dataset: str) -> bool:
+    """Whether the task's `dataset` keeps its labels with the remote workers only."""
+    try:
+        return task.dataset(dataset).labels == "worker"
+    except KeyError:
+        return False
 
 
 def reference_of(row: dict[str, Any], label_field: str) -> Any:

@@ -28,6 +28,8 @@ class CompleteReport(BaseModel):
     performance: dict[str, float]
     worker: dict[str, Any] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
+    # The task metrics, from a worker that holds the dataset's labels (labels = "worker").
+    scores: list[dict[str, Any]] | None = None
     # A worker may also report a failure here; it is the same as /fail.
     error: str | None = None
 

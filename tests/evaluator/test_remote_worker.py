@@ -5,6 +5,7 @@ cancelled submission stops its worker; the worker's module needs no database."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 @asynccontextmanager
 async def remote_worker(
-    services: Services, tmp_path: Path, *, fleet: str = FLEET
+    services: Services, tmp_path: Path, *, fleet: str = FLEET, labels: Path | None = None
 ) -> AsyncIterator[RemoteWorker]:
     """A worker of `fleet` with a fresh worker token, talking HTTP to the API app; it is given
     nothing of the services but the URL and the token."""
@@ -77,7 +78,7 @@ async def remote_worker(
         _row, token = await create_worker_token(session, fleet=fleet, fleets=[fleet])
     transport = httpx.ASGITransport(app=create_app(services))
     client = httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60)
-    worker = RemoteWorker("http://testserver", token, fleet, client=client)
+    worker = RemoteWorker("http://testserver", token, fleet, client=client, labels=labels)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -326,3 +327,110 @@ async def test_a_model_with_its_own_environment_is_refused_with_the_reason(
         )
     assert "remote workers do not build model environments yet" in refused.value.reason
     assert "WEIGHBRIDGE_RUNNER=local" in refused.value.reason
+
+
+def held_by_workers(services: Services, labels_sha256: str = "") -> None:
+    """The toy task with its `test` labels held by the organiser's workers."""
+    task = services.tasks["toy"]
+    datasets = [
+        d.model_copy(update={"labels": "worker", "labels_sha256": labels_sha256})
+        if d.name == "test"
+        else d
+        for d in task.datasets
+    ]
+    services.tasks["toy"] = task.model_copy(update={"datasets": datasets})
+
+
+async def test_an_organisers_worker_scores_with_the_labels_it_keeps(
+    services: Services, tmp_path: Path
+) -> None:
+    """The server stores the dataset without labels; the worker started with --labels holds
+    them, scores there and sends back only scores, which equal the local runner's."""
+    rows = toy_rows(40)
+    user = await make_user(services)
+    mar = pack_mar(write_folder(tmp_path / "model", HALF_RIGHT), tmp_path / "m.mar")
+    labelled = await store_dataset(services, rows)
+    local_sid, _ = await make_built_submission(services, user, mar, [labelled], name="local")
+    async with evaluator(services):
+        await wait_terminal(services, [local_sid], within=90)
+
+    labels_file = tmp_path / "labels" / "toy" / "test.jsonl"
+    labels_file.parent.mkdir(parents=True)
+    labels_file.write_text(
+        "".join(json.dumps({"uid": r["uid"], "label": r["label"]}) + "\n" for r in rows)
+    )
+    sha = hashlib.sha256(labels_file.read_bytes()).hexdigest()
+    held_by_workers(services, sha)
+    services.settings.runner = "remote"
+    unlabelled = await store_dataset(
+        services, [{"uid": r["uid"], "x": r["x"]} for r in rows], name="test"
+    )
+    remote_sid, _ = await make_built_submission(services, user, mar, [unlabelled], name="remote")
+    async with evaluator(services), remote_worker(services, tmp_path, labels=tmp_path / "labels"):
+        await wait_terminal(services, [remote_sid], within=90)
+
+    remote = await get_submission(services, remote_sid)
+    assert remote.status == "done", remote.error
+    expected = await task_scores(services, local_sid)
+    assert 0.2 < expected[("test", "accuracy")][0] < 0.8
+    assert await task_scores(services, remote_sid) == expected
+    async with services.db.session() as session:
+        job = await session.scalar(sa.select(RemoteJob))
+    assert job is not None and job.spec["dataset"]["labels"] == "worker"
+    assert job.result is not None and {s["metric"] for s in job.result["scores"]} == TASK_METRICS
+    # What came back is scores and the run's description: no labels.
+    assert set(job.result) <= {"performance", "timings", "worker", "scores", "error"}
+    assert "label" not in json.dumps(job.result["scores"])
+
+
+def test_held_labels_are_declared_on_a_hidden_dataset_and_kept_out_of_its_rows() -> None:
+    from core.datasets import DatasetError, _check_rows
+    from core.taskconfig import TaskConfig
+
+    base = {
+        "slug": "t",
+        "name": "T",
+        "input_fields": ["x"],
+        "output_fields": {"label": "int"},
+        "metrics": [{"name": "accuracy"}],
+    }
+
+    def task(**dataset: object) -> TaskConfig:
+        return TaskConfig.model_validate(
+            {**base, "datasets": [{"name": "d", "source": "generator:toy", **dataset}]}
+        )
+
+    with pytest.raises(ValueError, match="only a hidden dataset's labels"):
+        task(labels="worker", access="public")
+    with pytest.raises(ValueError, match='set only with labels = "worker"'):
+        task(labels_sha256="a" * 64)
+    held = task(labels="worker", labels_sha256="a" * 64)
+    _check_rows([{"uid": 1, "x": 3}], held, held.datasets[0])
+    with pytest.raises(DatasetError, match="held by the remote workers"):
+        _check_rows([{"uid": 1, "x": 3, "label": 1}], held, held.datasets[0])
+
+
+async def test_held_labels_need_the_workers_labels_and_the_remote_runner(
+    services: Services, tmp_path: Path
+) -> None:
+    held_by_workers(services)
+    rows = [{"uid": r["uid"], "x": r["x"]} for r in toy_rows(20)]
+    user = await make_user(services)
+    mar = pack_mar(write_folder(tmp_path / "model", HALF_RIGHT), tmp_path / "m.mar")
+    # The local runner has no labels to score with: it says which runner the fleet needs.
+    dataset = await store_dataset(services, rows)
+    local_sid, _ = await make_built_submission(services, user, mar, [dataset], name="local")
+    async with evaluator(services):
+        await wait_terminal(services, [local_sid], within=90)
+    local = await get_submission(services, local_sid)
+    assert local.status == "failed"
+    assert "WEIGHBRIDGE_RUNNER=remote" in (local.error or "")
+
+    # A worker started without --labels fails the job, saying so.
+    services.settings.runner = "remote"
+    remote_sid, _ = await make_built_submission(services, user, mar, [dataset], name="remote")
+    async with evaluator(services), remote_worker(services, tmp_path):
+        await wait_terminal(services, [remote_sid], within=90)
+    remote = await get_submission(services, remote_sid)
+    assert remote.status == "failed"
+    assert "started without --labels DIR" in (remote.error or "")
