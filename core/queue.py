@@ -162,6 +162,9 @@ class Queue(Protocol):
     async def queues(self) -> list[str]:
         """Every queue (dead-letter queues included) that holds a message."""
 
+    async def counts(self) -> list[tuple[str, bool, int]]:
+        """(queue, dead, how many) for every queue that holds messages (Prometheus)."""
+
     async def close(self) -> None: ...
 
 
@@ -578,12 +581,17 @@ class DbQueue:
         async with self.db.session() as session:
             return sorted((await session.execute(sa.select(qm.c.queue).distinct())).scalars())
 
+    async def counts(self) -> list[tuple[str, bool, int]]:
+        async with self.db.session() as session:
+            return await count_messages(session)
+
     async def close(self) -> None:
         return None
 
 
 async def count_messages(session: AsyncSession) -> list[tuple[str, bool, int]]:
-    """(queue, dead, how many) for every queue of the database queue (Prometheus)."""
+    """(queue, dead, how many) for every queue of the queue table; `dead` rows are the
+    recorded dead letters (kept in the table by either transport)."""
     qm = table_of(QueueMessage)
     rows = await session.execute(
         sa.select(qm.c.queue, qm.c.dead, sa.func.count()).group_by(qm.c.queue, qm.c.dead)

@@ -53,6 +53,7 @@ from core.queue import (
     Delivery,
     backoff,
     check_queue_name,
+    count_messages,
     database_epoch,
     dead_letter_queue,
     is_dead_letter_queue,
@@ -578,6 +579,25 @@ class SqsQueue:
         async with self.db.session() as session:
             names.update((await session.execute(sa.select(qm.c.queue).distinct())).scalars())
         return sorted(names)
+
+    async def counts(self) -> list[tuple[str, bool, int]]:
+        """What each SQS queue holds (its dead-letter queues' unrecorded letters as `dead`
+        False: they still wait for their consumers), and the recorded dead letters kept in the
+        database."""
+        client = await self._client()
+        found: list[tuple[str, bool, int]] = []
+        answer = await client.list_queues(QueueNamePrefix=self.prefix, MaxResults=1000)
+        for url in answer.get("QueueUrls", []):
+            name = str(url).rsplit("/", 1)[-1].removeprefix(self.prefix)
+            with contextlib.suppress(ValueError):
+                check_queue_name(name.removesuffix(DLQ_SUFFIX))
+                self._urls.setdefault(name, str(url))
+                held = await self.depth(name)
+                if held:
+                    found.append((name, False, held))
+        async with self.db.session() as session:
+            found += await count_messages(session)
+        return sorted(found)
 
     async def close(self) -> None:
         await self._aws.close()

@@ -17,7 +17,6 @@ from prometheus_client import (
 
 from api.deps import services_of
 from core.histories import alert_gauges
-from core.queue import count_messages
 from core.submissions import count_submissions, live_runs
 
 router = APIRouter(tags=["health"])
@@ -91,12 +90,12 @@ async def metrics(request: Request) -> Response:
     state: ApiMetrics = request.app.state.metrics
     async with services_of(request).db.session() as session:
         by_status = await count_submissions(session)
-        depths = await count_messages(session)
         benchmarks = await alert_gauges(session)
         running = await live_runs(session, now=time.time())
     state.submissions.clear()
     for kind, status, count in by_status:
         state.submissions.labels(kind, status).set(count)
+    depths = await services_of(request).queue.counts()
     state.queue_messages.clear()
     for queue, dead, count in depths:
         state.queue_messages.labels(queue, str(dead).lower()).set(count)

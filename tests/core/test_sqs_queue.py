@@ -296,3 +296,16 @@ def test_sqs_urls_are_checked(db: Database) -> None:
     ):
         with pytest.raises(WeighbridgeError, match=says):
             queue_from_url(bad, database=db)
+
+
+async def test_counts_show_waiting_messages_and_recorded_dead_letters(sqs: SqsQueue) -> None:
+    """What /metrics reports for SQS: SQS's own counts per queue, and the recorded dead
+    letters kept in the database."""
+    for i in range(3):
+        await sqs.send("build", make_envelope(i))
+    [d] = await sqs.receive(["build"])
+    await sqs.dead_letter(d, error="no")
+    [dead] = await sqs.receive([dead_letter_queue("build")])
+    await sqs.settle(dead)
+    assert ("build", False, 2) in await sqs.counts()
+    assert ("build-dlq", True, 1) in await sqs.counts()
