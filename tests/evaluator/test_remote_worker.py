@@ -9,9 +9,11 @@ import hashlib
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +21,9 @@ import sqlalchemy as sa
 from sqlmodel import col
 
 from api.app import create_app
-from core.context import Services
+from core.aws import AwsClients
+from core.context import Services, start_services
+from core.db import Database
 from core.models import RemoteJob, Submission
 from core.settings import Settings
 from core.submissions import list_scores
@@ -434,3 +438,76 @@ async def test_held_labels_need_the_workers_labels_and_the_remote_runner(
     remote = await get_submission(services, remote_sid)
     assert remote.status == "failed"
     assert "started without --labels DIR" in (remote.error or "")
+
+
+@pytest.fixture
+async def s3_services(
+    tmp_path: Path, database_url: str, db: Database, moto_url: str
+) -> AsyncIterator[Services]:
+    """Storage on S3 (moto's server over HTTP), the fleet's evaluator on the remote runner."""
+    bucket = f"wb-remote-{uuid.uuid4().hex[:12]}"
+    clients = AwsClients(endpoint_url=moto_url)
+    await (await clients.client("s3")).create_bucket(Bucket=bucket)
+    await clients.close()
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        storage_url=f"s3://{bucket}/wb",
+        aws_endpoint_url=moto_url,
+        runner="remote",
+        public_url="http://testserver",
+    )
+    started = await start_services(settings, migrate=False)
+    yield started
+    await started.close()
+
+
+async def test_a_remote_worker_reads_and_writes_s3_through_presigned_links_only(
+    s3_services: Services, tmp_path: Path
+) -> None:
+    """On S3 the job's links are S3's own presigned URLs: the worker (no AWS credentials
+    used: it only follows the links) downloads the archive and inputs from moto's server and
+    PUTs its results there. moto checks neither signatures nor expiry (the folder storage's
+    links are checked for both in tests/api/test_worker_api.py)."""
+    services = s3_services
+    dataset = await store_dataset(services, toy_rows(30))
+    user = await make_user(services)
+    mar = pack_mar(write_folder(tmp_path / "model", HALF_RIGHT), tmp_path / "m.mar")
+    sid, _ = await make_built_submission(services, user, mar, [dataset])
+    async with services.db.session() as session:
+        _row, token = await create_worker_token(session, fleet=FLEET, fleets=[FLEET])
+    app = httpx.ASGITransport(app=create_app(services))
+    # The API through the app; anything else (the presigned S3 links) over the network.
+    client = httpx.AsyncClient(mounts={"http://testserver": app}, timeout=60)
+    seen: list[dict[str, Any]] = []
+
+    class Watching(RemoteWorker):
+        async def run_job(self, job: dict[str, Any]) -> None:
+            seen.append(job)
+            await super().run_job(job)
+
+    worker = Watching("http://testserver", token, FLEET, client=client)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        async with evaluator(services):
+            await wait_terminal(services, [sid], within=90)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 60)
+        await worker.close()
+
+    submission = await get_submission(services, sid)
+    assert submission.status == "done", submission.error
+    links = [seen[0]["model"]["archive_url"], seen[0]["dataset"]["inputs_url"]]
+    links += list(seen[0]["upload"].values())
+    assert all(link.startswith(services.settings.aws_endpoint_url or "") for link in links)
+    assert all("X-Amz-Signature=" in link and "X-Amz-Expires=900" in link for link in links)
+    lines = (
+        await services.storage.read_bytes(f"submissions/{sid}/results/test/predictions.jsonl")
+    ).splitlines()
+    assert len(lines) == 30
+    async with services.db.session() as session:
+        scores = {s.metric for s in await list_scores(session, sid)}
+    assert scores >= TASK_METRICS
+    assert await services.storage.list("remote/") == []
