@@ -436,3 +436,7 @@ def public_examples(
         _check_rows(part, config, d)
         rows.extend(part)
     return rows[:limit] if limit is not None else rows
+
+
+# The translation task's corpus (Velan -> English) registers its generator on import too.
+import core.translation_corpus  # noqa: E402, F401

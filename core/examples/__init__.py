@@ -10,7 +10,11 @@ from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
 # Example name -> the task it answers.
-EXAMPLES = {"digits-cnn": "digits", "digits-linear": "digits"}
+EXAMPLES = {
+    "digits-cnn": "digits",
+    "digits-linear": "digits",
+    "translation-lexicon": "translation",
+}
 
 
 def examples_for(task: str) -> list[str]:
