@@ -348,6 +348,17 @@ class BenchmarkEvaluation:
         engine = job.descriptor.info.execution_engine
         return engine == "aws.sagemaker" and self.settings.runner == "sagemaker"
 
+    def sagemaker_hardware(self, job: BenchmarkJob) -> dict[str, Any]:
+        """What a SageMaker run ran on, for the receipt (the evaluator's machine ran nothing)."""
+        from evaluator.sagemaker_training import instance_type, message_region
+
+        distributed = job.descriptor.hardware.distributed
+        return {
+            "instance_type": instance_type(job.descriptor),
+            "instance_count": (distributed.num_instances if distributed else None) or 1,
+            "region": message_region(job.descriptor, default=self.settings.aws_region),
+        }
+
     async def run_on_sagemaker(self, job: BenchmarkJob, n: int, count: int) -> dict[str, Any]:
         """Run n as a SageMaker training job (evaluator/sagemaker_training.py)."""
         from core.aws import AwsClients
@@ -621,13 +632,15 @@ class BenchmarkEvaluation:
                 for n, r in sorted(results.items())
             },
             "summary": overall,
-            "hardware": hwinfo.summary(info),
+            "hardware": (
+                hwinfo.summary(info) if not self.on_sagemaker(job) else self.sagemaker_hardware(job)
+            ),
             "packages": {
                 "weighbridge": __version__,
                 "python": sys.version.split()[0],
                 "interpreter": job.python,
             },
-            "runner": "local",
+            "runner": "sagemaker" if self.on_sagemaker(job) else "local",
             "evaluator": self.evaluator,
             "sandbox": {
                 **sandbox,

@@ -385,7 +385,7 @@ async def test_a_whole_benchmark_on_a_sagemaker_evaluator_scores_each_run(
     (plays_container): moto runs nothing and reports no final metrics."""
     from core.context import start_services
     from tests.conftest import make_settings
-    from tests.evaluator.factories import make_user, status_of
+    from tests.evaluator.factories import events_of, make_user, status_of
     from tests.evaluator.test_benchmarks import evaluate, make_benchmark, scores_of
 
     bucket = f"wb-tb-{uuid.uuid4().hex[:12]}"
@@ -427,6 +427,14 @@ async def test_a_whole_benchmark_on_a_sagemaker_evaluator_scores_each_run(
         assert scores[("run-2", "bytes")].value == 99.0
         assert scores[("all", "throughput")].value == 120.5
         assert len(outputs) == 2 and "args: ['--lines', '2', '--epochs', '2']" in outputs[1]
+        last = (await events_of(services, sid))[-1]
+        receipt = last.envelope["payload"]
+        assert last.type == "receipt" and receipt["runner"] == "sagemaker"
+        assert receipt["hardware"] == {
+            "instance_type": "ml.c5.xlarge",
+            "instance_count": 2,
+            "region": "eu-west-1",
+        }
     finally:
         await services.close()
 
