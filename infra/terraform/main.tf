@@ -122,8 +122,10 @@ resource "aws_s3_bucket_policy" "storage" {
 
 resource "aws_ecr_repository" "models" {
   # core.aws.ecr_repository_name(WEIGHBRIDGE_ECR_PREFIX): one repository, a tag per submission.
-  name                 = "${var.name}/models"
-  image_tag_mutability = "MUTABLE"
+  name = "${var.name}/models"
+  # Immutable, as the builder makes it: a tag (submission id + a hash of the build context)
+  # names one image for good; a retried build finds the image it pushed instead of replacing it.
+  image_tag_mutability = "IMMUTABLE"
   image_scanning_configuration {
     scan_on_push = true
   }
