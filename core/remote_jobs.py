@@ -267,12 +267,21 @@ async def cancel_job(session: AsyncSession, job_id: str) -> None:
     )
 
 
+UPLOADS = {"predictions": "predictions.jsonl", "log": "log", "result": "result.json"}
+
+
+def upload_keys(job: RemoteJob) -> dict[str, str]:
+    """Where the worker holding the job's current claim uploads: its own prefix per claim
+    (`remote/<job>/<attempt>/`), so that a worker that lost the job can never overwrite what
+    the one holding it now uploads; the server side moves the results in place."""
+    return {name: f"remote/{job.id}/{job.attempts}/{file}" for name, file in UPLOADS.items()}
+
+
 async def upload_urls(storage: Storage, settings: Settings, job: RemoteJob) -> dict[str, str]:
-    """Presigned PUTs for the job's own result keys (predictions, log, result.json) only."""
-    keys = job.spec["upload"]
+    """Presigned PUTs for this claim's own upload keys (predictions, log, result.json) only."""
+    keys = upload_keys(job)
     return {
-        f"{name}_url": await _link(storage, settings, keys[name], method="PUT")
-        for name in ("predictions", "log", "result")
+        f"{name}_url": await _link(storage, settings, keys[name], method="PUT") for name in UPLOADS
     }
 
 

@@ -160,7 +160,8 @@ class RemoteRunner:
                     "sha256": hashlib.sha256(inputs).hexdigest(),
                     **_labels_of(task, dataset.name),
                 },
-                "upload": keys,
+                # Where the results end up (the worker uploads under the job's own prefix).
+                "results": keys,
             }
             fleet = task.eval.eval_server_id
             async with db.session() as session:
@@ -173,6 +174,10 @@ class RemoteRunner:
                     spec=spec,
                 )
             job = await self.wait(db, job_id, task, dataset=dataset.name, should_stop=should_stop)
+            # The uploads of the claim that finished (never a worker's that lost the job).
+            for name, key in remote_jobs.upload_keys(job).items():
+                if await storage.exists(key):
+                    await storage.move(key, keys[name])
         finally:
             await asyncio.shield(storage.delete_prefix(job_prefix))
             await asyncio.shield(db.dispose())

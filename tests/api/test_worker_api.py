@@ -71,7 +71,7 @@ async def queue_job(services: Services, fleet: str = NORTH) -> RemoteJob:
             "inputs_key": f"remote/{job_id}/inputs.jsonl",
             "sha256": hashlib.sha256(inputs).hexdigest(),
         },
-        "upload": {
+        "results": {
             "predictions": f"{prefix}/predictions.jsonl",
             "log": f"{prefix}/log",
             "result": f"{prefix}/result.json",
@@ -221,8 +221,10 @@ async def test_presigned_links_are_scoped_to_the_job_and_expire(
     put = doc["upload"]["predictions_url"]
     stored = await client.put(put, content=b'{"uid": "u0", "outputs": {"label": 0}}\n')
     assert stored.status_code == 200, stored.text
-    # The same signature does not open another key (another submission's results).
-    elsewhere = put.replace("/results/test/predictions.jsonl", "/results/test/log")
+    # The claim's own keys: under the job, per attempt, never a submission's results directly.
+    assert f"/remote/{doc['job_id']}/1/predictions.jsonl?" in put
+    # The same signature does not open another key.
+    elsewhere = put.replace("/1/predictions.jsonl", "/1/log")
     assert (await client.put(elsewhere, content=b"x")).status_code == 403
     # A GET link does not write.
     assert (await client.put(doc["model"]["archive_url"], content=b"x")).status_code == 403
@@ -252,6 +254,9 @@ async def test_a_worker_that_stops_heartbeating_loses_its_job_to_another(
     assert (await report(client, first, job.id, "heartbeat", {}, secret=held["secret"])).json()[
         "error"
     ]["code"] == "lease_lost"
+    # Each claim uploads under its own prefix: the silent worker cannot overwrite the new one's.
+    assert f"/{job.id}/1/" in held["upload"]["predictions_url"]
+    assert f"/{job.id}/2/" in taken["upload"]["predictions_url"]
     beat = await report(client, second, job.id, "heartbeat", {}, secret=taken["secret"])
     assert beat.status_code == 200
     assert set(beat.json()["upload"]) == {"predictions_url", "log_url", "result_url"}
