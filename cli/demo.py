@@ -1,4 +1,4 @@
-"""`weighbridge up --demo`: prepare data, upload the two shipped digits examples, rank, show.
+"""`weighbridge up --demo`: prepare data, upload the shipped examples of every task, rank, show.
 
 Runs beside the API in the same process and event loop, so everything here is async; the
 uploads go through the HTTP API like any user's.
@@ -10,6 +10,7 @@ import asyncio
 import logging
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,15 @@ from cli import render
 from cli.leaderboard import leaderboard_view
 from core.context import Services
 
+# The shipped examples the demo uploads, with their task (each is evaluated by its task's
+# fleet, all of which `up` serves); a task that is not loaded is left out.
+UPLOADS: tuple[tuple[str, str], ...] = (
+    ("digits", "digits-linear"),
+    ("digits", "digits-cnn"),
+    ("translation", "translation-lexicon"),
+)
+# The task the closing hints name.
 TASK = "digits"
-MODELS = ("digits-linear", "digits-cnn")
 DEMO_USER = "demo"
 DEMO_EMAIL = "demo@weighbridge.local"
 STEPS = ("uploaded", "building", "built", "evaluating", "done")
@@ -46,23 +54,34 @@ async def demo_token(services: Services) -> str:
         return await issue_token(session, user, label="demo")
 
 
-def example_folders() -> dict[str, Path]:
-    """The two shipped digits examples (handler + trained weights), by name."""
+def example_folders(tasks: Collection[str] | None = None) -> dict[str, tuple[str, Path]]:
+    """The shipped examples the demo uploads (of `tasks`, default all): name -> (task, folder)."""
     from core.examples import example_folder
 
-    folders = {name: example_folder(name) for name in MODELS}
-    missing = [str(f / "model.pt") for f in folders.values() if not (f / "model.pt").is_file()]
+    folders = {
+        name: (task, example_folder(name))
+        for task, name in UPLOADS
+        if tasks is None or task in tasks
+    }
+    # Every example holds its handler and the trained weights beside it.
+    missing = [
+        f"{folder}/"
+        for _, folder in folders.values()
+        if not any(p.is_file() and p.name != "handler.py" for p in folder.iterdir())
+    ]
     if missing:
         raise DemoError(
             f"the example weights are missing ({', '.join(missing)}): reinstall Weighbridge, "
-            "or make them with `python -m core.examples.train_digits`"
+            "or make them with `python -m core.examples.train_digits` (digits) or "
+            "`python -m core.examples.train_translation` (translation)"
         )
     return folders
 
 
-async def _mine(client: httpx.AsyncClient) -> dict[str, dict[str, Any]]:
-    """The demo user's live (not failed or cancelled) digits submissions by name, newest first."""
-    response = await client.get("/api/v1/submissions", params={"task": TASK, "limit": 200})
+async def _mine(client: httpx.AsyncClient, task: str) -> dict[str, dict[str, Any]]:
+    """The demo user's live (not failed or cancelled) submissions to `task` by name, newest
+    first."""
+    response = await client.get("/api/v1/submissions", params={"task": task, "limit": 200})
     _check(response, "listing the demo's submissions")
     found: dict[str, dict[str, Any]] = {}
     for item in response.json()["submissions"]:
@@ -71,7 +90,9 @@ async def _mine(client: httpx.AsyncClient) -> dict[str, dict[str, Any]]:
     return found
 
 
-async def upload_folder(client: httpx.AsyncClient, folder: Path, *, name: str) -> dict[str, Any]:
+async def upload_folder(
+    client: httpx.AsyncClient, folder: Path, *, name: str, task: str = TASK
+) -> dict[str, Any]:
     """Pack `folder` into a .tar.gz and stream it to POST /api/v1/submissions."""
     from cli.bundle import pack_folder
 
@@ -81,7 +102,7 @@ async def upload_folder(client: httpx.AsyncClient, folder: Path, *, name: str) -
         with archive.open("rb") as handle:
             response = await client.post(
                 "/api/v1/submissions",
-                data={"task": TASK, "name": name, "kind": "model", "private": "false"},
+                data={"task": task, "name": name, "kind": "model", "private": "false"},
                 files={"file": (archive.name, handle, "application/gzip")},
             )
     _check(response, f"uploading {name}")
@@ -111,7 +132,7 @@ async def wait_until_finished(
     deadline = time.monotonic() + timeout_seconds
     with Progress(
         SpinnerColumn(),
-        TextColumn("{task.fields[name]:<14}"),
+        TextColumn("{task.fields[name]:<20}"),
         BarColumn(),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
@@ -150,12 +171,13 @@ async def wait_until_finished(
 BOARD_WAIT_SECONDS = 30.0
 
 
-async def settled_board(client: httpx.AsyncClient, ids: set[str]) -> dict:
-    """The leaderboard once it is rebuilt with `ids` in it: the board is stored and rebuilt
-    in the background after a submission finishes, so right after it may not show it yet."""
+async def settled_board(client: httpx.AsyncClient, ids: set[str], task: str = TASK) -> dict:
+    """The task's leaderboard once it is rebuilt with `ids` in it: the board is stored and
+    rebuilt in the background after a submission finishes, so right after it may not show it
+    yet."""
     deadline = asyncio.get_running_loop().time() + BOARD_WAIT_SECONDS
     while True:
-        response = await client.get(f"/api/v1/tasks/{TASK}/leaderboard")
+        response = await client.get(f"/api/v1/tasks/{task}/leaderboard")
         _check(response, "reading the leaderboard")
         board = response.json()
         shown = {r["submission_id"] for r in [*board["rows"], *board.get("unranked", [])]}
@@ -172,35 +194,38 @@ async def run_demo(
     console: Console | None = None,
     timeout_seconds: float = 900.0,
 ) -> None:
-    """Prepare the datasets, upload the two shipped digits examples, show the leaderboard."""
+    """Prepare the datasets, upload the shipped examples of every loaded task, show the
+    leaderboards."""
     from core.datasets import prepare_datasets
 
     console = console or Console()
     # The demo's own polling would otherwise fill the server's log, one line per request.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     console.rule("Weighbridge demo")
-    if TASK not in services.tasks:
+    tasks = [t for t in dict.fromkeys(task for task, _ in UPLOADS) if t in services.tasks]
+    if not tasks:
+        wanted = ", ".join(repr(t) for t in dict.fromkeys(task for task, _ in UPLOADS))
         console.print(
-            f"[yellow]The demo needs the {TASK!r} task, which is not among the loaded task "
-            f"configs ({services.settings.task_configs}); skipping the demo.[/]"
+            f"[yellow]The demo needs one of the tasks {wanted}, none of which is among the "
+            f"loaded task configs ({services.settings.task_configs}); skipping the demo.[/]"
         )
         return
     try:
         prepared = await prepare_datasets(services)
         console.print(f"Datasets ready: {len(prepared)} across {len(services.tasks)} task(s)")
         token = await demo_token(services)
-        folders = example_folders()
+        folders = example_folders(tasks)
         headers = {"Authorization": f"Bearer {token}"}
         timeout = httpx.Timeout(60.0, connect=10.0)
         async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout) as client:
-            existing = await _mine(client)
+            existing = {task: await _mine(client, task) for task in tasks}
             ids: dict[str, str] = {}
-            for name, folder in folders.items():
-                if name in existing:
-                    ids[name] = existing[name]["id"]
+            for name, (task, folder) in folders.items():
+                if name in existing[task]:
+                    ids[name] = existing[task][name]["id"]
                     console.print(f"Reusing {name}: submission {ids[name]}", highlight=False)
                     continue
-                summary = await upload_folder(client, folder, name=name)
+                summary = await upload_folder(client, folder, name=name, task=task)
                 ids[name] = summary["id"]
                 console.print(f"Uploaded {name}: submission {ids[name]}", highlight=False)
             final = await wait_until_finished(client, ids, console, timeout_seconds=timeout_seconds)
@@ -214,8 +239,10 @@ async def run_demo(
                         else "",
                     )
             done = {r["id"] for r in final.values() if r["status"] == "done"}
-            board = await settled_board(client, done)
-            console.print(leaderboard_view(board))
+            for task in tasks:
+                mine = {ids[name] for name, (of, _) in folders.items() if of == task}
+                board = await settled_board(client, done & mine, task)
+                console.print(leaderboard_view(board))
     except DemoError as exc:
         console.print(
             Text("Demo stopped:", style="red"), Text(render.printable(exc, keep_lines=True))
@@ -225,8 +252,8 @@ async def run_demo(
     console.print(
         f"\nThe demo user is [bold]{DEMO_USER}[/]; its token (shown once):\n  {token}\n"
         f"Log in with it:\n  weighbridge login --url {base_url} --token {token}\n"
-        f"Then try:\n  weighbridge leaderboard {TASK}\n  weighbridge status\n"
-        f"  weighbridge init my-model --task {TASK}",
+        f"Then try:\n  weighbridge leaderboard {tasks[0]}\n  weighbridge status\n"
+        f"  weighbridge init my-model --task {tasks[0]}",
         soft_wrap=True,
         highlight=False,
     )

@@ -60,17 +60,23 @@ def run_up_demo(home: Path, port: int, *, emails: int, timeout: float = 240) -> 
 
 
 @pytest.mark.slow
-def test_up_demo_ranks_the_cnn_first_and_emails_both(tmp_path: Path) -> None:
+def test_up_demo_ranks_the_cnn_first_and_emails_every_upload(tmp_path: Path) -> None:
+    from cli.demo import UPLOADS
+
     home = tmp_path / "home"
-    output = run_up_demo(home, free_port(), emails=2)
+    # One email per shipped example, each evaluated by its task's fleet (translation's own).
+    output = run_up_demo(home, free_port(), emails=len(UPLOADS))
     assert DONE_MARKER in output, output[-4000:]
     board = output[output.index("leaderboard: digits") :]
     assert board.index("digits-cnn") < board.index("digits-linear")
+    assert "translation-lexicon" in output[output.index("leaderboard: translation") :]
     emails = sorted((home / "outbox").glob("*.eml"))
-    assert len(emails) == 2
+    assert len(emails) == len(UPLOADS)
     assert any("rank 1 of 2" in e.read_text() for e in emails)
+    assert any("translation-lexicon" in e.read_text() for e in emails)
 
-    again = run_up_demo(home, free_port(), emails=2)
-    assert "Reusing digits-linear" in again and "Reusing digits-cnn" in again
+    again = run_up_demo(home, free_port(), emails=len(UPLOADS))
+    for _, name in UPLOADS:
+        assert f"Reusing {name}" in again, again[-4000:]
     assert "Uploaded" not in again
-    assert len(list((home / "outbox").glob("*.eml"))) == 2
+    assert len(list((home / "outbox").glob("*.eml"))) == len(UPLOADS)
