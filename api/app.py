@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.routes import (
+    admin,
     benchmarks,
     blobs,
     health,
@@ -16,12 +17,15 @@ from api.routes import (
     schemas,
     submissions,
     tasks,
+    tokens,
     workers,
 )
 from api.routes.prometheus import ApiMetrics
 from core.context import Services
 from core.version import __version__
 from web import pages
+from web.account_pages import router as account_router
+from web.admin_pages import router as admin_router
 from web.auth import install_auth
 
 
@@ -61,6 +65,10 @@ def create_app(services: Services) -> FastAPI:
     # Remote evaluator workers (worker tokens only).
     app.include_router(workers.router)
     app.include_router(blobs.router)
+    app.include_router(tokens.router)
+    app.include_router(admin.router)
+    app.include_router(account_router)
+    app.include_router(admin_router)
     app.include_router(pages.router)
     install_docs(app)
     app.mount("/static", pages.static, name="static")

@@ -464,3 +464,81 @@ def revoke_worker_token(
         f"worker token {revoked['id']} (fleet {escape(revoked['fleet'])}, "
         f"{escape(revoked['label'])}) is revoked"
     )
+
+
+async def _account_action(action: str, **kwargs: Any) -> dict[str, Any]:
+    """Set a user's password or revoke any API token, on the database directly."""
+    from core.accounts import get_user, set_password
+    from core.api_tokens import describe_token, revoke_token
+    from core.context import start_services
+    from core.errors import WeighbridgeError
+    from core.models import ApiToken, User
+    from core.settings import Settings
+
+    settings = Settings()
+    require_database(settings)
+    services = await start_services(settings, sync=False)
+    try:
+        async with services.db.session() as session:
+            if action == "set-password":
+                user = await get_user(session, kwargs["name"])
+                if user is None:
+                    raise CliError(
+                        f"no user {kwargs['name']!r}",
+                        hint="`weighbridge admin create-user NAME --email E` makes one",
+                    )
+                await set_password(session, user, kwargs["password"])
+                return {"name": user.name, "password_set": True}
+            row = await session.get(ApiToken, kwargs["token_id"])
+            if row is None:
+                raise CliError(f"no API token {kwargs['token_id']}")
+            # The admin of this machine acts for the service: revoke whoever's token it is.
+            service = User(name="admin", email="admin@localhost", is_admin=True)
+            revoked = await revoke_token(session, kwargs["token_id"], by=service)
+            owner = await session.get(User, revoked.user_id)
+            return {**describe_token(revoked), "owner": owner.name if owner else None}
+    except WeighbridgeError as exc:
+        raise CliError(exc.message, exit_code=2 if exc.status in (400, 422) else 1) from None
+    finally:
+        await services.close()
+
+
+@admin_app.command("set-password")
+@reports_errors
+def set_password(
+    name: Annotated[str, typer.Argument(help="The user's name.")],
+    password_stdin: Annotated[
+        bool,
+        typer.Option("--password-stdin", help="Read the password from stdin (for scripts)."),
+    ] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Let a user sign in to the website with a name and password (kept as a scrypt hash)."""
+    import sys
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("new password", hide_input=True, confirmation_prompt=True)
+    done = asyncio.run(_account_action("set-password", name=name, password=password))
+    if json_output:
+        render.print_json(done)
+        return
+    render.stdout().print(f"{escape(name)} may now sign in at /signin with this password")
+
+
+@admin_app.command("revoke-token")
+@reports_errors
+def revoke_api_token(
+    token_id: Annotated[int, typer.Argument(help="The API token's id.")],
+    json_output: JsonOption = False,
+) -> None:
+    """Revoke any user's API token: it is refused from now on, and its web sessions end."""
+    revoked = asyncio.run(_account_action("revoke", token_id=token_id))
+    if json_output:
+        render.print_json(revoked)
+        return
+    render.stdout().print(
+        f"API token {revoked['id']} ({escape(revoked['name'])}) of "
+        f"{escape(str(revoked['owner']))} is revoked"
+    )

@@ -19,6 +19,7 @@ from cli import (
 )
 from cli.admin import admin_app, db_app
 from cli.infra import infra_app
+from cli.tokens import token_app
 
 app = typer.Typer(
     name="weighbridge",
@@ -59,6 +60,7 @@ app.command("serve")(server.serve)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 app.add_typer(infra_app, name="infra")
+app.add_typer(token_app, name="token")
 # Talking to a server.
 app.command("login")(account.login)
 # Making a model.

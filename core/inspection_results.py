@@ -20,6 +20,7 @@ from typing import Any
 
 from core.errors import NotFound, WeighbridgeError
 from core.models import Event, Run, Submission
+from core.scrub import scrub_text, storage_paths
 from core.states import Status
 from core.storage import Storage
 
@@ -88,9 +89,11 @@ def results_prefix(submission_id: str, run: int) -> str:
 
 async def read_text(storage: Storage, key: str) -> str | None:
     try:
-        return (await storage.read_bytes(key)).decode("utf-8", errors="replace")
+        text = (await storage.read_bytes(key)).decode("utf-8", errors="replace")
     except FileNotFoundError:
         return None
+    # A log read back for a user shows no server paths (core.scrub); JSON results are as stored.
+    return scrub_text(text, paths=storage_paths(storage)) if key.endswith("/log") else text
 
 
 async def read_json(storage: Storage, key: str) -> dict[str, Any] | None:

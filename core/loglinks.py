@@ -7,11 +7,12 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.errors import NotFound, WeighbridgeError
-from core.models import Submission, User, utcnow
+from core.errors import Forbidden, NotFound, WeighbridgeError
+from core.models import Submission, Task, User, utcnow
 from core.presign import presigned_url
 from core.storage import Storage
 from core.submissions import get_submission
+from core.tasks import task_config
 
 LINK_SECONDS = 15 * 60
 
@@ -48,6 +49,30 @@ async def get_own_submission(
     submission = await get_submission(session, submission_id, viewer=viewer)
     if viewer is None or not (viewer.is_admin or viewer.id == submission.user_id):
         raise NotFound(f"no submission {submission_id}", field="id")
+    return submission
+
+
+def logs_public(task: Task | None) -> bool:
+    """Whether the task lets anyone read its public submissions' logs (`[logs] public`,
+    off by default)."""
+    return task is not None and task_config(task).logs.public
+
+
+async def get_submission_for_logs(
+    session: AsyncSession, submission_id: str, *, viewer: User | None
+) -> Submission:
+    """The submission whose logs the viewer may read: their own (any, for an admin), or a
+    public one of a task with public logs; 403 for a visible one whose logs are not public."""
+    submission = await get_submission(session, submission_id, viewer=viewer)
+    if viewer is not None and (viewer.is_admin or viewer.id == submission.user_id):
+        return submission
+    task = await session.get(Task, submission.task_id) if submission.task_id else None
+    if not logs_public(task):
+        raise Forbidden(
+            f"the logs of submission {submission_id} are its owner's only (its task does not "
+            "make logs public)",
+            field="id",
+        )
     return submission
 
 

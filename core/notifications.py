@@ -36,6 +36,7 @@ from core.mailers import (
     mailer_from_url,
 )
 from core.models import Notification, Submission, Task, User, table_of, utcnow
+from core.scrub import scrub_text
 from core.settings import Settings
 from core.states import Status
 from core.storage import Storage
@@ -95,7 +96,8 @@ def render_email(template: str, context: dict[str, Any]) -> tuple[str, str]:
     env = _templates()
     text = env.get_template(f"{template}.txt.j2").render(context)
     html = env.get_template(f"{template}.html.j2").render(context)
-    return re.sub(r"\n{3,}", "\n\n", text), html
+    # An email may quote a log or an error: no server paths leave in it.
+    return scrub_text(re.sub(r"\n{3,}", "\n\n", text)), scrub_text(html)
 
 
 def _format_value(metric: str, value: float | None) -> str:

@@ -12,6 +12,7 @@ from sqlmodel import col
 from core.envelope import Envelope, Visit
 from core.errors import Conflict
 from core.models import Event, Run, Submission, utcnow
+from core.scrub import scrub_text
 
 
 class Status(StrEnum):
@@ -108,7 +109,8 @@ def record_event(
         message_id=envelope.message_id,
         type=type,
         status=status,
-        message=message,
+        # Shown on the timeline to anyone who may see the submission: no server paths.
+        message=scrub_text(message),
         envelope=envelope.model_dump(mode="json"),
         created_at=envelope.created_at,
     )
@@ -210,7 +212,7 @@ async def _end_runs(
     """Each of the submission's runs not yet ended (queued or running) -> cancelled."""
     values: dict[str, Any] = {"status": RunStatus.CANCELLED.value, "finished_at": utcnow()}
     if error is not None:
-        values["error"] = error
+        values["error"] = scrub_text(error)
     await session.execute(
         sa.update(Run)
         .where(
@@ -236,7 +238,7 @@ def move_run(run: Run, to: RunStatus | str, *, error: str | None = None) -> None
         run.finished_at = None
     else:
         run.finished_at = utcnow()
-    run.error = error
+    run.error = scrub_text(error) if error else error
 
 
 def _move(
@@ -260,7 +262,7 @@ def _move(
     submission.updated_at = utcnow()
     if to_s is Status.FAILED:
         submission.failed_stage = stage
-        submission.error = error or message
+        submission.error = scrub_text(error or message)
         submission.error_log_key = log_key
     body = dict(payload or {})
     if stage:

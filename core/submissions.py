@@ -17,6 +17,7 @@ from core.messages import BuildMessage, OwnerRef, SubmissionRef, TaskRef, payloa
 from core.models import Event, Run, Score, Submission, Task, User, table_of, utcnow
 from core.outbox import Outbox
 from core.queue import BUILD_QUEUE
+from core.scrub import scrub_text, storage_paths
 from core.states import TERMINAL, Status, cancel, record_event
 from core.storage import Storage, StoredObject
 from core.tasks import task_config
@@ -370,7 +371,8 @@ async def read_logs(storage: Storage, submission_id: str) -> str:
         section = key[len(prefix) + 1 : -len("/log")]
         body = (await storage.read_bytes(key)).decode("utf-8", errors="replace")
         parts.append(f"== {section} ==\n{body}" + ("" if body.endswith("\n") else "\n"))
-    return "".join(parts)
+    # The logs leave for a user here: no server paths in them (core.scrub).
+    return scrub_text("".join(parts), paths=storage_paths(storage))
 
 
 async def purge_submission(

@@ -103,6 +103,14 @@ class EvalConfig(_Strict):
     bootstrap_resamples: int = Field(default=1000, ge=0)
 
 
+class LogsConfig(_Strict):
+    """Who may read a submission's logs (`[logs]`): its owner and the admins always; anyone
+    else only where `public = true` and the submission is public (logs may echo a model's
+    code or data, so they stay private unless the organiser says otherwise)."""
+
+    public: bool = False
+
+
 class TaskConfig(_Strict):
     """A validated task: what a handler receives, what it must answer, how it is scored."""
 
@@ -118,6 +126,7 @@ class TaskConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     build: BuildConfig = Field(default_factory=BuildConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    logs: LogsConfig = Field(default_factory=LogsConfig)
 
     @field_validator("slug")
     @classmethod

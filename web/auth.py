@@ -157,6 +157,17 @@ def known_viewer(request: Request) -> User | None:
     return request.scope.get(_VIEWER)
 
 
+def account_link(request: Request) -> tuple[str, str]:
+    """The header's account link: the viewer's name (known), "My account" (a session cookie
+    that still holds, not looked up on this page), else "Sign in"."""
+    viewer = known_viewer(request)
+    if viewer is not None:
+        return viewer.name, "/me"
+    if _VIEWER not in request.scope and session_claims(request) is not None:
+        return "My account", "/me"
+    return "Sign in", "/signin"
+
+
 def session_problem(request: Request) -> str | None:
     """Why the session cookie sent with this request no longer signs anyone in, if it does not."""
     return request.scope.get(_PROBLEM)

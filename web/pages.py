@@ -16,7 +16,7 @@ from core.errors import WeighbridgeError
 from core.leaderboard import parse_weights
 from core.models import Task, User
 from core.tasks import describe_task, get_task, list_datasets, list_tasks
-from web.auth import csrf_token, known_viewer
+from web.auth import account_link, csrf_token, known_viewer
 from web.markdown import render_markdown
 
 HERE = Path(__file__).parent
@@ -36,6 +36,7 @@ templates.env.filters["markdown"] = render_markdown
 # Forms carry `{{ csrf_token(request) }}`; the header shows who is signed in (web.auth).
 templates.env.globals["csrf_token"] = csrf_token
 templates.env.globals["known_viewer"] = known_viewer
+templates.env.globals["account_link"] = account_link
 
 ERROR_TITLES = {
     404: "Not found",

@@ -12,7 +12,7 @@ from core import submissions as subs
 from core.errors import WeighbridgeError
 from core.incoming import accept_upload, discard_upload, incoming_key
 from core.inspection_results import read_json, results_prefix
-from core.loglinks import create_log_link, get_own_submission
+from core.loglinks import create_log_link, get_own_submission, get_submission_for_logs
 from core.models import Task, User, new_id
 from core.presign import secret_key
 from core.storage import Storage
@@ -211,7 +211,7 @@ async def read_logs(submission_id: str, request: Request, offset: Offset = 0) ->
     services = services_of(request)
     async with services.db.session() as session:
         viewer = await optional_user(session, request)
-        s = await subs.get_submission(session, submission_id, viewer=viewer)
+        s = await get_submission_for_logs(session, submission_id, viewer=viewer)
     text = await subs.read_logs(services.storage, s.id)
     data = text.encode()
     return {
