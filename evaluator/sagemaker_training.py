@@ -41,7 +41,8 @@ from evaluator.sagemaker_runner import s3_location
 
 CODE = "/opt/ml/code"  # where SageMaker's containers unpack the source archive
 DATA = "/data"
-LAUNCHER = "weighbridge_launch.py"
+LAUNCHER = "weighbridge_launch.py"  # the archive's name for evaluator/sagemaker_launch.py
+LAUNCHER_SOURCE = Path(__file__).resolve().parent / "sagemaker_launch.py"
 PYTHONPATH_MODULES = Path(__file__).resolve().parent.parent / "sandbox" / "host" / "pythonpath"
 DEFAULT_PYTORCH = "2.3"
 DEFAULT_PY = "py311"
@@ -49,51 +50,6 @@ MAX_CHANNELS = 20  # SageMaker's limit on input channels
 MAX_RUNTIME = 28 * 24 * 3600  # SageMaker's longest MaxRuntimeInSeconds
 CLOUDWATCH_GROUP = "/aws/sagemaker/TrainingJobs"
 _PY = re.compile(r"^(py)?(\d)\.?(\d*)$")
-
-LAUNCHER_SOURCE = '''"""Runs a Weighbridge benchmark's command in a SageMaker training container.
-
-Written by Weighbridge beside the benchmark's scripts. SageMaker passes the job's
-hyperparameters as `--name value`: `weighbridge_command` is the command (run by /bin/sh -c,
-as a local run does), `weighbridge_data` maps each input channel to its path under /data, and
-the others (the descriptor's custom_params.hyper_params) are appended to the command as
-`--name value`, as SageMaker's script mode hands them to an entry point.
-"""
-
-import json
-import os
-import shlex
-import subprocess
-import sys
-
-
-def main(argv):
-    args = dict(zip(argv[1::2], argv[2::2]))
-    command = args["--weighbridge_command"]
-    extra = [(k, v) for k, v in args.items() if not k.startswith("--weighbridge_")]
-    if extra:
-        command += " " + " ".join(f"{shlex.quote(k)} {shlex.quote(v)}" for k, v in extra)
-    here = os.path.dirname(os.path.abspath(__file__))
-    data_root = os.environ.get("WEIGHBRIDGE_DATA_PATH", "/data")
-    channels = os.environ.get("SM_INPUT_DIR", "/opt/ml/input") + "/data"
-    for channel, target in json.loads(args.get("--weighbridge_data", "{}")).items():
-        folder = os.path.join(channels, channel)
-        names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-        if not names:
-            print(f"[weighbridge] channel {channel} is empty; /data/{target} is missing")
-            continue
-        link = os.path.join(data_root, target)
-        os.makedirs(os.path.dirname(link), exist_ok=True)
-        if not os.path.lexists(link):
-            os.symlink(os.path.join(folder, names[0]), link)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
-    sys.stdout.flush()
-    return subprocess.call(["/bin/sh", "-c", command], cwd=here, env=env)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
-'''
 
 
 @dataclass(frozen=True)
@@ -195,7 +151,7 @@ def source_archive(scripts: Path, requirements: str | None = None) -> bytes:
             if not (scripts / module.name).exists():
                 tar.add(module, arcname=module.name)
         info = tarfile.TarInfo(LAUNCHER)
-        body = LAUNCHER_SOURCE.encode()
+        body = LAUNCHER_SOURCE.read_bytes()
         info.size, info.mode, info.mtime = len(body), 0o644, 0
         tar.addfile(info, io.BytesIO(body))
     return buffer.getvalue()
