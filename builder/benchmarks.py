@@ -259,7 +259,11 @@ class BenchmarkBuild:
         env, requirements_sha = await asyncio.to_thread(self.environment, descriptor, scripts)
         data = await self.data(descriptor)
         isolated = current_jail().isolated
-        self.warnings = descriptor.local_warnings(docker=False, gpus=len(gpu_devices()))
+        self.warnings = descriptor.local_warnings(
+            docker=False,
+            gpus=len(gpu_devices()),
+            sagemaker=self.services.settings.runner == "sagemaker",
+        )
         if descriptor.environment.native_packages:
             self.warnings.append(
                 "environment.native_packages: not installed on a local run (the machine's own "

@@ -261,9 +261,14 @@ class Descriptor(_Table):
     def scheduled(self) -> bool:
         return self.info.scheduling != "single_run"
 
-    def local_warnings(self, *, docker: bool = False, gpus: int = 0) -> list[str]:
-        """What a run on this machine cannot honour, one sentence each naming the field,
-        for the timeline (`docker`: a Docker engine runs the job; `gpus`: GPUs here)."""
+    def local_warnings(
+        self, *, docker: bool = False, gpus: int = 0, sagemaker: bool = False
+    ) -> list[str]:
+        """What the run cannot honour, one sentence each naming the field, for the timeline
+        (`docker`: a Docker engine runs the job; `gpus`: GPUs here; `sagemaker`: the
+        evaluators run `aws.sagemaker` descriptors as SageMaker training jobs)."""
+        if sagemaker and self.info.execution_engine == "aws.sagemaker":
+            return list(_sagemaker_warnings(self))
         return list(_local_warnings(self, docker=docker, gpus=gpus))
 
 
@@ -372,6 +377,18 @@ def _scalar_text(value: Any) -> str:
 
 
 # Local runs.
+
+
+def _sagemaker_warnings(descriptor: Descriptor) -> Iterator[str]:
+    """What a SageMaker training job cannot honour (it honours the image, instance type and
+    count, metrics and timeout)."""
+    env, hardware = descriptor.env, descriptor.hardware
+    if env.privileged:
+        yield "env.privileged = true is not honoured: SageMaker training jobs are never privileged"
+    for key in ("aws_zone_id", "availability_zone"):
+        zone = getattr(hardware, key)
+        if zone:
+            yield f"hardware.{key} = {zone!r} is not honoured: SageMaker places training jobs"
 
 
 def _local_warnings(descriptor: Descriptor, *, docker: bool, gpus: int) -> Iterator[str]:

@@ -1011,6 +1011,12 @@ def test_what_a_local_run_cannot_honour_is_named() -> None:
     assert 'info.execution_engine = "aws.sagemaker"' in sagemaker
     assert "custom_params" in sagemaker and "hardware.distributed" in sagemaker
     assert "hardware.instance_type" not in sagemaker  # a CPU instance
+    # Where the evaluators run aws.sagemaker descriptors as training jobs, none of that applies.
+    on_sagemaker = warnings_of(SAGEMAKER, sagemaker=True)
+    assert "execution_engine" not in on_sagemaker and "custom_params" not in on_sagemaker
+    assert "env.docker_image" not in on_sagemaker and "hardware.distributed" not in on_sagemaker
+    # A descriptor for the default engine still runs locally there, with its warnings.
+    assert "env.docker_image" in warnings_of(HELLO_WORLD, sagemaker=True)
 
     assert "hardware.strategy = 'inference'" in warnings_of(INFERENCE, docker=True)
 
