@@ -21,7 +21,7 @@ from typing import Any
 from core.errors import NotFound, WeighbridgeError
 from core.models import Event, Run, Submission
 from core.scrub import scrub_text, storage_paths
-from core.states import Status
+from core.states import TERMINAL, Status
 from core.storage import Storage
 
 RUSAGE_FIELDS = (
@@ -183,7 +183,9 @@ def workflow_status(submission: Submission, events: list[Event], runs: list[Run]
             {
                 "item": item,
                 "run": f"run-{item + 1}",
-                "status": run.status if run else "queued",
+                # A run never started is queued while the inspection goes on, and cancelled
+                # once it has ended (it will never run), as a cancel leaves started ones.
+                "status": run.status if run else ("cancelled" if status in TERMINAL else "queued"),
                 "started_at": run.started_at.isoformat() if run and run.started_at else None,
                 "finished_at": run.finished_at.isoformat() if run and run.finished_at else None,
                 "exit_code": (run.summary or {}).get("exit_code") if run else None,

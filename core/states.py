@@ -223,6 +223,40 @@ async def _end_runs(
     )
 
 
+def reopen(
+    session: AsyncSession,
+    submission: Submission,
+    *,
+    service: str,
+    message: str,
+    payload: dict[str, Any] | None = None,
+) -> Event:
+    """A finished submission (done, failed or cancelled) -> uploaded again, for a re-run: the
+    one way out of an end state. The caller has removed its runs and scores and queues its
+    build message in the same transaction (core.reruns)."""
+    if Status(submission.status) not in TERMINAL:
+        raise InvalidTransition(
+            f"submission {submission.id} is {submission.status}; only a finished submission "
+            "can be run again"
+        )
+    previous = submission.status
+    submission.status = Status.UPLOADED.value
+    submission.updated_at = utcnow()
+    submission.failed_stage = None
+    submission.error = None
+    submission.error_log_key = None
+    session.add(submission)
+    return record_event(
+        session,
+        submission,
+        f"status.{Status.UPLOADED.value}",
+        service=service,
+        message=message,
+        payload={**(payload or {}), "rerun": True, "previous_status": previous},
+        status=Status.UPLOADED.value,
+    )
+
+
 def move_run(run: Run, to: RunStatus | str, *, error: str | None = None) -> None:
     """Move one run to `to` (checked): running starts a new attempt, an end is timed."""
     to_s = RunStatus(to)

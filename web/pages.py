@@ -9,12 +9,10 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from core import submissions as subs
 from core.boards import read_leaderboard
 from core.context import services_of
 from core.errors import WeighbridgeError
 from core.leaderboard import parse_weights
-from core.models import Task, User
 from core.tasks import describe_task, get_task, list_datasets, list_tasks
 from web.auth import account_link, csrf_token, known_viewer
 from web.markdown import render_markdown
@@ -54,7 +52,9 @@ def is_page_request(request: Request) -> bool:
     """
     route = request.scope.get("route")
     if route is not None:
-        return getattr(route, "endpoint", None) in _PAGE_ENDPOINTS
+        # Every page module lives in web/ (pages, leaderboard, submission, benchmark pages...).
+        endpoint = getattr(route, "endpoint", None)
+        return getattr(endpoint, "__module__", "").startswith("web.")
     path = request.scope.get("path", "")
     return not (path == "/api" or path.startswith("/api/"))
 
@@ -109,30 +109,3 @@ async def task_page(slug: str, request: Request, weights: str | None = None) -> 
         {"task": info, "board": board, "weights": weights or "", "error": error},
         status_code=200 if error is None else 422,
     )
-
-
-@router.get("/submissions/{submission_id}", response_class=HTMLResponse)
-async def submission_page(submission_id: str, request: Request) -> HTMLResponse:
-    async with services_of(request).db.session() as session:
-        s = await subs.get_submission(session, submission_id, viewer=None)
-        task = await session.get(Task, s.task_id) if s.task_id else None
-        owner = await session.get(User, s.user_id)
-        events = await subs.list_events(session, s.id)
-        runs = await subs.list_runs(session, s.id)
-        scores = await subs.list_scores(session, s.id)
-    return templates.TemplateResponse(
-        request,
-        "submission.html",
-        {
-            "s": s,
-            "task": task,
-            "owner": owner.name if owner else None,
-            "events": events,
-            "runs": runs,
-            "scores": scores,
-            "terminal": s.status in ("done", "failed", "cancelled"),
-        },
-    )
-
-
-_PAGE_ENDPOINTS = frozenset(getattr(r, "endpoint", None) for r in router.routes)

@@ -15,6 +15,7 @@ from core.inspection_results import read_json, results_prefix
 from core.loglinks import create_log_link, get_own_submission, get_submission_for_logs
 from core.models import Task, User, new_id
 from core.presign import secret_key
+from core.reruns import rerun_submission
 from core.storage import Storage
 from core.tasks import get_task, task_config
 
@@ -236,6 +237,17 @@ async def read_log_link(submission_id: str, request: Request, part: str = "build
         public_url=services.settings.public_url,
         secret=secret_key(services.settings),
     )
+
+
+@router.post("/{submission_id}/rerun")
+async def rerun(submission_id: str, request: Request) -> dict:
+    """Run a finished model submission's evaluation again (its owner or an admin)."""
+    services = services_of(request)
+    async with services.db.session() as session:
+        user = await require_user(session, request)
+        s = await rerun_submission(session, services.outbox, submission_id, user=user)
+        await session.flush()
+        return await _detail(session, s)
 
 
 @router.delete("/{submission_id}")

@@ -511,30 +511,3 @@ async def test_a_remote_worker_reads_and_writes_s3_through_presigned_links_only(
         scores = {s.metric for s in await list_scores(session, sid)}
     assert scores >= TASK_METRICS
     assert await services.storage.list("remote/") == []
-
-
-async def test_a_broken_handler_fails_the_submission_with_its_reason_and_log(
-    services: Services, tmp_path: Path
-) -> None:
-    """The worker reports the failure the local runner would raise (the reason the owner
-    reads) and uploads the run's log, which the evaluator moves to the dataset's results."""
-    from tests.evaluator.models import BROKEN
-
-    source, words = BROKEN["exits"]
-    services.settings.runner = "remote"
-    dataset = await store_dataset(services, toy_rows(20))
-    user = await make_user(services)
-    mar = pack_mar(write_folder(tmp_path / "model", source), tmp_path / "broken.mar")
-    sid, _ = await make_built_submission(services, user, mar, [dataset])
-    async with evaluator(services), remote_worker(services, tmp_path) as worker:
-        await wait_terminal(services, [sid], within=90)
-        assert worker.jobs_done == 0
-    submission = await get_submission(services, sid)
-    assert submission.status == "failed"
-    assert submission.error is not None
-    assert "the remote worker (fleet toy-fleet) could not run dataset test" in submission.error
-    for word in words:
-        assert word in submission.error
-    log = (await services.storage.read_bytes(f"submissions/{sid}/results/test/log")).decode()
-    assert "[evaluator] failed:" in log
-    assert await services.storage.list("remote/") == []

@@ -1,43 +1,42 @@
-// Live timeline: poll the events API until the submission reaches a terminal state.
+// The submission page, live: a server-sent event stream (/submissions/ID/live) appends new
+// timeline events and swaps in the re-rendered parts of the page (runs, scores, performance,
+// failure, receipt, actions) until the submission ends. No reload; without JavaScript the
+// page is whole as rendered.
 (function () {
   const list = document.getElementById("timeline");
-  if (!list || list.dataset.terminal === "true") return;
+  if (!list || list.dataset.terminal === "true" || !window.EventSource) return;
   const id = list.dataset.submission;
   let after = Number(list.dataset.after || 0);
-  const terminal = new Set(["done", "failed", "cancelled"]);
+  const source = new EventSource(`/submissions/${id}/live?after=${after}`);
 
-  function clock(iso) {
-    return new Date(iso).toISOString().substring(11, 19);
-  }
+  source.addEventListener("timeline", (msg) => {
+    const e = JSON.parse(msg.data);
+    if (e.id <= after) return;
+    after = e.id;
+    const li = document.createElement("li");
+    li.dataset.event = e.id;
+    const time = document.createElement("time");
+    time.textContent = e.at;
+    const code = document.createElement("code");
+    code.textContent = e.type;
+    li.append(time, " ", code, " ", e.message);
+    list.append(li);
+  });
 
-  async function tick() {
-    try {
-      const res = await fetch(`/api/v1/submissions/${id}/events?after=${after}`);
-      if (!res.ok) throw new Error(res.status);
-      const body = await res.json();
-      for (const e of body.events) {
-        const li = document.createElement("li");
-        li.dataset.event = e.id;
-        const time = document.createElement("time");
-        time.textContent = clock(e.created_at);
-        const code = document.createElement("code");
-        code.textContent = e.type;
-        li.append(time, " ", code, " ", e.message);
-        list.append(li);
-        after = Math.max(after, e.id);
-      }
-      const status = document.getElementById("status");
-      status.textContent = body.status;
-      status.className = `status ${body.status}`;
-      if (terminal.has(body.status)) {
-        // Runs, scores and the error are rendered by the server: one reload shows them.
-        if (body.events.length) window.location.reload();
-        return;
-      }
-    } catch (err) {
-      // A passing network error: keep polling.
+  source.addEventListener("parts", (msg) => {
+    const body = JSON.parse(msg.data);
+    const status = document.getElementById("status");
+    status.textContent = body.status;
+    status.className = `status ${body.status}`;
+    for (const [name, html] of Object.entries(body.parts)) {
+      const part = document.querySelector(`[data-part="${name}"]`);
+      // Server-rendered, escaped HTML from this site's own templates.
+      if (part) part.innerHTML = html;
     }
-    setTimeout(tick, 1000);
-  }
-  setTimeout(tick, 1000);
+  });
+
+  source.addEventListener("end", () => {
+    list.dataset.terminal = "true";
+    source.close();
+  });
 })();
