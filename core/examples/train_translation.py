@@ -9,8 +9,9 @@ none of them in the task's hidden `heldout` set):
 2. each English word aligned to its most likely Velan word (or NULL); a Velan word's phrase is
    the English words aligned to it, in order, and the lexicon keeps its most frequent phrase;
 3. the reordering rule, by word class (a word's last two letters): how often a class's words
-   come before another class's in English, and whether two words of one class keep their
-   order. The handler sorts a sentence by these, then translates word by word.
+   come before another class's in English, one order of all classes agreeing with that (for
+   pairs never seen apart), and whether two words of one class keep their order. The handler
+   sorts a sentence by these, then translates word by word.
 
 Deterministic (no random start), so a rerun writes the same `lexicon.json`.
 """
@@ -31,6 +32,10 @@ NAME = "translation-lexicon"
 WEIGHTS = "lexicon.json"
 EM_ITERATIONS = 8
 CLASS_WIDTH = 2
+# A class pair's order is learned when seen at least MIN_PAIRS times, one way at least
+# 0.5 + CLEAR_MARGIN of them.
+MIN_PAIRS = 5
+CLEAR_MARGIN = 0.3
 NULL = 0  # index of the NULL word in the Velan vocabulary
 
 
@@ -128,16 +133,57 @@ def learn_lexicon(rows: list[dict[str, Any]]) -> dict[str, Any]:
                     kept[a] += i < k
                 else:
                     precedes[(a, b)] += 1
+    # Only clear preferences are kept: a pair seen both ways about as often was misaligned
+    # (e.g. "a" and "an" of two determiners) or is free; the overall order decides it.
+    clear: Counter[tuple[str, str]] = Counter()
     before = {}
     for (a, b), n in precedes.items():
-        before[f"{a} {b}"] = round(n / (n + precedes.get((b, a), 0)), 4)
+        seen = n + precedes.get((b, a), 0)
+        if seen >= MIN_PAIRS and abs(n / seen - 0.5) >= CLEAR_MARGIN:
+            clear[(a, b)] = n
+            before[f"{a} {b}"] = round(n / seen, 4)
     return {
         "format": 1,
         "class_width": CLASS_WIDTH,
         "phrases": {w: c.most_common(1)[0][0] for w, c in sorted(phrase_counts.items())},
         "before": dict(sorted(before.items())),
         "keep": {c: round(kept[c] / n, 4) for c, n in sorted(same.items())},
+        "rank": class_ranks(clear),
     }
+
+
+def class_ranks(precedes: Counter[tuple[str, str]]) -> dict[str, int]:
+    """One order of all classes that agrees with the pairs seen (a topological sort of "a
+    mostly comes before b"): it orders the pairs never placed apart in training, such as two
+    determiners that are both "the" (the object's and the place's)."""
+    import heapq
+
+    classes = sorted({c for pair in precedes for c in pair})
+    after: dict[str, set[str]] = {c: set() for c in classes}
+    for (a, b), n in precedes.items():
+        if n > precedes.get((b, a), 0):
+            after[a].add(b)
+    waiting = {c: 0 for c in classes}
+    for followers in after.values():
+        for b in followers:
+            waiting[b] += 1
+    ready = [c for c in classes if waiting[c] == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while len(order) < len(classes):
+        if not ready:  # a cycle (noise): free the class that waits on the fewest
+            c = min((n, c) for c, n in waiting.items() if c not in order)[1]
+            waiting[c] = 0
+            heapq.heappush(ready, c)
+        c = heapq.heappop(ready)
+        if c in order:
+            continue
+        order.append(c)
+        for b in sorted(after[c]):
+            waiting[b] -= 1
+            if waiting[b] == 0 and b not in order:
+                heapq.heappush(ready, b)
+    return {c: i for i, c in enumerate(order)}
 
 
 def train_lexicon(out_dir: Path | None = None, *, quiet: bool = True) -> TrainedLexicon:

@@ -404,10 +404,20 @@ def test_render_follows_the_attempts_setting(
     root = tmp_path / "fresh"
     result = _invoke(["infra", "render", "--out", str(root)], monkeypatch, tmp_path)
     assert result.exit_code == 0, result.output
-    # No infra/fleets.toml there: the task configs' fleets only.
+    # No infra/fleets.toml there: `default` and the task configs' fleets only.
     queues = _elasticmq_queues((root / "infra/elasticmq.conf").read_text())
+    fleets = {
+        "default",
+        *(t.eval.eval_server_id for t in load_task_configs(SHIPPED_TASKS).values()),
+    }
     assert set(queues) == {
-        PREFIX + q for q in ("build", "build-dlq", "eval-default", "eval-default-dlq")
+        PREFIX + q
+        for q in (
+            "build",
+            "build-dlq",
+            *(f"eval-{f}" for f in fleets),
+            *(f"eval-{f}-dlq" for f in fleets),
+        )
     }
     monkeypatch.setenv("WEIGHBRIDGE_MAX_ATTEMPTS", "6")
     result = CliRunner().invoke(app, ["infra", "render", "--out", str(root)])

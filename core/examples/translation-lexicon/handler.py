@@ -3,8 +3,9 @@
 `lexicon.json` (made by `python -m core.examples.train_translation`) holds what training
 learned from the parallel corpus: the English phrase of each Velan word (IBM Model 1
 alignments) and, by word class (a word's last two letters, which in Velan are mostly its
-ending), how often one class comes before another in English and whether two words of the
-same class keep their order. A sentence is reordered by those preferences, then translated
+ending), how often one class comes before another in English, one order of all classes
+that agrees with that (for pairs training never saw apart) and whether two words of the same
+class keep their order. A sentence is reordered by those preferences, then translated
 word by word; an unknown word is copied. Standard library only.
 
 TorchServe (and Weighbridge's local runner) call `handle(None, context)` once, then
@@ -39,6 +40,7 @@ def _order(words: list[str], model: dict) -> list[str]:
     width = model["class_width"]
     before = model["before"]  # "a b" -> P(class a comes before class b in English)
     keep = model["keep"]  # class -> P(two words of that class keep their Velan order)
+    rank = model["rank"]  # class -> place in one order agreeing with `before`
     items = [(i, w, word_class(w, width)) for i, w in enumerate(words)]
 
     def compare(x: tuple[int, str, str], y: tuple[int, str, str]) -> int:
@@ -46,9 +48,11 @@ def _order(words: list[str], model: dict) -> list[str]:
         if a == b:
             return (i - j) if keep.get(a, 1.0) >= 0.5 else (j - i)
         p = before.get(f"{a} {b}")
-        if p is None or p == 0.5:
-            return i - j
-        return -1 if p > 0.5 else 1
+        if p is not None and p != 0.5:
+            return -1 if p > 0.5 else 1
+        if a in rank and b in rank:  # never seen apart in training: the overall order
+            return rank[a] - rank[b]
+        return i - j
 
     return [w for _, w, _ in sorted(items, key=functools.cmp_to_key(compare))]
 

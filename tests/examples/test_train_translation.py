@@ -1,0 +1,56 @@
+"""The translation example trains in seconds into the shipped weights, and what it learned is
+the language's: its words (irregular ones too), its reordering, and its heldout BLEU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sacrebleu
+
+from core.datasets import generate_rows
+from core.examples import EXAMPLES, example_folder
+from core.examples.train_translation import NAME, WEIGHTS, train_lexicon, translate_rows
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    trained = train_lexicon(tmp_path_factory.mktemp("lexicon"))
+    assert trained.seconds < 60 and trained.n_pairs == 8000
+    return trained.folder
+
+
+def test_training_again_writes_the_shipped_weights(folder: Path) -> None:
+    assert EXAMPLES[NAME] == "translation"
+    shipped = example_folder(NAME) / WEIGHTS
+    assert (folder / WEIGHTS).read_bytes() == shipped.read_bytes()
+
+
+def test_it_learned_words_irregulars_and_the_order(folder: Path) -> None:
+    model = json.loads((folder / WEIGHTS).read_text())
+    phrases = model["phrases"]
+    assert phrases["tavar"] == "dog" and phrases["tavekom"] == "dogs"
+    assert phrases["solkar"] == "children" and phrases["vazru"] == "saw"
+    assert phrases["nevidet"] == "does not see"
+    assert phrases["."] == "."
+    # Determiners come before nouns in English, the verb before the object; two adjectives
+    # of one noun swap (Velan writes them in mirror order).
+    assert model["before"]["ta ar"] > 0.9 and model["before"]["et om"] > 0.9
+    assert model["keep"]["ul"] < 0.1
+    # The object's and the place's determiners are both "the": never seen apart, they are
+    # ordered by the overall order (object first), not left in Velan's order.
+    assert "tu ti" not in model["before"] and model["rank"]["tu"] < model["rank"]["ti"]
+
+
+def test_heldout_bleu_and_what_it_gets_wrong(folder: Path) -> None:
+    heldout = generate_rows("translation", {"split": "heldout"})
+    hypotheses = translate_rows(folder, heldout)
+    references = [r["translation"] for r in heldout]
+    bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score
+    chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
+    # What core/examples/README.md reports (95.40 and 98.51).
+    assert (round(bleu, 2), round(chrf, 2)) == (95.40, 98.51)
+    wrong = [(h, r) for h, r in zip(hypotheses, references, strict=True) if h != r]
+    # Its one known weakness: "an" before a vowel (one English word per Velan determiner).
+    assert wrong and all(" an " in f" {r} " or r.startswith("An ") for _, r in wrong)
