@@ -58,7 +58,7 @@ def _path_pattern(extra: tuple[str, ...]) -> re.Pattern[str]:
     )
     alternatives = [re.escape(p) for p in known] + [rf"/(?:{roots})(?=/|\b)"]
     start = "|".join(alternatives)
-    return re.compile(rf"(?:file://)?(?<![\w.~/-])(?:{start})(?:/{NAME}+)*/?")
+    return re.compile(rf"(?<![\w.~/-])(?:file://)?(?:{start})(?:/{NAME}+)*/?")
 
 
 def _server_paths() -> tuple[str, ...]:
