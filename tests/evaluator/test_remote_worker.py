@@ -511,3 +511,100 @@ async def test_a_remote_worker_reads_and_writes_s3_through_presigned_links_only(
         scores = {s.metric for s in await list_scores(session, sid)}
     assert scores >= TASK_METRICS
     assert await services.storage.list("remote/") == []
+
+
+async def test_a_broken_handler_fails_the_submission_with_its_reason_and_log(
+    services: Services, tmp_path: Path
+) -> None:
+    """The worker reports the failure the local runner would raise (the reason the owner
+    reads) and uploads the run's log, which the evaluator moves to the dataset's results."""
+    from tests.evaluator.models import BROKEN
+
+    source, words = BROKEN["exits"]
+    services.settings.runner = "remote"
+    dataset = await store_dataset(services, toy_rows(20))
+    user = await make_user(services)
+    mar = pack_mar(write_folder(tmp_path / "model", source), tmp_path / "broken.mar")
+    sid, _ = await make_built_submission(services, user, mar, [dataset])
+    async with evaluator(services), remote_worker(services, tmp_path) as worker:
+        await wait_terminal(services, [sid], within=90)
+        assert worker.jobs_done == 0
+    submission = await get_submission(services, sid)
+    assert submission.status == "failed"
+    assert submission.error is not None
+    assert "the remote worker (fleet toy-fleet) could not run dataset test" in submission.error
+    for word in words:
+        assert word in submission.error
+    log = (await services.storage.read_bytes(f"submissions/{sid}/results/test/log")).decode()
+    assert "[evaluator] failed:" in log
+    assert await services.storage.list("remote/") == []
+
+
+async def test_the_digits_example_answers_the_same_through_a_remote_worker(
+    services: Services, tmp_path: Path
+) -> None:
+    """The runner contract on the shipped digits-linear example and the digits heldout set:
+    the remote runner (a job, a worker over HTTP) gives the local runner's answers, uids and
+    references, and so the same scores. The digits task has a delta metric (robustness), which
+    the worker's view of the task leaves to the evaluator."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.datasets import generate_rows
+    from core.examples import __file__ as examples_init
+    from core.taskconfig import load_task_config
+    from evaluator.remote_runner import RemoteRunner
+    from evaluator.runner import DatasetSpec, ModelSpec, prediction_values
+    from evaluator.runners import LocalRunner
+    from evaluator.scoring import score_metrics
+    from task_configs import FOLDER
+
+    task = load_task_config(FOLDER / "digits.toml")
+    rows = list(generate_rows("digits", {"split": "heldout"}))
+    data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in rows)
+    sha = hashlib.sha256(data).hexdigest()
+    await services.storage.write_bytes(f"datasets/{sha}/heldout.jsonl", data)
+    dataset = DatasetSpec(name="heldout", key=f"datasets/{sha}/heldout.jsonl", sha256=sha)
+    model_dir = tmp_path / "digits-linear"
+    shutil.copytree(Path(examples_init).parent / "digits-linear", model_dir)
+    model = ModelSpec(model_dir=model_dir, handler="handler.py", manifest={})
+    await services.storage.write_file(
+        "submissions/remote-1/build/model.mar", pack_mar(model_dir, tmp_path / "digits.mar")
+    )
+
+    local = await LocalRunner().run_dataset(
+        services.storage,
+        submission_id="local-1",
+        task=task,
+        dataset=dataset,
+        model=model,
+        scratch=tmp_path / "local",
+    )
+    async with remote_worker(services, tmp_path, fleet=task.eval.eval_server_id) as worker:
+        remote = await RemoteRunner.from_settings(services.settings).run_dataset(
+            services.storage,
+            submission_id="remote-1",
+            task=task,
+            dataset=dataset,
+            model=model,
+            scratch=tmp_path / "remote",
+        )
+        assert worker.jobs_done == 1
+
+    assert remote.uids == local.uids
+    assert remote.answers == local.answers
+    assert remote.references == local.references
+    with ThreadPoolExecutor(2) as pool:
+        scored = [
+            await score_metrics(
+                pool,
+                task.metrics[:2],
+                prediction_values(task, run.answers),
+                run.references,
+                confidence=0.95,
+                resamples=50,
+            )
+            for run in (local, remote)
+        ]
+    assert scored[0] == scored[1]
+    assert scored[1][0]["value"] > 0.85  # the example's documented heldout accuracy is 0.900
