@@ -109,8 +109,9 @@ class RemoteWorker:
         while not stop.is_set():
             try:
                 job = await self.claim()
-            except httpx.TransportError as exc:
-                log.warning("the API at %s did not answer (%s); trying again", self.api, exc)
+            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                # A passing fault (the API restarting, a 5xx): try again after the back-off.
+                log.warning("claiming from %s failed (%s); trying again", self.api, exc)
                 job = None
             if job is None:
                 with contextlib.suppress(TimeoutError):
@@ -158,16 +159,12 @@ class RemoteWorker:
         except EvaluationCancelled:
             log.warning("job %s: the lease was lost or the job was cancelled; stopped", job_id)
         except JobFailed as failure:
-            await self.report(job, "fail", {"error": failure.reason, "worker": _who()})
+            await self._report_failure(job, failure.reason)
         except WorkerRefused:
             raise
         except Exception as exc:  # a bad job must never stop the worker
             log.exception("job %s failed", job_id)
-            await self.report(
-                job,
-                "fail",
-                {"error": f"the remote worker failed: {exc}"[:ERROR_CHARS], "worker": _who()},
-            )
+            await self._report_failure(job, f"the remote worker failed: {exc}")
         finally:
             beat.cancel()
             await asyncio.gather(beat, return_exceptions=True)
@@ -209,18 +206,28 @@ class RemoteWorker:
         async def should_stop() -> bool:
             return lost.is_set()
 
-        run = await run_dataset(
-            store,
-            submission_id=job["submission_id"],
-            task=task,
-            dataset=DatasetSpec(
-                name=name, key=key, sha256=dataset["sha256"], n_examples=dataset.get("n_examples")
-            ),
-            model=model,
-            scratch=tmp / "scratch",
-            should_stop=should_stop,
-            server_name=f"weighbridge-remote-{self.fleet}",
-        )
+        try:
+            run = await run_dataset(
+                store,
+                submission_id=job["submission_id"],
+                task=task,
+                dataset=DatasetSpec(
+                    name=name,
+                    key=key,
+                    sha256=dataset["sha256"],
+                    n_examples=dataset.get("n_examples"),
+                ),
+                model=model,
+                scratch=tmp / "scratch",
+                should_stop=should_stop,
+                server_name=f"weighbridge-remote-{self.fleet}",
+            )
+        except JobFailed as failure:
+            # The owner reads why in the run's log: upload it before reporting the failure.
+            if failure.log_key and (path := store.local_path(failure.log_key)) and path.exists():
+                with contextlib.suppress(httpx.HTTPError, RuntimeError):
+                    await self._put(upload["log_url"], path)
+            raise
         if lost.is_set():
             raise EvaluationCancelled(name)
         scores = None
@@ -242,6 +249,14 @@ class RemoteWorker:
         )
         self.jobs_done += 1
         log.info("job %s: done (%d examples)", job["job_id"], run.n_examples)
+
+    async def _report_failure(self, job: dict[str, Any], reason: str) -> None:
+        """Report the job failed; a report that cannot be sent is logged (the lease then runs
+        out and the job goes back to the queue), never the end of the worker."""
+        try:
+            await self.report(job, "fail", {"error": reason[:ERROR_CHARS], "worker": _who()})
+        except httpx.HTTPError as exc:
+            log.error("job %s: the failure could not be reported (%s)", job["job_id"], exc)
 
     async def score_here(
         self, job: dict[str, Any], task: TaskConfig, uids: list[Any], answers: list[Any]
