@@ -73,9 +73,15 @@ EMAIL_STATUSES = (Status.DONE.value, Status.FAILED.value)
 # Rendering and queueing
 
 
-def notification_message_id(submission_id: str, status: str) -> str:
-    """The deterministic id (and Message-ID seed) of a submission's email for `status`."""
-    return hashlib.sha256(f"{submission_id}:{status}".encode()).hexdigest()[:32]
+def notification_message_id(submission_id: str, status: str, attempt: int = 1) -> str:
+    """The deterministic id (and Message-ID seed) of a submission's email for `status`; a
+    submission run again (core.reruns) has one email per attempt."""
+    seed = f"{submission_id}:{status}" + (f":{attempt}" if attempt > 1 else "")
+    return hashlib.sha256(seed.encode()).hexdigest()[:32]
+
+
+def attempt_of(submission: Submission) -> int:
+    return int((submission.meta or {}).get("attempt") or 1)
 
 
 @functools.cache
@@ -282,7 +288,7 @@ async def queue_submission_email(
     status = submission.status
     if status not in EMAIL_STATUSES:
         raise ValueError(f"no email for a submission that is {status!r} (only done or failed)")
-    message_id = notification_message_id(submission.id, status)
+    message_id = notification_message_id(submission.id, status, attempt_of(submission))
     existing = await session.scalar(
         sa.select(Notification).where(col(Notification.message_id) == message_id)
     )
@@ -352,10 +358,12 @@ async def refresh_rank_pending_emails(session: AsyncSession, services: Services,
     ).all()
     refreshed = 0
     for row_id, message_id, submission_id in waiting:
-        if message_id != notification_message_id(submission_id, Status.DONE.value):
-            continue
         submission = await session.get(Submission, submission_id)
         if submission is None:
+            continue
+        if message_id != notification_message_id(
+            submission_id, Status.DONE.value, attempt_of(submission)
+        ):
             continue
         _, subject, text, html, pending = await _render_submission_email(
             session, services.storage, submission, settings=services.settings

@@ -1,6 +1,7 @@
 """Running a finished submission again through the real workers: a real model is uploaded,
 built and evaluated, then re-run by its owner; it goes through every stage again as attempt 2,
-ends done with the same scores (the same model on the same data), one leaderboard row."""
+ends done with the same scores (the same model on the same data), one leaderboard row, and
+its owner is emailed for each attempt."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from core.accounts import create_user
 from core.boards import run_leaderboards
 from core.context import start_services
 from core.datasets import prepare_datasets
+from core.notifications import run_mailer
 from core.outbox import relay_forever
 from evaluator.worker import run_evaluator
 from tests.conftest import ROOT, make_settings
-from tests.e2e.test_pipeline import pack, wait_done
+from tests.e2e.test_pipeline import pack, wait_done, wait_for_emails
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +47,7 @@ async def test_a_done_model_runs_again_to_the_same_scores(
             asyncio.create_task(run_builder(services, stop)),
             asyncio.create_task(run_evaluator(services, ["default"], stop)),
             asyncio.create_task(run_leaderboards(services, stop, poll_seconds=0.1)),
+            asyncio.create_task(run_mailer(services, stop)),
             asyncio.create_task(relay_forever(services.outbox, stop, every=0.2)),
         ]
         transport = httpx.ASGITransport(app=create_app(services))
@@ -92,6 +95,9 @@ async def test_a_done_model_runs_again_to_the_same_scores(
                         break
                     await asyncio.sleep(0.2)
             assert [r["submission_id"] for r in board["rows"]] == [sid]
+            # Each attempt tells its owner: two emails, one per done.
+            emails = await wait_for_emails(settings.home / "outbox", 2)
+            assert len(emails) == 2
     finally:
         stop.set()
         await asyncio.gather(*workers, return_exceptions=True)
