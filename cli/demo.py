@@ -28,6 +28,8 @@ from core.context import Services
 UPLOADS: tuple[tuple[str, str], ...] = (
     ("digits", "digits-linear"),
     ("digits", "digits-cnn"),
+    ("sentiment", "sentiment-bow"),
+    ("qa", "qa-span"),
     ("translation", "translation-lexicon"),
 )
 # The task the closing hints name.
@@ -72,7 +74,8 @@ def example_folders(tasks: Collection[str] | None = None) -> dict[str, tuple[str
     if missing:
         raise DemoError(
             f"the example weights are missing ({', '.join(missing)}): reinstall Weighbridge, "
-            "or make them with `python -m core.examples.train_digits` (digits) or "
+            "or make them with `python -m core.examples.train_digits` (digits), "
+            "`python -m core.examples.train_text` (sentiment, qa) or "
             "`python -m core.examples.train_translation` (translation)"
         )
     return folders

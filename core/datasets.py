@@ -438,5 +438,9 @@ def public_examples(
     return rows[:limit] if limit is not None else rows
 
 
+# The text generators (sentiment, qa) register themselves on import; they live in their own
+# module to keep this one small. Imported last: they use register_generator from above.
+import core.corpora  # noqa: E402
+
 # The translation task's corpus (Velan -> English) registers its generator on import too.
 import core.translation_corpus  # noqa: E402, F401

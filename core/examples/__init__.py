@@ -13,6 +13,8 @@ FOLDER = Path(__file__).resolve().parent
 EXAMPLES = {
     "digits-cnn": "digits",
     "digits-linear": "digits",
+    "qa-span": "qa",
+    "sentiment-bow": "sentiment",
     "translation-lexicon": "translation",
 }
 
