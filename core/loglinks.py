@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.errors import Forbidden, NotFound, WeighbridgeError
 from core.models import Submission, Task, User, utcnow
 from core.presign import presigned_url
+from core.scrub import scrub_text, storage_paths
 from core.storage import Storage
 from core.submissions import get_submission
 from core.tasks import task_config
@@ -94,8 +95,13 @@ async def create_log_link(
             + (", ".join(known) or "none yet"),
             field="part",
         )
+    # The link gives a copy without server paths (core.scrub), as every log shown to a user;
+    # logs are bounded by the runners (head and tail of a long one), so this copy is small.
+    text = (await storage.read_bytes(key)).decode("utf-8", errors="replace")
+    shown = f"{key}.shown"
+    await storage.write_bytes(shown, scrub_text(text, paths=storage_paths(storage)).encode())
     expires_at = utcnow() + timedelta(seconds=seconds)
     url = await presigned_url(
-        storage, key, method="GET", seconds=seconds, public_url=public_url, secret=secret
+        storage, shown, method="GET", seconds=seconds, public_url=public_url, secret=secret
     )
     return {"part": part, "url": url, "expires_at": expires_at.isoformat()}

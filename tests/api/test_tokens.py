@@ -154,6 +154,12 @@ async def test_logs_are_the_owners_unless_the_task_makes_them_public_and_are_scr
     assert "<site-packages>/torch/nn/module.py" in text and "…/model.py" in text
     for leak in (home, "/root", f"submissions/{sid}/", ".venv"):
         assert leak not in text
+    link = await client.get(f"/api/v1/submissions/{sid}/logs/link", headers=auth(token))
+    assert link.status_code == 200
+    url = httpx.URL(link.json()["url"])
+    linked = (await client.get(url.raw_path.decode())).text  # the folder storage's own link
+    assert "epoch 1 accuracy 0.93" in linked and "<site-packages>/torch" in linked
+    assert home not in linked and "/root" not in linked
     other = await client.get(f"/api/v1/submissions/{sid}/logs", headers=auth(bob))
     anon = await client.get(f"/api/v1/submissions/{sid}/logs")
     assert other.status_code == anon.status_code == 403
