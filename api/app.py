@@ -23,7 +23,7 @@ from api.routes import (
 from api.routes.prometheus import ApiMetrics
 from core.context import Services
 from core.version import __version__
-from web import benchmark_pages, pages, submission_pages
+from web import benchmark_pages, leaderboard_pages, pages, submission_pages
 from web.account_pages import router as account_router
 from web.admin_pages import router as admin_router
 from web.auth import install_auth
@@ -70,6 +70,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(account_router)
     app.include_router(admin_router)
     app.include_router(pages.router)
+    app.include_router(leaderboard_pages.router)
     app.include_router(submission_pages.router)
     app.include_router(benchmark_pages.router)
     install_docs(app)

@@ -178,13 +178,19 @@ async def read_leaderboard(
     weights: dict[str, float] | None = None,
     viewer: User | None = None,
     with_datasets: bool = True,
+    best_per_user: bool = False,
 ) -> dict[str, Any]:
     """The stored board as `viewer` sees it, in one query; see docs/api.md for the JSON.
 
-    `with_datasets=False` leaves out each row's per-dataset values (the page shows none).
+    `with_datasets=False` leaves out each row's per-dataset values. `best_per_user` keeps each
+    owner's best row only (by Dynascore with these weights; baselines are all kept) and ranks
+    those. Rows an admin hid are shown to admins only (marked `hidden`); private rows to their
+    owner only. A task whose config says `[leaderboard] rank_only = true` gets rows with ranks
+    and names only (no score, metrics, interval, tie or per-dataset value) and refuses weights.
 
-    `{"task", "primary_metric", "weights", "rows": [{rank, model, submission_id, owner, score,
-    metrics, ci, tied, pvalue, private, datasets, unsandboxed}], "unranked", "board", "ties"}`.
+    `{"task", "primary_metric", "weights", "rank_only", "per_user", "rows": [{rank, model,
+    submission_id, owner, created_at, baseline, flagged, flag_reason, hidden, score, metrics,
+    ci, tied, pvalue, private, datasets, unsandboxed}], "unranked", "board", "ties"}`.
     Dynascore (and so the order) is computed here from the stored per-metric averages with the
     task's weights overridden by `weights`. A row's tie comes from the stored paired bootstrap
     when the row above it here is the one it was compared with (default weights, public board),
@@ -194,6 +200,13 @@ async def read_leaderboard(
     if isinstance(task, str):
         task = await get_task(session, task)
     config = task_config(task)
+    rank_only = config.leaderboard.rank_only
+    if rank_only and weights:
+        raise WeighbridgeError(
+            f"weights: task {task.slug!r} shows ranks only (a blind phase): its weights cannot "
+            "be changed; leave weights out",
+            field="weights",
+        )
     metric_weights = leaderboard_weights(config, weights)
     header = table_of(LeaderboardHeader).c
     entries = table_of(LeaderboardEntry)
@@ -212,6 +225,12 @@ async def read_leaderboard(
                 *_entry_columns(with_datasets=with_datasets),
                 col(Submission.name),
                 col(Submission.private),
+                col(Submission.user_id),
+                col(Submission.created_at),
+                col(Submission.hidden),
+                col(Submission.flagged),
+                col(Submission.flag_reason),
+                col(Submission.baseline),
                 col(User.name).label("owner"),
             )
             .select_from(
@@ -230,6 +249,8 @@ async def read_leaderboard(
         "task": task.slug,
         "primary_metric": config.primary_metric.name,
         "weights": metric_weights,
+        "rank_only": rank_only,
+        "per_user": "best" if best_per_user else "all",
         "rows": [],
         "unranked": [],
         "board": {
@@ -244,7 +265,12 @@ async def read_leaderboard(
     }
     found = [r for r in rows if r.submission_id is not None]
     result["unranked"] = [
-        {"model": r.name, "submission_id": r.submission_id, "owner": r.owner, "reason": r.reason}
+        {
+            "model": r.name,
+            "submission_id": r.submission_id,
+            "owner": r.owner,
+            "reason": r.reason,
+        }
         for r in found
         if not r.ranked
     ]
@@ -276,17 +302,34 @@ async def read_leaderboard(
     ranked, averages = [ranked[i] for i in complete], [averages[i] for i in complete]
     if not ranked:
         return result
-    try:
-        # Dynascore from the stored per-metric averages (the dataset weights were applied
-        # when the board was built): numpy over one small matrix, whatever the weights.
-        scored = score_averages(
-            np.array([[a[n] for n in names] for a in averages], dtype=np.float64),
-            columns=columns,
-            weights=normalise_weights(metric_weights),
-            primary=primary,
-        )
-    except MetricError as exc:
-        raise WeighbridgeError(f"weights: {exc}", field="weights") from None
+
+    def score(kept: list[dict[str, float]]) -> Any:
+        try:
+            # Dynascore from the stored per-metric averages (the dataset weights were applied
+            # when the board was built): numpy over one small matrix, whatever the weights.
+            return score_averages(
+                np.array([[a[n] for n in names] for a in kept], dtype=np.float64),
+                columns=columns,
+                weights=normalise_weights(metric_weights),
+                primary=primary,
+            )
+        except MetricError as exc:
+            raise WeighbridgeError(f"weights: {exc}", field="weights") from None
+
+    scored = score(averages)
+    if best_per_user:
+        # Each owner's best row on the whole board (its order), then Dynascore again over the
+        # rows kept: the board shown is ranked on itself, as a board of those rows would be.
+        owners: set[int] = set()
+        best = []
+        for i in scored.order:
+            if ranked[i].baseline or ranked[i].user_id not in owners:
+                owners.add(ranked[i].user_id)
+                best.append(i)
+        best.sort()
+        if len(best) < len(ranked):
+            ranked, averages = [ranked[i] for i in best], [averages[i] for i in best]
+            scored = score(averages)
     previous: Any = None
     previous_rank = 0
     for rank, i in zip(scored.ranks, scored.order, strict=True):
@@ -304,12 +347,27 @@ async def read_leaderboard(
         tied = tied_with_above(ci, previous_ci, pvalue) or (
             previous is not None and rank == previous_rank
         )
+        previous, previous_rank = stored, rank
+        if rank_only:
+            result["rows"].append(
+                {
+                    "rank": rank,
+                    "model": stored.name,
+                    "submission_id": stored.submission_id,
+                    "owner": stored.owner,
+                    **_marks(stored),
+                    "private": bool(stored.private),
+                    "unsandboxed": bool(stored.unsandboxed),
+                }
+            )
+            continue
         result["rows"].append(
             {
                 "rank": rank,
                 "model": stored.name,
                 "submission_id": stored.submission_id,
                 "owner": stored.owner,
+                **_marks(stored),
                 "score": float(scored.dynascores[i]),
                 "metrics": averages[i],
                 "ci": list(ci) if ci is not None else None,
@@ -322,8 +380,21 @@ async def read_leaderboard(
                 "unsandboxed": bool(stored.unsandboxed),
             }
         )
-        previous, previous_rank = stored, rank
+    if rank_only:
+        result["ties"] = {"weights": "default", "paired_bootstrap": 0, "interval_overlap": 0}
     return result
+
+
+def _marks(row: Any) -> dict[str, Any]:
+    """A board row's date and moderation marks (read from the submission, so an admin's change
+    shows at once, without a rebuild)."""
+    return {
+        "created_at": row.created_at.isoformat() if row.created_at is not None else None,
+        "baseline": bool(row.baseline),
+        "flagged": bool(row.flagged),
+        "flag_reason": row.flag_reason if row.flagged else None,
+        "hidden": bool(row.hidden),
+    }
 
 
 def _json(value: Any) -> Any:

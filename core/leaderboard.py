@@ -72,11 +72,15 @@ def parse_weights(text: str) -> dict[str, float]:
 
 
 def visible_to(task: Task, viewer: User | None) -> sa.ColumnElement[bool]:
+    """SQL: a done, ranked submission of the task that `viewer` may see on its board: rows an
+    admin hid are shown to admins only, private ones to their owner only."""
     condition = sa.and_(
         col(Submission.task_id) == task.id,
         col(Submission.status) == Status.DONE.value,
         is_ranked(),
     )
+    if viewer is None or not viewer.is_admin:
+        condition = sa.and_(condition, col(Submission.hidden) == sa.false())
     if viewer is None or viewer.id is None:
         return sa.and_(condition, col(Submission.private) == sa.false())
     # Private submissions appear only to their owner (not even to admins: it is their board).

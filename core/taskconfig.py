@@ -103,6 +103,15 @@ class EvalConfig(_Strict):
     bootstrap_resamples: int = Field(default=1000, ge=0)
 
 
+class LeaderboardConfig(_Strict):
+    """How the task's leaderboard is shown (`[leaderboard]`)."""
+
+    # A blind phase: the board shows ranks and names only, no scores, intervals or
+    # per-dataset values (on the page, in its CSV/JSON exports and in the API), and its
+    # weights cannot be changed (re-ranking would reveal the hidden scores).
+    rank_only: bool = False
+
+
 class LogsConfig(_Strict):
     """Who may read a submission's logs (`[logs]`): its owner and the admins always; anyone
     else only where `public = true` and the submission is public (logs may echo a model's
@@ -126,6 +135,7 @@ class TaskConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     build: BuildConfig = Field(default_factory=BuildConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    leaderboard: LeaderboardConfig = Field(default_factory=LeaderboardConfig)
     logs: LogsConfig = Field(default_factory=LogsConfig)
 
     @field_validator("slug")

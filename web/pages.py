@@ -9,11 +9,6 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from core.boards import read_leaderboard
-from core.context import services_of
-from core.errors import WeighbridgeError
-from core.leaderboard import parse_weights
-from core.tasks import describe_task, get_task, list_datasets, list_tasks
 from web.auth import account_link, csrf_token, known_viewer
 from web.markdown import render_markdown
 
@@ -69,43 +64,4 @@ def render_error(
         {"status": status, "title": ERROR_TITLES.get(status, "Error"), "message": message},
         status_code=status,
         headers=headers,
-    )
-
-
-@router.get("/", response_class=HTMLResponse)
-async def index(request: Request) -> HTMLResponse:
-    async with services_of(request).db.session() as session:
-        tasks = [
-            describe_task(t, await list_datasets(session, t)) for t in await list_tasks(session)
-        ]
-    context = {
-        "tasks": tasks,
-        # The site's own address, for the `weighbridge login --url` line.
-        "site_url": str(request.base_url).rstrip("/"),
-        "example_task": tasks[0]["slug"] if tasks else "TASK",
-    }
-    return templates.TemplateResponse(request, "index.html", context)
-
-
-@router.get("/tasks/{slug}", response_class=HTMLResponse)
-async def task_page(slug: str, request: Request, weights: str | None = None) -> HTMLResponse:
-    error = None
-    async with services_of(request).db.session() as session:
-        task = await get_task(session, slug)
-        info = describe_task(task, await list_datasets(session, task))
-        try:
-            board = await read_leaderboard(
-                session,
-                task,
-                weights=parse_weights(weights) if weights else None,
-                with_datasets=False,
-            )
-        except WeighbridgeError as exc:
-            error = exc.message
-            board = await read_leaderboard(session, task, with_datasets=False)
-    return templates.TemplateResponse(
-        request,
-        "task.html",
-        {"task": info, "board": board, "weights": weights or "", "error": error},
-        status_code=200 if error is None else 422,
     )

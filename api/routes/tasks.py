@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from api.deps import optional_user, services_of
+from core.errors import WeighbridgeError
 from core.tasks import describe_task, get_task, list_datasets, list_tasks
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
@@ -27,8 +28,11 @@ async def read_task(slug: str, request: Request) -> dict:
 
 @router.get("/{slug}/leaderboard", response_model=None)
 async def read_task_leaderboard(
-    slug: str, request: Request, weights: str | None = None
+    slug: str, request: Request, weights: str | None = None, per_user: str = "all"
 ) -> Response:
+    """The task's board as the caller sees it: rows an admin hid only for admins, private rows
+    only for their owner, no scores on a rank-only task; `per_user=best` keeps each owner's
+    best row (the web page's default view), `all` (the default here) every row."""
     import orjson
 
     from core.boards import read_leaderboard
@@ -38,8 +42,14 @@ async def read_task_leaderboard(
     async with services.db.session() as session:
         viewer = await optional_user(session, request)
         task = await get_task(session, slug)
+        if per_user not in ("all", "best"):
+            raise WeighbridgeError("per_user must be 'all' or 'best'", field="per_user")
         board = await read_leaderboard(
-            session, task, weights=parse_weights(weights) if weights else None, viewer=viewer
+            session,
+            task,
+            weights=parse_weights(weights) if weights else None,
+            viewer=viewer,
+            best_per_user=per_user == "best",
         )
     # Plain JSON already: encoded by orjson directly, not walked by jsonable_encoder (a
     # 1,000-row board spent most of its time there).
