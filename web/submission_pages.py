@@ -47,6 +47,9 @@ LOG_TAIL_LINES = 40
 LOG_PAGE_BYTES = 256 * 1024  # the log page's chunk (the rest follows by offset)
 POLL_SECONDS = 0.5  # how often the live stream looks at the database
 HEARTBEAT_SECONDS = 15.0
+# A stream ends after this long (the browser reconnects at once, resuming after its last
+# event), so a connection whose end the server missed costs a few minutes at most.
+STREAM_SECONDS = 300.0
 PARTS = ("runs", "scores", "performance", "failure", "receipt", "actions")
 
 
@@ -250,7 +253,11 @@ async def live_changes(
     services = services_of(request)
     seen: tuple | None = None
     quiet = 0.0
+    deadline = asyncio.get_running_loop().time() + STREAM_SECONDS
+    yield "retry: 1000\n\n"  # how soon the browser reconnects when the stream ends
     while not await request.is_disconnected():
+        if asyncio.get_running_loop().time() > deadline:
+            return
         try:
             view = await read_view(services, submission_id, viewer)
         except NotFound:

@@ -317,3 +317,21 @@ async def test_the_pages_rerun_form_needs_its_csrf_token(
     # Signed out, nobody can re-run it (and the button is gone).
     client.cookies.clear()
     assert 'action="/submissions/' not in (await client.get(f"/submissions/{sub_id}")).text
+
+
+async def test_the_live_stream_of_a_running_submission_ends_in_time_for_a_reconnect(
+    services: Services, client: httpx.AsyncClient, monkeypatch
+) -> None:
+    from web import submission_pages
+
+    monkeypatch.setattr(submission_pages, "STREAM_SECONDS", 1.0)
+    monkeypatch.setattr(submission_pages, "POLL_SECONDS", 0.1)
+    sub_id = await make_done_submission(services, name="busy")
+    async with services.db.session() as session:
+        await session.execute(
+            sa.update(Submission).where(Submission.id == sub_id).values(status="evaluating")
+        )
+    r = await client.get(f"/submissions/{sub_id}/live")
+    assert r.text.startswith("retry: 1000")
+    assert re.findall(r"^event: (\w+)$", r.text, re.M) == ["parts"]  # once: nothing changed
+    assert '"status": "evaluating"' in r.text
