@@ -6,8 +6,10 @@ S V O PP), a noun phrase reads noun, adjectives (in mirror order), determiner, a
 phrase ends with its postposition. Words inflect: nouns and adjectives take a case ending
 (-ar/-ul subject, -om/-un object, -is/-us place), nouns a plural -ek- before it, verbs an
 ending for present singular (-et), present plural (-ot) or past (-ib) and the prefix ne- for
-"not". Some words are irregular on either side (child/children ~ sil/solk, see/saw ~
-videt/vazru, fish/fish ~ riba/ribek), and English writes "an" before a vowel.
+"not". A yes/no question keeps the statement's order and ends with the particle `li` and
+"?", where English puts do/does/did first and the verb in its base form. Some words are
+irregular on either side (child/children ~ sil/solk, see/saw ~ videt/vazru, fish/fish ~
+riba/ribek), and English writes "an" before a vowel.
 
 `generator:translation` (registered with core.datasets) yields rows `{"uid", "source"
 (Velan), "translation" (English)}` for the split asked: "heldout" (2,000 pairs), "examples"
@@ -112,6 +114,8 @@ DETERMINERS = {
 }
 VERB_ENDING = {"present-singular": "et", "present-plural": "ot", "past": "ib"}
 VOWELS = "aeiou"
+QUESTION_RATE = 0.15
+QUESTION_PARTICLE = "li"
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,9 @@ def sentence_pair(rng: Any) -> tuple[str, str]:
     verb = VERBS[rng.randint(len(VERBS))]
     past = rng.random_sample() < 0.4
     negated = rng.random_sample() < 0.15
+    # A question keeps Velan's order and adds `li`; English fronts do/does/did instead.
+    if rng.random_sample() < QUESTION_RATE:
+        return _question(subject, obj, place, preposition, verb, past=past)
 
     if past:
         english_verb = ["did", "not", verb.base] if negated else [verb.past]
@@ -177,6 +184,32 @@ def sentence_pair(rng: Any) -> tuple[str, str]:
     velan += [*obj.velan, velan_verb]
     text = " ".join(english)
     return " ".join(velan) + " .", text[0].upper() + text[1:] + "."
+
+
+def _question(
+    subject: Phrase,
+    obj: Phrase,
+    place: Phrase | None,
+    preposition: str,
+    verb: Verb,
+    *,
+    past: bool,
+) -> tuple[str, str]:
+    if past:
+        auxiliary = "did"
+        velan_verb = verb.irregular_past or verb.stem + VERB_ENDING["past"]
+    else:
+        auxiliary = "do" if subject.plural else "does"
+        ending = VERB_ENDING["present-plural" if subject.plural else "present-singular"]
+        velan_verb = verb.stem + ending
+    english = [auxiliary, *subject.english, verb.base, *obj.english]
+    velan = list(subject.velan)
+    if place is not None:
+        english += [preposition, *place.english]
+        velan += [*place.velan, PREPOSITIONS[preposition]]
+    velan += [*obj.velan, velan_verb, QUESTION_PARTICLE]
+    text = " ".join(english)
+    return " ".join(velan) + " ?", text[0].upper() + text[1:] + "?"
 
 
 @functools.cache

@@ -49,9 +49,9 @@ class TrainedLexicon:
 
 def _tokens(rows: list[dict[str, Any]]) -> tuple[list[list[str]], list[list[str]]]:
     sources = [r["source"].split() for r in rows]
-    # The English side is learned lower-cased with its full stop split off; the handler
-    # capitalises the sentence and writes the stop against the word before it.
-    targets = [r["translation"].lower().replace(".", " .").split() for r in rows]
+    # The English side is learned lower-cased with its final stop or question mark split off;
+    # the handler capitalises the sentence and writes the mark against the word before it.
+    targets = [r["translation"].lower().replace(".", " .").replace("?", " ?").split() for r in rows]
     return sources, targets
 
 
@@ -82,15 +82,27 @@ def ibm_model_1(
     return t, f_vocab, e_vocab
 
 
-def align(t: Any, fs: list[int], es: list[int]) -> list[int]:
+def align(
+    t: Any, fs: list[int], es: list[int], *, source: list[str], target: list[str]
+) -> list[int]:
     """Each English word's Velan position (-1: NULL), most likely links first; a Velan word
-    takes at most one copy of an English word (two "the" go to two determiners)."""
+    takes at most one copy of an English word (two "the" go to two determiners). Between
+    links as likely as each other, a word written the same on both sides wins (a "?" that
+    always comes with `li` is the Velan "?")."""
     probs = t[es][:, fs]  # English position x (Velan positions..., NULL)
     null = len(fs) - 1
     links = [-1] * len(es)
     taken: set[tuple[int, int]] = set()
     for j in sorted(range(len(es)), key=lambda j: -float(probs[j].max())):
-        for i in sorted(range(len(fs)), key=lambda i: (-float(probs[j, i]), i)):
+        ranked = sorted(
+            range(len(fs)),
+            key=lambda i: (
+                -round(float(probs[j, i]), 9),
+                i == null or source[i] != target[j],
+                i,
+            ),
+        )
+        for i in ranked:
             if i == null:
                 break
             if (i, es[j]) not in taken:
@@ -112,7 +124,7 @@ def learn_lexicon(rows: list[dict[str, Any]]) -> dict[str, Any]:
         fs = [*(f_vocab[w] for w in source), NULL]
         es = [e_vocab[w] for w in target]
         aligned: dict[int, list[int]] = defaultdict(list)
-        for j, i in enumerate(align(t, fs, es)):
+        for j, i in enumerate(align(t, fs, es, source=source, target=target)):
             if i >= 0:
                 aligned[i].append(j)
         for i, word in enumerate(source):

@@ -46,13 +46,21 @@ def test_velan_is_verb_final_with_endings_and_english_is_a_sentence() -> None:
     rows = generate_rows("translation", {"split": "heldout"})
     cases = {*NOUN_CASE.values(), *ADJECTIVE_CASE.values()}
     determiners = {d for forms in DETERMINERS.values() for d in forms.values()}
+    questions = 0
     for row in rows:
         words = row["source"].split()
-        assert words[-1] == "."
+        english = row["translation"]
+        assert english[0].isupper() and english[-1] in ".?" and english[-2] != " "
+        if words[-1] == "?":
+            # A question: the statement's words, then `li`; English fronts do/does/did.
+            questions += 1
+            assert words[-2] == "li" and english.split()[0] in ("Do", "Does", "Did")
+            words = words[:-1]
+        else:
+            assert words[-1] == "." and english.endswith(".")
         # The verb comes last, never a noun, adjective or determiner.
         assert words[-2][-2:] not in cases and words[-2] not in determiners
-        english = row["translation"]
-        assert english[0].isupper() and english.endswith(".") and not english.endswith(" .")
+    assert 0.1 < questions / len(rows) < 0.2
     text = " ".join(r["translation"] for r in rows)
     # The irregular words occur in the hidden set (a lexicon must learn them, not a rule).
     counts = Counter(text.lower().replace(".", "").split())

@@ -33,7 +33,7 @@ def test_it_learned_words_irregulars_and_the_order(folder: Path) -> None:
     assert phrases["tavar"] == "dog" and phrases["tavekom"] == "dogs"
     assert phrases["solkar"] == "children" and phrases["vazru"] == "saw"
     assert phrases["nevidet"] == "does not see"
-    assert phrases["."] == "."
+    assert phrases["."] == "." and phrases["?"] == "?"
     # Determiners come before nouns in English, the verb before the object; two adjectives
     # of one noun swap (Velan writes them in mirror order).
     assert model["before"]["ta ar"] > 0.9 and model["before"]["et om"] > 0.9
@@ -41,6 +41,10 @@ def test_it_learned_words_irregulars_and_the_order(folder: Path) -> None:
     # The object's and the place's determiners are both "the": never seen apart, they are
     # ordered by the overall order (object first), not left in Velan's order.
     assert "tu ti" not in model["before"] and model["rank"]["tu"] < model["rank"]["ti"]
+    # The question particle becomes an auxiliary put first (one of them, whatever the tense).
+    assert (
+        phrases["li"] in ("do", "does", "did") and min(model["rank"], key=model["rank"].get) == "li"
+    )
 
 
 def test_heldout_bleu_and_what_it_gets_wrong(folder: Path) -> None:
@@ -49,8 +53,13 @@ def test_heldout_bleu_and_what_it_gets_wrong(folder: Path) -> None:
     references = [r["translation"] for r in heldout]
     bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score
     chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
-    # What core/examples/README.md reports (95.40 and 98.51).
-    assert (round(bleu, 2), round(chrf, 2)) == (95.40, 98.51)
+    # What core/examples/README.md reports (90.89 and 96.64).
+    assert (round(bleu, 2), round(chrf, 2)) == (90.89, 96.64)
     wrong = [(h, r) for h, r in zip(hypotheses, references, strict=True) if h != r]
-    # Its one known weakness: "an" before a vowel (one English word per Velan determiner).
-    assert wrong and all(" an " in f" {r} " or r.startswith("An ") for _, r in wrong)
+    # Its known weaknesses: "an" before a vowel (one English word per Velan determiner), and
+    # questions (one auxiliary for all, the verb's form as in a statement).
+    assert wrong and all(
+        " an " in f" {r} " or r.startswith("An ") or r.endswith("?") for _, r in wrong
+    )
+    statements = [(h, r) for h, r in zip(hypotheses, references, strict=True) if r[-1] == "."]
+    assert sum(h == r for h, r in statements) / len(statements) > 0.8

@@ -64,7 +64,7 @@ def translate(source: str, model: dict) -> str:
         phrase = phrases.get(word, word)
         if phrase:
             out.append(phrase)
-    text = " ".join(out).replace(" .", ".")
+    text = " ".join(out).replace(" .", ".").replace(" ?", "?")
     return text[:1].upper() + text[1:]
 
 
