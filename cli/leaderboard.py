@@ -37,10 +37,13 @@ def leaderboard_table(board: dict[str, Any]) -> Table:
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("model", min_width=min(longest, 16), overflow="fold")
     table.add_column("owner", overflow="fold")
-    table.add_column("score", justify="right", style="bold", overflow="fold")
-    for name in metric_names:
-        table.add_column(printable(name), justify="right", overflow="fold")
-    table.add_column("95% CI", justify="right", min_width=8, overflow="fold")
+    # A rank-only task (a blind phase) has no scores to show: ranks and names only.
+    scored = not board.get("rank_only")
+    if scored:
+        table.add_column("score", justify="right", style="bold", overflow="fold")
+        for name in metric_names:
+            table.add_column(printable(name), justify="right", overflow="fold")
+        table.add_column("95% CI", justify="right", min_width=8, overflow="fold")
     for row in rows:
         ci = row.get("ci")
         rank = f"{row.get('rank', '-')}{' ≈' if row.get('tied') else ''}"
@@ -48,15 +51,20 @@ def leaderboard_table(board: dict[str, Any]) -> Table:
         model = plain(row.get("model"))
         if row.get("unsandboxed"):
             model.append(" ⚠ unsandboxed")
-        add_row(
-            table,
-            rank,
-            model,
-            plain(row.get("owner")),
-            fmt_value(row.get("score")),
-            *(fmt_value(metrics.get(name)) for name in metric_names),
-            f"[{fmt_value(ci[0])}, {fmt_value(ci[1])}]" if ci else "-",
+        if row.get("baseline"):
+            model.append(" (baseline)")
+        if row.get("flagged"):
+            model.append(f" ⚑ flagged: {printable(row.get('flag_reason') or '-')}")
+        values = (
+            [
+                fmt_value(row.get("score")),
+                *(fmt_value(metrics.get(name)) for name in metric_names),
+                f"[{fmt_value(ci[0])}, {fmt_value(ci[1])}]" if ci else "-",
+            ]
+            if scored
+            else []
         )
+        add_row(table, rank, model, plain(row.get("owner")), *values)
     return table
 
 
@@ -70,7 +78,11 @@ def leaderboard_notes(board: dict[str, Any]) -> Text:
         f"{printable(name)} {w:g}" for name, w in weights.items() if as_number(w) is not None
     )
     lines = []
-    if rows:
+    if rows and board.get("rank_only"):
+        lines.append(
+            "ranks only: this task is in a blind phase; its scores are hidden until it ends."
+        )
+    elif rows:
         lines.append(
             "score: the Dynascore, the weighted combination of the task's metrics"
             + (f" (weights {used}, scaled to sum 1)" if used else "")
