@@ -118,7 +118,7 @@ def _runs_of(submission: Submission, runs: list[Any]) -> list[dict[str, Any]]:
 
 
 def _values_label(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items()) or "(none)"
+    return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
 def family_view(children: list[dict[str, Any]]) -> dict[str, Any]:
@@ -127,7 +127,11 @@ def family_view(children: list[dict[str, Any]]) -> dict[str, Any]:
     value_names = sorted({k for c in children for k in c["values"]})
     metric_names = sorted({k for c in children for k in c["metrics"]})
     charts = []
-    labels = [_values_label(c["values"]) for c in children]
+    # A range family's members are told apart by their values, a schedule's by their time.
+    labels = [
+        _values_label(c["values"]) if c["values"] else str(c["created_at"])[:16].replace("T", " ")
+        for c in children
+    ]
     for metric in metric_names:
         members = [(c, label) for c, label in zip(children, labels, strict=True)]
         measured = [(c, label) for c, label in members if metric in c["metrics"]]

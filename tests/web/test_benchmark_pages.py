@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 
 import httpx
 import sqlalchemy as sa
@@ -16,7 +17,7 @@ from core.context import Services
 from core.inspection_results import results_prefix
 from core.models import Run, Score, Submission, User
 from core.states import cancel
-from tests.scheduler.conftest import descriptor_text, make_owner
+from tests.scheduler.conftest import T0, descriptor_text, make_owner, make_schedule
 from tests.scheduler.test_histories import STEP_AT, step_history
 from tests.web.test_offline import foreign_urls
 from web.charts import nice_ticks
@@ -202,3 +203,29 @@ async def test_amuns_workflow_status_says_cancelled_for_runs_never_started(
     r = await client.get(f"/api/v1/inspections/{sub_id}/status", headers=headers)
     runs = r.json()["status"]["workflow"]["runs"]
     assert [x["status"] for x in runs] == ["cancelled", "cancelled"]
+
+
+async def test_a_schedules_runs_side_by_side_are_told_apart_by_time(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    owner = await make_owner(services)
+    parent = await make_schedule(services, owner, "*/5 * * * *")
+    async with services.db.session() as session:
+        for minute, value in ((5, 11.0), (10, 12.0)):
+            child = Submission(
+                kind="benchmark",
+                user_id=owner.id,  # type: ignore[arg-type]
+                name=f"tiny tick {minute}",
+                status="done",
+                parent_id=parent.id,
+                meta={"benchmark": "tiny"},
+                created_at=T0 + timedelta(minutes=minute),
+            )
+            session.add(child)
+            await session.flush()
+            session.add(Score(submission_id=child.id, dataset="all", metric="elapsed", value=value))
+    html = (await client.get(f"/benchmarks/{parent.id}")).text
+    multiples = re.search(r'<div class="multiples".*?</div>', html, re.S)
+    assert multiples, html
+    assert "2026-01-01 00:05" in multiples.group(0) and "2026-01-01 00:10" in multiples.group(0)
+    assert multiples.group(0).count('<circle class="point"') == 2
