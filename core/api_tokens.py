@@ -109,3 +109,14 @@ async def revoke_token(session: AsyncSession, token_id: int, *, by: User) -> Api
     token.revoked_at = utcnow()
     await session.flush()
     return token
+
+
+async def rename_token(session: AsyncSession, token_id: int, *, name: str, by: User) -> ApiToken:
+    """Give one of your tokens (anyone's, for an admin) another name."""
+    label = check_label(name)
+    token = await session.get(ApiToken, token_id)
+    if token is None or (token.user_id != by.id and not by.is_admin):
+        raise NotFound(f"no token {token_id} of yours", field="id")
+    token.label = label
+    await session.flush()
+    return token

@@ -6,7 +6,13 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from api.deps import require_user, services_of
-from core.api_tokens import create_token, describe_token, list_tokens, revoke_token
+from core.api_tokens import (
+    create_token,
+    describe_token,
+    list_tokens,
+    rename_token,
+    revoke_token,
+)
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
 
@@ -33,6 +39,18 @@ async def add_token(body: NewToken, request: Request) -> dict:
         user = await require_user(session, request)
         row, token = await create_token(session, user, name=body.name, expires=body.expires)
         return {**describe_token(row), "token": token}
+
+
+class TokenName(BaseModel):
+    name: str = Field(description="The token's new name.")
+
+
+@router.patch("/{token_id}")
+async def name_token(token_id: int, body: TokenName, request: Request) -> dict:
+    """Rename a token of yours (an admin: anyone's)."""
+    async with services_of(request).db.session() as session:
+        user = await require_user(session, request)
+        return describe_token(await rename_token(session, token_id, name=body.name, by=user))
 
 
 @router.delete("/{token_id}")

@@ -33,6 +33,12 @@ async def test_tokens_are_listed_created_named_and_revoked(
     mine = await client.get("/api/v1/tokens", headers=auth(new["token"]))
     assert [t["name"] for t in mine.json()["tokens"]] == ["ci runner", "default"]
 
+    renamed = await client.patch(
+        f"/api/v1/tokens/{new['id']}", json={"name": "ci runner 2"}, headers=auth(token)
+    )
+    assert renamed.status_code == 200 and renamed.json()["name"] == "ci runner 2"
+    bad = await client.patch(f"/api/v1/tokens/{new['id']}", json={"name": ""}, headers=auth(token))
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "name"
     revoked = await client.delete(f"/api/v1/tokens/{new['id']}", headers=auth(token))
     assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
     refused = await client.get("/api/v1/tokens", headers=auth(new["token"]))

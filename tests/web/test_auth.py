@@ -257,3 +257,16 @@ async def test_the_cookie_is_secure_behind_https(services: Services) -> None:
         assert "Secure" in page.headers["set-cookie"]  # the CSRF cookie
         signed = await c.post("/signin", data={"csrf": csrf_of(page.text), "token": token})
         assert signed.status_code == 303 and "Secure" in signed.headers["set-cookie"]
+
+
+async def test_sign_in_goes_back_only_to_a_page_of_this_site(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    token = await _user(services)
+    for target in ("https://evil.example/", "//evil.example/x", "/\t/evil.example", "/\\evil"):
+        client.cookies.clear()
+        signed = await sign_in(client, token=token, next=target)
+        assert signed.status_code == 303 and signed.headers["location"] == "/me", target
+    client.cookies.clear()
+    signed = await sign_in(client, token=token, next="/tasks/toy?weights=accuracy%3D1")
+    assert signed.headers["location"] == "/tasks/toy?weights=accuracy%3D1"
