@@ -242,7 +242,6 @@ def _fingerprint(view: dict[str, Any]) -> tuple:
         tuple((r["name"], r["status"], r["attempt"], r["error"]) for r in view["runs"]),
         tuple((x.dataset, x.metric, x.value) for x in view["scores"]),
         tuple(sorted(json.dumps(row, sort_keys=True) for row in view["performance"])),
-        tuple(view["log_parts"]),
     )
 
 
@@ -259,7 +258,8 @@ async def live_changes(
         if asyncio.get_running_loop().time() > deadline:
             return
         try:
-            view = await read_view(services, submission_id, viewer)
+            # Without the logs (a storage listing) on every tick: read with them on a change.
+            view = await read_view(services, submission_id, viewer, logs=False)
         except NotFound:
             yield _sse("end", {"status": "gone"})
             return
@@ -282,6 +282,11 @@ async def live_changes(
         if mark != seen:
             seen = mark
             sent = True
+            try:
+                view = await read_view(services, submission_id, viewer)
+            except NotFound:
+                yield _sse("end", {"status": "gone"})
+                return
             yield _sse("parts", {"status": view["s"].status, "parts": render_parts(view, csrf)})
         if view["terminal"]:
             yield _sse("end", {"status": view["s"].status})
