@@ -159,3 +159,18 @@ def test_the_handler_answers_a_passage_it_has_never_seen() -> None:
     answers = [a["answer"] for a in handler.handle(asked, context)]
     assert all(a in passage for a in answers)
     assert answers == ["Pune", "1978"]
+
+
+def test_the_handler_copes_with_empty_and_long_passages() -> None:
+    from core.examples.train_digits import handler_context, load_handler
+
+    folder = example_folder("qa-span")
+    handler = load_handler(folder)
+    context = handler_context(folder)
+    handler.handle(None, context)
+    long = " ".join(["Maria Lopez was born in Oslo in 1990."] * 600)  # 6,000 tokens
+    asked = [
+        {"body": {"context": "", "question": ""}},
+        {"body": {"context": long, "question": "Where was Maria Lopez born?"}},
+    ]
+    assert handler.handle(asked, context) == [{"answer": ""}, {"answer": "Oslo"}]

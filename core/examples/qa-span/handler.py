@@ -136,13 +136,13 @@ def best_spans(start: torch.Tensor, end: torch.Tensor, mask: torch.Tensor) -> li
     """(first, last) token of the best span of at most MAX_SPAN tokens, per example."""
     start = start.masked_fill(~mask, -1e9)
     end = end.masked_fill(~mask, -1e9)
-    pair = start.unsqueeze(2) + end.unsqueeze(1)  # [B, first, last]
     length = start.shape[1]
-    i = torch.arange(length)
-    allowed = (i.unsqueeze(1) <= i.unsqueeze(0)) & (i.unsqueeze(0) - i.unsqueeze(1) < MAX_SPAN)
-    pair = pair.masked_fill(~allowed, -1e18)
+    # pair[:, i, k]: a span from token i to token i + k (past the end: never chosen).
+    pair = torch.full((start.shape[0], length, MAX_SPAN), -1e18)
+    for k in range(min(MAX_SPAN, length)):
+        pair[:, : length - k, k] = start[:, : length - k] + end[:, k:]
     flat = pair.reshape(pair.shape[0], -1).argmax(dim=1)
-    return [(int(f) // length, int(f) % length) for f in flat]
+    return [(int(f) // MAX_SPAN, int(f) // MAX_SPAN + int(f) % MAX_SPAN) for f in flat]
 
 
 def answer_texts(model: nn.Module, contexts: list[str], questions: list[str]) -> list[str]:
