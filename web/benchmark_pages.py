@@ -121,10 +121,26 @@ def _values_label(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
+def _sort_key(value: Any) -> tuple[int, float, str]:
+    """Numbers in numeric order, before other values in text order; missing ones last."""
+    if isinstance(value, bool) or value is None:
+        return (2, 0.0, str(value))
+    if isinstance(value, int | float):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
 def family_view(children: list[dict[str, Any]]) -> dict[str, Any]:
     """A range family side by side: the value columns, the metric columns and one small
     chart per metric across the family's members."""
     value_names = sorted({k for c in children for k in c["values"]})
+    if value_names:
+        # A family's members in the order of their values (members made in one transaction
+        # share a creation time, so that order is no order on every database).
+        children = sorted(
+            children,
+            key=lambda c: [_sort_key(c["values"].get(k)) for k in value_names],
+        )
     metric_names = sorted({k for c in children for k in c["metrics"]})
     charts = []
     # A range family's members are told apart by their values, a schedule's by their time.
