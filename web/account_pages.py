@@ -175,7 +175,12 @@ async def my_submissions(request: Request, cancelled: str | None = None) -> Resp
     return templates.TemplateResponse(
         request,
         "me.html",
-        {"viewer": viewer, "rows": [_row(s, slugs) for s in rows], "cancelled": cancelled},
+        {
+            "viewer": viewer,
+            "rows": [_row(s, slugs) for s in rows],
+            # Only an id this page links to, never other text from the address.
+            "cancelled": cancelled if cancelled and subs.ID.fullmatch(cancelled) else None,
+        },
     )
 
 

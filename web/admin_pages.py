@@ -3,6 +3,8 @@ letters. Admins only: others get a 403 page, and signed-out visitors the sign-in
 
 from __future__ import annotations
 
+import re
+
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -20,6 +22,7 @@ from web.auth import check_csrf, viewer_of
 from web.pages import templates
 
 router = APIRouter(include_in_schema=False)
+DONE = re.compile(r"(?:moderated|redrove) [A-Za-z0-9_-]{1,64}")
 
 
 async def _admin_or_redirect(request: Request) -> User | Response:
@@ -54,7 +57,8 @@ async def admin_page(request: Request, done: str | None = None) -> Response:
             "slugs": slugs,
             "owners": owners,
             "letters": letters,
-            "done": done,
+            # Only the notes this page itself links to, never any text from the address.
+            "done": done if done and DONE.fullmatch(done) else None,
         },
     )
 

@@ -84,6 +84,10 @@ async def test_token_sign_in_sets_a_safe_cookie_and_shows_my_submissions(
     async with services.db.session() as session:
         s = await session.get(Submission, sid)
         assert s is not None and s.status == "cancelled"
+    shown = await client.get(done.headers["location"])
+    assert f"Submission {sid} is cancelled." in shown.text
+    spoof = await client.get("/me?cancelled=call+0800+now")
+    assert "0800" not in spoof.text and "is cancelled" not in spoof.text
     again = await client.post(f"/me/submissions/{sid}/cancel", data={"csrf": csrf_of(me.text)})
     assert again.status_code == 409 and "already cancelled" in again.text
 
@@ -222,6 +226,8 @@ async def test_admin_page_is_for_admins_and_moderates(
             "dup",
             False,
         )
+    assert f"Done: moderated {sid}." in (await client.get(saved.headers["location"])).text
+    assert "Done:" not in (await client.get("/admin?done=send+money")).text
     no_csrf = await client.post(f"/admin/submissions/{sid}/moderation", data={"hidden": "on"})
     assert no_csrf.status_code == 403
 

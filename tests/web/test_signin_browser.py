@@ -213,3 +213,50 @@ def test_an_expired_session_is_refused_and_csrf_is_required(site, browser, tmp_p
     api = httpx.get(f"{url}/api/v1/tokens", headers={"Authorization": f"Bearer {token}"})
     assert api.status_code == 401 and "this token expired on" in api.text
     _no_server_path(page.content())
+
+
+async def _admin_and_done_submission(url: str) -> tuple[str, str]:
+    from core.models import Submission, Task
+
+    db = Database(url)
+    async with db.session() as session:
+        admin, token = await create_user(session, "dee", email="dee@example.org", is_admin=True)
+        task = await session.scalar(sa.select(Task).where(Task.slug == "toy"))
+        assert task is not None
+        s = Submission(task_id=task.id, user_id=admin.id, name="reference", status="done")
+        session.add(s)
+        await session.flush()
+        sid = s.id
+    await db.dispose()
+    return token, sid
+
+
+def test_an_admin_flags_a_submission_from_the_admin_page(site, browser, tmp_path) -> None:
+    url, db_url = site
+    user_token = _run(_seed(db_url, "eve"))
+    page = browser.new_page()
+    _sign_in(page, url, user_token)
+    page.wait_for_url(url + "/me")
+    refused = page.goto(url + "/admin")
+    assert refused is not None and refused.status == 403
+    assert "this page is for admins only" in page.locator("[role=alert]").inner_text()
+    page.context.clear_cookies()
+    token, sid = _run(_admin_and_done_submission(db_url))
+    _sign_in(page, url, token)
+    page.wait_for_url(url + "/me")
+    page.goto(url + "/admin")
+    row = page.locator(f"#moderation-table tr[data-submission='{sid}']")
+    row.get_by_label("flagged").check()
+    row.get_by_label("reason").fill("trained on the test set")
+    row.get_by_label("baseline").check()
+    row.get_by_role("button", name="Save moderation of reference").click()
+    page.wait_for_selector("[role=status]")
+    row = page.locator(f"#moderation-table tr[data-submission='{sid}']")
+    assert row.get_by_label("flagged").is_checked() and row.get_by_label("baseline").is_checked()
+    assert row.get_by_label("reason").input_value() == "trained on the test set"
+    page.screenshot(path=str(tmp_path / "admin.png"), full_page=True)
+    _no_server_path(page.content())
+    detail = httpx.get(
+        f"{url}/api/v1/submissions/{sid}/events", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert any("moderated by dee" in e["message"] for e in detail.json()["events"])
