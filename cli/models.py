@@ -176,10 +176,9 @@ def check_before_upload(path: Path, task: str, *, show: bool) -> None:
 def _judge(report: ModelTestReport, path: Path, *, show: bool) -> None:
     if report.ok:
         if show:
-            accuracy = f", accuracy {report.accuracy:.1%}" if report.accuracy is not None else ""
             render.note(
                 f"checked {path} on the public examples: {report.passed}/"
-                f"{len(report.examples)} answers well-formed{accuracy}"
+                f"{len(report.examples)} answers well-formed{_scores(report)}"
             )
         return
     if show:
@@ -215,9 +214,18 @@ def _show(report: ModelTestReport) -> None:
             render.plain("; ".join(e.problems)),
         )
     out.print(table)
-    accuracy = f", accuracy {report.accuracy:.1%}" if report.accuracy is not None else ""
-    summary = f"{report.passed}/{len(report.examples)} answers well-formed{accuracy}"
+    summary = f"{report.passed}/{len(report.examples)} answers well-formed{_scores(report)}"
     out.print(f"{summary} in {render.fmt_seconds(report.seconds)}")
+
+
+def _scores(report: ModelTestReport) -> str:
+    """The accuracy of the answers and, where the task's primary metric is another, its value
+    too (", bleu 91.23"): exact answers alone undersell a translation or a QA model."""
+    text = f", accuracy {report.accuracy:.1%}" if report.accuracy is not None else ""
+    primary = report.primary
+    if primary and primary["metric"] != "accuracy":
+        text += f", {primary['metric']} {primary['value']:.4g}"
+    return text
 
 
 def _answer(value: object) -> str:

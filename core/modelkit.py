@@ -203,6 +203,9 @@ class ModelTestReport:
     error_kind: str | None = None
     log_tail: str = ""
     seconds: float = 0.0
+    # The task's primary metric on these examples, `{"metric", "value"}`, when every answer
+    # is well-formed and the examples have labels (BLEU says more than exact matches).
+    primary: dict[str, Any] | None = None
 
     @property
     def passed(self) -> int:
@@ -308,8 +311,30 @@ async def test_model_folder(
             # The sandbox shows the folder at /model; the user knows it by its own path.
             report.log_tail = _tail(log_path).replace(f"{MODEL}/", f"{folder}/")
     report.ok = report.error is None and all(e.ok for e in report.examples)
+    if report.ok:
+        report.primary = await asyncio.to_thread(_primary_score, report.examples, config)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _primary_score(examples: list[ExampleCheck], config: TaskConfig) -> dict[str, Any] | None:
+    """The task's primary metric over the public examples, or None where it cannot be had
+    (no labels, no examples, or a metric that needs more than one example's answers)."""
+    import metrics
+
+    metric = config.primary_metric
+    if not examples or any(e.label is None for e in examples):
+        return None
+    predictions = [config.prediction_of(e.answer) for e in examples]
+    try:
+        value = metrics.compute(
+            metric.name, predictions, [e.label for e in examples], **metric.options
+        )
+    except (ValueError, TypeError):  # MetricError is a ValueError
+        return None
+    if not isinstance(value, int | float):
+        return None
+    return {"metric": metric.name, "value": float(value)}
 
 
 test_model_folder.__test__ = False  # type: ignore[attr-defined]  # not a pytest test

@@ -4,14 +4,20 @@ the language's: its words (irregular ones too), its reordering, and its heldout 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import sacrebleu
+from typer.testing import CliRunner
 
+from cli.main import app
 from core.datasets import generate_rows
 from core.examples import EXAMPLES, example_folder
 from core.examples.train_translation import NAME, WEIGHTS, train_lexicon, translate_rows
+from core.modelkit import copy_example, test_model_folder
+from core.taskconfig import load_task_config
+from task_configs import FOLDER as SHIPPED_TASKS
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +69,33 @@ def test_heldout_bleu_and_what_it_gets_wrong(folder: Path) -> None:
     )
     statements = [(h, r) for h, r in zip(hypotheses, references, strict=True) if r[-1] == "."]
     assert sum(h == r for h, r in statements) / len(statements) > 0.8
+
+
+async def test_weighbridge_test_reports_bleu_on_the_public_examples(tmp_path: Path) -> None:
+    """`weighbridge test`'s check (core.modelkit, sandboxed) gives the task's primary metric
+    besides the share of exact answers."""
+    config = load_task_config(SHIPPED_TASKS / "translation.toml")
+    folder = tmp_path / "mt"
+    copy_example(folder, NAME, config)
+    report = await test_model_folder(folder, config)
+    assert report.ok, report.error
+    hypotheses = [e.answer["translation"] for e in report.examples]
+    references = [r["translation"] for r in generate_rows("translation", {"split": "examples"})]
+    bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score
+    assert report.primary == {"metric": "bleu", "value": pytest.approx(bleu, abs=1e-9)}
+    assert report.to_dict()["primary"]["metric"] == "bleu"
+    exact = sum(h == r for h, r in zip(hypotheses, references, strict=True))
+    assert report.accuracy == exact / len(references) < 1.0
+
+
+def test_the_cli_prints_bleu_beside_the_exact_answers(tmp_path: Path) -> None:
+    config = load_task_config(SHIPPED_TASKS / "translation.toml")
+    folder = tmp_path / "mt"
+    copy_example(folder, NAME, config)
+    result = CliRunner().invoke(
+        app,
+        ["test", str(folder), "--task", "translation"],
+        env={"COLUMNS": "200", "WEIGHBRIDGE_TASK_CONFIGS": str(SHIPPED_TASKS)},
+    )
+    assert result.exit_code == 0, result.output
+    assert re.search(r"20/20 answers well-formed, accuracy \d+\.\d%, bleu \d+\.\d+", result.output)
