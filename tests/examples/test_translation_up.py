@@ -70,6 +70,7 @@ def test_up_demo_evaluates_the_translation_baseline_on_its_fleet_to_its_stated_s
                 record = client.get(f"/api/v1/submissions/{sid}").json()
                 results = client.get(f"/api/v1/submissions/{sid}/results").json()
                 board = client.get("/api/v1/tasks/translation/leaderboard").json()
+                page = client.get("/tasks/translation")
         finally:
             proc.send_signal(signal.SIGINT)
             try:
@@ -80,6 +81,8 @@ def test_up_demo_evaluates_the_translation_baseline_on_its_fleet_to_its_stated_s
 
     assert record["status"] == "done", record.get("error")
     assert [r["model"] for r in board["rows"]] == ["translation-lexicon"]
+    # The task's public page ranks it, with its BLEU, without signing in.
+    assert page.status_code == 200 and "translation-lexicon" in page.text and "BLEU" in page.text
     # The translation fleet's evaluator did the work (the events and the receipt say so).
     events = query(
         f"sqlite+aiosqlite:///{home / 'weighbridge.db'}",
