@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -76,13 +76,23 @@ def _short(match: re.Match[str]) -> str:
     return f"…/{name}"
 
 
+def _lines_with(marker: str, text: str, change: Callable[[str], str]) -> str:
+    """`change` applied to the lines holding `marker` only (the costly patterns skip the rest
+    of a long log)."""
+    if marker not in text:
+        return text
+    return "".join(
+        change(line) if marker in line else line for line in text.splitlines(keepends=True)
+    )
+
+
 def scrub_text(text: str | None, *, paths: Iterable[str] = ()) -> str:
     """`text` without server paths; `paths` adds the service's own folders (its home,
     storage) to the ones every server has."""
     if not text:
         return text or ""
-    out = _SITE.sub("<site-packages>/", text)
-    out = _KEY.sub("…/", out)
+    out = _lines_with("-packages/", text, lambda line: _SITE.sub("<site-packages>/", line))
+    out = _lines_with("submissions/", out, lambda line: _KEY.sub("…/", line))
     extra = tuple(sorted({*_server_paths(), *(str(p) for p in paths)}))
     return _path_pattern(extra).sub(_short, out)
 
