@@ -226,10 +226,17 @@ def sentiment_rows(options: dict[str, Any]) -> Rows:
 
 QA_SPLITS = {"examples": (101, 20), "train": (211, 4000), "heldout": (307, 2000)}
 
-FIRST_NAMES = _listed(
-    "Maria, Jonas, Aiko, Pedro, Fatima, Liam, Chen, Olga, Kwame, Ingrid, Ravi, Sofia, Tomas, "
-    "Amara, Hugo, Yara, Nils, Leila, Mateo, Hana, Oscar, Priya, Elena, Karim"
-)
+# First names with the pronoun a passage uses for them.
+FIRST_NAMES = {
+    **dict.fromkeys(
+        _listed("Maria, Aiko, Fatima, Olga, Ingrid, Sofia, Amara, Yara, Leila, Hana, Priya, Elena"),
+        "she",
+    ),
+    **dict.fromkeys(
+        _listed("Jonas, Pedro, Liam, Kwame, Ravi, Tomas, Hugo, Nils, Mateo, Oscar, Karim, Chen"),
+        "he",
+    ),
+}
 SURNAMES = _listed(
     "Lopez, Berg, Tanaka, Silva, Haddad, Murphy, Wang, Ivanova, Mensah, Larsen, Patel, Rossi, "
     "Novak, Okafor, Dubois, Costa, Holm, Nasser, Garcia, Sato, Klein, Rao, Petrov, Adeyemi"
@@ -259,16 +266,60 @@ def _a(noun: str) -> str:
     return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
-def _person(rng: random.Random, taken: set[str]) -> tuple[str, str]:
+def _person(rng: random.Random, taken: set[str]) -> tuple[str, str, str]:
+    """First name, surname and pronoun of someone whose names the passage does not use yet."""
     while True:
-        first, last = rng.choice(FIRST_NAMES), rng.choice(SURNAMES)
+        first, last = rng.choice(sorted(FIRST_NAMES)), rng.choice(SURNAMES)
         if first not in taken and last not in taken:
             taken.update((first, last))
-            return first, last
+            return first, last, FIRST_NAMES[first]
+
+
+Fact = tuple[str, list[tuple[str, list[str]]]]  # a sentence and the questions it answers
+
+
+def _biography(
+    rng: random.Random, person: tuple[str, str, str], *, city: str, year: int, job: str, at: str
+) -> list[Fact]:
+    """Where and when someone was born, then what they do (by first name, surname or pronoun:
+    the sentences stay together, so "She" is the person just named)."""
+    first, last, pronoun = person
+    name = f"{first} {last}"
+    return [
+        (
+            rng.choice(
+                (
+                    f"{name} was born in {city} in {year}.",
+                    f"Born in {year}, {name} grew up in {city}.",
+                )
+            ),
+            [
+                (f"Where was {name} born?", [city]),
+                (f"In which city did {name} grow up?", [city]),
+                (f"When was {name} born?", [str(year)]),
+                (f"In what year was {last} born?", [str(year)]),
+            ],
+        ),
+        (
+            rng.choice(
+                (
+                    f"{first} works as {_a(job)} at {at}.",
+                    f"Today {last} is {_a(job)} with {at}.",
+                    f"{pronoun.capitalize()} works as {_a(job)} at {at}.",
+                )
+            ),
+            [
+                (f"What is {name}'s job?", [job, _a(job)]),
+                (f"What does {name} do for a living?", [job]),
+                (f"Where does {name} work?", [at]),
+                (f"Which company employs {last}?", [at]),
+            ],
+        ),
+    ]
 
 
 def _passage(rng: random.Random) -> tuple[str, list[tuple[str, list[str]]]]:
-    """A passage of 4-6 facts and the questions it answers: (question, [gold answers])."""
+    """A passage of 6-8 facts and the questions it answers: (question, [gold answers])."""
     taken: set[str] = set()
     people = [_person(rng, taken) for _ in range(3)]
     cities = rng.sample(CITIES, 5)
@@ -277,49 +328,20 @@ def _passage(rng: random.Random) -> tuple[str, list[tuple[str, list[str]]]]:
     stems = rng.sample(COMPANY_STEMS, 2)
     companies = [f"{stem} {rng.choice(COMPANY_KINDS)}" for stem in stems]
     products = rng.sample(PRODUCTS, 2)
-    facts: list[tuple[str, list[tuple[str, list[str]]]]] = []
-    for k in range(2):  # two people's biographies: the same kinds of facts, to confuse
-        first, last = people[k]
-        name = f"{first} {last}"
-        facts.append(
-            (
-                rng.choice(
-                    (
-                        f"{name} was born in {cities[k]} in {years[k]}.",
-                        f"Born in {years[k]}, {name} grew up in {cities[k]}.",
-                    )
-                ),
-                [
-                    (f"Where was {name} born?", [cities[k]]),
-                    (f"In which city did {first} {last} grow up?", [cities[k]]),
-                    (f"When was {name} born?", [str(years[k])]),
-                    (f"In what year was {last} born?", [str(years[k])]),
-                ],
-            )
-        )
-        facts.append(
-            (
-                rng.choice(
-                    (
-                        f"{first} works as {_a(jobs[k])} at {companies[k]}.",
-                        f"Today {last} is {_a(jobs[k])} with {companies[k]}.",
-                    )
-                ),
-                [
-                    (f"What is {name}'s job?", [jobs[k], _a(jobs[k])]),
-                    (f"What does {first} {last} do for a living?", [jobs[k]]),
-                    (f"Where does {name} work?", [companies[k]]),
-                    (f"Which company employs {last}?", [companies[k]]),
-                ],
-            )
-        )
+    # Two biographies of the same shape (two cities, two years, two jobs, two companies), each
+    # a block of sentences kept in order; the blocks and the other facts are shuffled.
+    blocks: list[list[Fact]] = [
+        _biography(rng, people[k], city=cities[k], year=years[k], job=jobs[k], at=companies[k])
+        for k in range(2)
+    ]
     if rng.random() < 0.5:  # the first person moved: two cities for one person
-        first, last = people[0]
-        facts.append(
+        first, last, pronoun = people[0]
+        blocks[0].append(
             (
                 rng.choice(
                     (
                         f"Later {first} moved to {cities[4]}.",
+                        f"Later {pronoun} moved to {cities[4]}.",
                         f"{first} {last} now lives in {cities[4]}.",
                     )
                 ),
@@ -329,37 +351,41 @@ def _passage(rng: random.Random) -> tuple[str, list[tuple[str, list[str]]]]:
                 ],
             )
         )
-    founder = people[2]
-    founder_name = f"{founder[0]} {founder[1]}"
+    founder = f"{people[2][0]} {people[2][1]}"
     company = companies[rng.randrange(2)]
     product = products[0]
-    facts.append(
-        (
-            rng.choice(
-                (
-                    f"{company} was founded by {founder_name} in {cities[2]} in {years[2]}.",
-                    f"In {years[2]}, {founder_name} founded {company} in {cities[2]}.",
-                )
-            ),
-            [
-                (f"Who founded {company}?", [founder_name, founder[1]]),
-                (f"When was {company} founded?", [str(years[2])]),
-                (f"In which city was {company} founded?", [cities[2]]),
-            ],
-        )
+    blocks.append(
+        [
+            (
+                rng.choice(
+                    (
+                        f"{company} was founded by {founder} in {cities[2]} in {years[2]}.",
+                        f"In {years[2]}, {founder} founded {company} in {cities[2]}.",
+                    )
+                ),
+                [
+                    (f"Who founded {company}?", [founder, people[2][1]]),
+                    (f"When was {company} founded?", [str(years[2])]),
+                    (f"In which city was {company} founded?", [cities[2]]),
+                ],
+            )
+        ]
     )
-    facts.append(
-        (
-            f"{company} makes {product} and has an office in {cities[3]}.",
-            [
-                (f"What does {company} make?", [product]),
-                (f"Where does {company} have an office?", [cities[3]]),
-            ],
-        )
+    blocks.append(
+        [
+            (
+                f"{company} makes {product} and has an office in {cities[3]}.",
+                [
+                    (f"What does {company} make?", [product]),
+                    (f"Where does {company} have an office?", [cities[3]]),
+                ],
+            )
+        ]
     )
     if rng.random() < 0.5:  # a fact no question asks about
-        facts.append((f"{cities[3]} is known for its {products[1]}.", []))
-    rng.shuffle(facts)
+        blocks.append([(f"{cities[3]} is known for its {products[1]}.", [])])
+    rng.shuffle(blocks)
+    facts = [fact for block in blocks for fact in block]
     text = " ".join(sentence for sentence, _ in facts)
     questions = [q for _, qs in facts for q in qs]
     return text, questions

@@ -16,9 +16,9 @@ from core.examples.train_digits import TrainedModel
 from core.taskconfig import load_task_config
 from task_configs import FOLDER as SHIPPED_TASKS
 
-# Measured: F1 0.985, exact match 0.985 on heldout (docs/tasks.md); floors a little below.
-F1_FLOOR = 0.95
-EXACT_MATCH_FLOOR = 0.95
+# Measured: F1 0.9345, exact match 0.9325 on heldout (docs/tasks.md); floors a little below.
+F1_FLOOR = 0.91
+EXACT_MATCH_FLOOR = 0.91
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def test_the_baseline_trains_in_seconds_and_is_the_shipped_one(trained: TrainedM
     from core.examples.train_text import predictions_of
 
     assert trained.seconds < 90
-    assert trained.train_accuracy > 0.9
+    assert trained.train_accuracy > 0.9  # exactly right spans on its training questions
     shipped = torch.load(example_folder("qa-span") / "model.pt", weights_only=True)
     fresh = torch.load(trained.folder / "model.pt", weights_only=True)
     assert shipped.keys() == fresh.keys()
