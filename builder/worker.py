@@ -424,9 +424,12 @@ async def record_dead_build(services: Services, delivery: Delivery, error: str) 
     )
 
 
-def build_consumer(services: Services, *, options: BuildOptions | None = None) -> Consumer:
+def build_consumer(
+    services: Services, *, options: BuildOptions | None = None, builder: Builder | None = None
+) -> Consumer:
     """The Consumer of the `build` queue (one build at a time per process)."""
-    builder = builder_from_settings(services)  # refuses one this build does not have
+    if builder is None:
+        builder = builder_from_settings(services)  # refuses one this build does not have
     return Consumer(
         services.queue,
         [BUILD_QUEUE],
@@ -442,6 +445,12 @@ async def run_builder(services: Services, stop: asyncio.Event) -> None:
     """Build until `stop` is set. Handler checks fork from a warm interpreter (shared with
     the evaluator in `weighbridge up`)."""
     configure_sandbox(services.settings.sandbox)  # refuses to start without one
-    consumer = build_consumer(services)
-    async with warm_interpreter():
-        await consumer.run(stop)
+    builder = builder_from_settings(services)
+    consumer = build_consumer(services, builder=builder)
+    try:
+        async with warm_interpreter():
+            await consumer.run(stop)
+    finally:
+        close = getattr(builder, "close", None)  # a builder holding clients (docker: AWS)
+        if close is not None:
+            await close()

@@ -148,6 +148,11 @@ class InspectionSpecification(_Part):
     upgrade_pip: bool = False
     send_messages: bool = False
     force_sync: bool = False
+    # Weighbridge's own: where the runs go. "aws.sagemaker" runs them as a SageMaker training
+    # job on `instance_type` where the evaluators run SageMaker jobs (WEIGHBRIDGE_RUNNER=
+    # sagemaker); elsewhere the local runner runs them and the timeline says so.
+    engine: Literal["default", "aws.sagemaker"] = "default"
+    instance_type: str | None = Field(default=None, pattern=r"^(ml\.)?[a-z0-9]+\.[a-z0-9]+$")
 
     @field_validator("packages")
     @classmethod

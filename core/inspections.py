@@ -351,13 +351,24 @@ def plan_inspection(
     env: dict[str, Any] = {"docker_image": spec.base}
     if spec.environment:
         env["vars"] = {v.name: v.value for v in spec.environment}
+    if spec.instance_type and spec.engine != "aws.sagemaker":
+        raise InspectionRequestError(
+            'instance_type is for engine = "aws.sagemaker" (local runs go where they go); '
+            "drop it or ask for that engine",
+            field="instance_type",
+        )
+    info: dict[str, Any] = {
+        "description": f"Amun inspection {spec.identifier or ''}".strip(),
+        "labels": {"task_name": label},
+    }
+    instance_type = "local"
+    if spec.engine == "aws.sagemaker":
+        info["execution_engine"] = "aws.sagemaker"
+        instance_type = spec.instance_type or "ml.m5.xlarge"
     descriptor: dict[str, Any] = {
         "spec_version": "0.1.0",
-        "info": {
-            "description": f"Amun inspection {spec.identifier or ''}".strip(),
-            "labels": {"task_name": label},
-        },
-        "hardware": {"instance_type": "local", "strategy": "single_node"},
+        "info": info,
+        "hardware": {"instance_type": instance_type, "strategy": "single_node"},
         "env": env,
         "ml": {"benchmark_code": command},
         "environment": environment,

@@ -270,3 +270,26 @@ def test_a_result_has_every_amun_field_and_what_amun_lacked() -> None:
     assert out["weighbridge"]["run"] == "run-1"
     assert parsed_stdout("not json\n") == "not json\n"
     assert os_release(None) is None
+
+
+def test_an_inspection_may_ask_for_a_sagemaker_training_job() -> None:
+    """engine = "aws.sagemaker" makes the runs' descriptor a SageMaker one (the evaluators
+    run it as a training job where WEIGHBRIDGE_RUNNER=sagemaker), on the asked instance."""
+    spec = parse_specification(
+        {
+            "base": "python:3.11",
+            "script": "print(1)",
+            "engine": "aws.sagemaker",
+            "instance_type": "ml.c5.xlarge",
+        }
+    )
+    plan = plan_inspection(spec)
+    assert plan.descriptor["info"]["execution_engine"] == "aws.sagemaker"
+    assert plan.descriptor["hardware"]["instance_type"] == "ml.c5.xlarge"
+    local = plan_inspection(parse_specification({"base": "b", "script": "x"}))
+    assert "execution_engine" not in local.descriptor["info"]
+    with pytest.raises(InspectionRequestError) as refused:
+        plan_inspection(
+            parse_specification({"base": "b", "script": "x", "instance_type": "ml.c5.xlarge"})
+        )
+    assert refused.value.field == "instance_type"
