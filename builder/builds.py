@@ -41,6 +41,9 @@ from core.version import __version__
 
 # The files of the build folder, as stored under submissions/<id>/build/.
 MAR = "model.mar"
+# What the docker builder's image serves: model.mar with Weighbridge's serving handler in front
+# (builder/docker_context.py); stored beside the Dockerfile that copies it.
+SERVING_MAR = "serving.mar"
 DOCKERFILE = "Dockerfile"
 CONFIG_PROPERTIES = "config.properties"
 SPECIFICATION = "specification.json"
@@ -69,7 +72,7 @@ class BuildResult:
 
     def files(self) -> list[str]:
         """The build folder's files in the order they are stored (the log last)."""
-        order = [MAR, DOCKERFILE, CONFIG_PROPERTIES, REQUIREMENTS, SPECIFICATION]
+        order = [MAR, SERVING_MAR, DOCKERFILE, CONFIG_PROPERTIES, REQUIREMENTS, SPECIFICATION]
         return [n for n in order if (self.folder / n).is_file()]
 
 

@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from builder.builds import CONFIG_PROPERTIES, DOCKERFILE, MAR, BuildResult
+from builder.builds import CONFIG_PROPERTIES, DOCKERFILE, MAR, SERVING_MAR, BuildResult
 from builder.dockerfiles import (
     TEMPLATES,
     base_image,
@@ -33,7 +33,6 @@ from core.errors import JobFailed
 from core.taskconfig import BuildConfig, EvalConfig
 
 DOCKERIGNORE = ".dockerignore"
-SERVING_MAR = "serving.mar"
 SERVING_HANDLER = TEMPLATES / "weighbridge_serving.py"
 SERVING_SETTINGS = "weighbridge_serving.json"
 MANIFEST = "MAR-INF/MANIFEST.json"
