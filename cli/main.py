@@ -75,6 +75,7 @@ app.command("status")(submissions.status)
 app.command("results")(submissions.results)
 app.command("logs")(submissions.logs)
 app.command("cancel")(submissions.cancel)
+app.command("rerun")(submissions.rerun)
 app.command("leaderboard")(tasks.leaderboard)
 app.command("history")(history.history)
 

@@ -322,3 +322,18 @@ def cancel(
     if purged is False:
         render.print_error("purge is not supported by this server (nothing was deleted)")
         raise typer.Exit(1)
+
+
+@reports_errors
+def rerun(submission_id: IdArgument, json_output: JsonOption = False) -> None:
+    """Evaluate a finished model submission again (yours, or any as an admin): a new attempt."""
+    with Client.from_login() as client:
+        submission_id = resolve_id(client, submission_id)
+        submission = client.post(submission_path(submission_id, "/rerun"))
+    if json_output:
+        render.print_json(submission)
+        return
+    line = Text(f"submission {render.printable(submission.get('id'))} is ")
+    line.append_text(render.status_text(submission.get("status")))
+    line.append(" again: it is queued to be built and evaluated as a new attempt")
+    render.stdout().print(line)
