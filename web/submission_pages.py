@@ -28,7 +28,7 @@ from core.models import Event, Run, Score, Submission, Task, User
 from core.reruns import can_rerun, rerun_submission
 from core.scrub import scrub_text, service_paths
 from core.storage import Storage
-from core.tasks import list_datasets
+from core.tasks import list_datasets, task_config
 from web.auth import check_csrf, csrf_token, require_viewer, viewer_of
 from web.pages import templates
 
@@ -57,6 +57,22 @@ def scrubber(services: Services) -> Any:
     """Text as shown on a page: without the server's paths (its home, its storage, ...)."""
     paths = service_paths(services.settings.home, services.settings.storage_url)
     return lambda text: scrub_text(text, paths=paths)
+
+
+def scores_hidden(task: Task | None, viewer: User | None) -> bool:
+    """A rank-only task (a blind phase, `[leaderboard] rank_only = true`) shows a submission's
+    scores to admins only, its owner included, as its board and the API do."""
+    if task is None or (viewer is not None and viewer.is_admin):
+        return False
+    return task_config(task).leaderboard.rank_only
+
+
+def _shown_message(event: Event, hidden: bool) -> str:
+    """An event's message, without the values it reports where the scores are hidden."""
+    payload = (event.envelope or {}).get("payload") or {}
+    if hidden and any(key in payload for key in ("values", "scores", "value")):
+        return f"{event.type}: done (scores are hidden: this task shows ranks only)"
+    return event.message
 
 
 def is_owner(submission: Submission, viewer: User | None) -> bool:
@@ -179,8 +195,14 @@ async def read_view(
         datasets = [d.name for d in await list_datasets(session, task)] if task else []
     scrub = scrubber(services)
     # Errors and event messages are the service's words about the user's job: no server path.
+    hidden = scores_hidden(task, viewer)
     shown_events = [
-        {"id": e.id, "type": e.type, "message": scrub(e.message), "created_at": e.created_at}
+        {
+            "id": e.id,
+            "type": e.type,
+            "message": scrub(_shown_message(e, hidden)),
+            "created_at": e.created_at,
+        }
         for e in events
     ]
     own = is_owner(s, viewer)
@@ -193,7 +215,8 @@ async def read_view(
         "events": shown_events,
         "error": scrub(s.error) if s.error else None,
         "runs": run_rows(s, runs, expected_runs(s, datasets)),
-        "scores": task_scores,
+        "scores": [] if hidden else task_scores,
+        "scores_hidden": hidden,
         "performance": performance,
         "performance_columns": [
             (m, h) for m, h in PERFORMANCE if any(m in row for row in performance)

@@ -335,3 +335,38 @@ async def test_the_live_stream_of_a_running_submission_ends_in_time_for_a_reconn
     assert r.text.startswith("retry: 1000")
     assert re.findall(r"^event: (\w+)$", r.text, re.M) == ["parts"]  # once: nothing changed
     assert '"status": "evaluating"' in r.text
+
+
+async def test_a_rank_only_task_shows_no_scores_but_to_admins(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    sub_id = await _done_with_performance(services)
+    async with services.db.session() as session:
+        task = await session.scalar(sa.select(Task).where(Task.slug == "toy"))
+        s = await session.get(Submission, sub_id)
+        assert task is not None and s is not None
+        task.config = {**task.config, "leaderboard": {"rank_only": True}}
+        session.add(task)
+        record_event(
+            session,
+            s,
+            "dataset.finished",
+            service="evaluator",
+            message="test: accuracy 0.93, 1234.5 examples/s on 100 examples",
+            payload={"values": {"accuracy": 0.93}},
+        )
+    admin, admin_token = await _user(services, "root-admin")
+    async with services.db.session() as session:
+        await session.execute(sa.update(User).where(User.id == admin.id).values(is_admin=True))
+    owner = await _owner_token(services)
+    for headers in ({}, {"Authorization": f"Bearer {owner}"}):
+        for path in ("", "/live"):
+            text = (await client.get(f"/submissions/{sub_id}{path}", headers=headers)).text
+            assert "0.93" not in text and "0.9300" not in text, (headers, path)
+            assert "ranks only" in text
+    seen = (
+        await client.get(
+            f"/submissions/{sub_id}", headers={"Authorization": f"Bearer {admin_token}"}
+        )
+    ).text
+    assert "0.9300" in seen and "accuracy 0.93" in seen
