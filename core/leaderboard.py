@@ -90,6 +90,15 @@ def visible_to(task: Task, viewer: User | None) -> sa.ColumnElement[bool]:
     )
 
 
+def scores_hidden(task: Task | None, viewer: User | None) -> bool:
+    """Whether `viewer` is kept from a submission's scores on `task`: a rank-only task (a blind
+    phase, `[leaderboard] rank_only = true`) shows them to admins only, its owner included, so
+    that no view tells what its board hides."""
+    if task is None or (viewer is not None and viewer.is_admin):
+        return False
+    return task_config(task).leaderboard.rank_only
+
+
 def _combined_ci(
     per_dataset: dict[str, Score], dataset_weights: dict[str, float]
 ) -> tuple[float, float] | None:

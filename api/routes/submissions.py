@@ -12,6 +12,7 @@ from core import submissions as subs
 from core.errors import WeighbridgeError
 from core.incoming import accept_upload, discard_upload, incoming_key
 from core.inspection_results import read_json, results_prefix
+from core.leaderboard import scores_hidden
 from core.loglinks import create_log_link, get_own_submission, get_submission_for_logs
 from core.models import Task, User, new_id
 from core.presign import secret_key
@@ -185,10 +186,18 @@ async def read_results(submission_id: str, request: Request) -> dict:
             storage = services_of(request).storage
             for run in runs:
                 run.update(await _run_files(storage, s.id, run["name"]))
+        # A rank-only task's scores are not shown here either (admins excepted).
+        hidden = scores_hidden(await session.get(Task, s.task_id) if s.task_id else None, viewer)
+        if hidden:
+            for run in runs:
+                run["summary"] = {k: v for k, v in run["summary"].items() if k != "scores"}
         return {
             "id": s.id,
             "status": s.status,
-            "scores": [score_json(x) for x in await subs.list_scores(session, s.id)],
+            "scores": []
+            if hidden
+            else [score_json(x) for x in await subs.list_scores(session, s.id)],
+            **({"scores_hidden": "the task shows ranks only (a blind phase)"} if hidden else {}),
             "runs": runs,
             **await _family(session, s),
         }

@@ -215,6 +215,20 @@ async def test_rank_only_task_shows_ranks_and_names_and_no_score_anywhere(
                 for r in rows
             )
         assert views["json"]["rank_only"] is True and views["api"]["rank_only"] is True
+    # Nor does a submission's results API tell them, to its owner either; an admin sees them.
+    sid = ids["cyd-private"]
+    for headers in ({}, bearer(ids["cyd"])):
+        results = await client.get(f"/api/v1/submissions/{sid}/results", headers=headers)
+        if headers:
+            assert results.status_code == 200
+            assert results.json()["scores"] == [] and "scores_hidden" in results.json()
+        else:
+            assert results.status_code == 404  # private: not even there for a visitor
+    public = f"/api/v1/submissions/{ids['bob-one']}/results"
+    visitor = await client.get(public)
+    assert visitor.status_code == 200 and visitor.json()["scores"] == []
+    admin = await client.get(public, headers=bearer(ids["org"]))
+    assert {s["metric"] for s in admin.json()["scores"]} == {"accuracy", "macro_f1"}
     # Re-ranking would reveal the scores: refused, saying why, on every view.
     api = await client.get("/api/v1/tasks/toy/leaderboard?weights=macro_f1=9")
     assert api.status_code == 400 and api.json()["error"]["field"] == "weights"
