@@ -370,3 +370,18 @@ async def test_a_rank_only_task_shows_no_scores_but_to_admins(
         )
     ).text
     assert "0.9300" in seen and "accuracy 0.93" in seen
+
+
+async def test_moderation_is_said_on_the_page(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    sub_id = await make_done_submission(services)
+    async with services.db.session() as session:
+        await session.execute(
+            sa.update(Submission)
+            .where(Submission.id == sub_id)
+            .values(flagged=True, flag_reason="trained on the test set", hidden=True)
+        )
+    html = (await client.get(f"/submissions/{sub_id}")).text
+    assert "Flagged by an admin: trained on the test set" in html
+    assert "hidden from the leaderboard by an admin" in html
