@@ -216,6 +216,8 @@ async def test_every_page_has_one_h1_labelled_inputs_alt_text_and_no_outside_url
     }
     starts = ["/", *page_routes(app, values)]
     starts += [f"/submissions/{ids['failed']}", f"/submissions/{ids['benchmark']}"]
+    # Error pages are pages too.
+    starts += ["/no/such/page", "/tasks/nope", "/tasks/toy?weights=accuracy=heavy"]
     forbidden = [str(services.settings.home), str(Path.home()) + "/", "/root/", "/tmp/"]
     found: list[str] = []
     crawled: set[str] = set()
