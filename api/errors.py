@@ -52,7 +52,9 @@ def install_error_handlers(app: FastAPI) -> None:
                 if exc.status_code == 404
                 else str(exc.detail)
             )
-            return render_error(request, exc.status_code, message, headers=exc.headers)
+            return render_error(
+                request, exc.status_code, message, headers=dict(exc.headers or {}) or None
+            )
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 

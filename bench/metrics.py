@@ -12,6 +12,7 @@ Each time is the best of a few repeats. Targets: >= 5x faster than scikit-learn,
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import sys
 import time
@@ -82,8 +83,8 @@ def classification_rows(n: int, repeats: int) -> list[list[str]]:
     ]
     rows = []
     for name, sklearn_fn, p, r in cases:
-        ours_s, ours = best_of(repeats, lambda n=name, p=p, r=r: metrics.compute(n, p, r))
-        theirs_s, theirs = best_of(repeats, lambda f=sklearn_fn, p=p, r=r: f(p, r))
+        ours_s, ours = best_of(repeats, functools.partial(metrics.compute, name, p, r))
+        theirs_s, theirs = best_of(repeats, functools.partial(sklearn_fn, p, r))
         form = "numpy int arrays" if isinstance(p, np.ndarray) else "Python lists"
         rows.append(
             [
@@ -104,8 +105,14 @@ def bootstrap_rows(n: int, resamples: int, repeats: int) -> list[list[str]]:
     for method in ("auto", "indices"):
         seconds, (low, high) = best_of(
             repeats,
-            lambda m=method: metrics.confidence_interval(
-                "accuracy", preds, refs, resamples=resamples, seed=0, method=m
+            functools.partial(
+                metrics.confidence_interval,
+                "accuracy",
+                preds,
+                refs,
+                resamples=resamples,
+                seed=0,
+                method=method,
             ),
         )
         drawn = "multinomial counts" if method == "auto" else "index resampling"
@@ -142,7 +149,7 @@ def bleu_rows(n: int, repeats: int) -> list[list[str]]:
     hyps, refs = segments(n, seed=3)
     words = sum(len(h.split()) for h in hyps) / n
     ours_times, theirs_times = [], []
-    ours = theirs = None
+    ours = theirs = 0.0
     for _ in range(repeats):  # interleaved so that drift hits both sides alike
         gc.collect()
         start = time.perf_counter()

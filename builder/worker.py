@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from builder.archives import safe_model_name
 from builder.backends import Builder, builder_from_settings
@@ -364,12 +365,14 @@ async def _ensure_datasets(services: Services, config: TaskConfig) -> None:
     from core.datasets import DatasetError, prepare_dataset
 
     async with services.db.session() as session:
-        task = await session.scalar(sa.select(Task).where(Task.slug == config.slug))
+        task = await session.scalar(sa.select(Task).where(col(Task.slug) == config.slug))
         ready = (
             {
                 row.name
                 for row in await session.scalars(
-                    sa.select(Dataset).where(Dataset.task_id == task.id, Dataset.uri != "")
+                    sa.select(Dataset).where(
+                        col(Dataset.task_id) == task.id, col(Dataset.uri) != ""
+                    )
                 )
             }
             if task
@@ -390,8 +393,8 @@ async def _ensure_datasets(services: Services, config: TaskConfig) -> None:
 async def _hidden_datasets(session: AsyncSession, task_id: int | None) -> list[dict[str, Any]]:
     rows = await session.scalars(
         sa.select(Dataset)
-        .where(Dataset.task_id == task_id, Dataset.access == "hidden")
-        .order_by(Dataset.id)
+        .where(col(Dataset.task_id) == task_id, col(Dataset.access) == "hidden")
+        .order_by(col(Dataset.id))
     )
     datasets = []
     for row in rows:

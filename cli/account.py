@@ -129,5 +129,6 @@ def ping(
     grid.add_row("server", _shown(login_.url))
     grid.add_row("api", "[green]reachable[/]")
     grid.add_row("version", _shown(f"{document['version']} (client {__version__})"))
-    grid.add_row("user", _shown(_who(document["user"])))
+    user = document.get("user")
+    grid.add_row("user", _shown(_who(user if isinstance(user, dict) else None)))
     render.stdout().print(grid)

@@ -57,7 +57,8 @@ async def fetch_model(
     model_dir.mkdir(parents=True, exist_ok=True)
     manifest = await asyncio.to_thread(extract_mar, archive, model_dir)
     archive.unlink()
-    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    raw = manifest.get("model")
+    model: dict[str, Any] = raw if isinstance(raw, dict) else {}
     spec = ModelSpec(
         model_dir=model_dir,
         handler=str(model.get("handler") or handler or "handler.py"),

@@ -7,8 +7,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
-from core.models import Run, Score, Submission, utcnow
+from core.models import Run, Score, Submission, table_of, utcnow
 
 
 async def insert_if_absent(
@@ -47,7 +48,7 @@ async def ensure_runs(session: AsyncSession, submission_id: str, names: Sequence
     now = utcnow()
     await insert_if_absent(
         session,
-        Run.__table__,  # type: ignore[arg-type]
+        table_of(Run),
         [
             {
                 "submission_id": submission_id,
@@ -65,14 +66,14 @@ async def ensure_runs(session: AsyncSession, submission_id: str, names: Sequence
 
 async def get_run(session: AsyncSession, submission_id: str, name: str) -> Run | None:
     return await session.scalar(
-        sa.select(Run).where(Run.submission_id == submission_id, Run.name == name)
+        sa.select(Run).where(col(Run.submission_id) == submission_id, col(Run.name) == name)
     )
 
 
 async def list_runs(session: AsyncSession, submission_id: str) -> list[Run]:
     return list(
         await session.scalars(
-            sa.select(Run).where(Run.submission_id == submission_id).order_by(Run.id)
+            sa.select(Run).where(col(Run.submission_id) == submission_id).order_by(col(Run.id))
         )
     )
 
@@ -80,8 +81,8 @@ async def list_runs(session: AsyncSession, submission_id: str) -> list[Run]:
 async def score_names(session: AsyncSession, submission_id: str, dataset: str) -> set[str]:
     return set(
         await session.scalars(
-            sa.select(Score.metric).where(
-                Score.submission_id == submission_id, Score.dataset == dataset
+            sa.select(col(Score.metric)).where(
+                col(Score.submission_id) == submission_id, col(Score.dataset) == dataset
             )
         )
     )
@@ -94,7 +95,7 @@ async def insert_scores(
     now = utcnow()
     await insert_if_absent(
         session,
-        Score.__table__,  # type: ignore[arg-type]
+        table_of(Score),
         [
             {
                 "submission_id": submission_id,
@@ -115,11 +116,13 @@ async def insert_scores(
 
 async def lock_submission(session: AsyncSession, submission_id: str) -> Submission | None:
     """The submission row, locked for this transaction where the database can."""
-    query = sa.select(Submission).where(Submission.id == submission_id)
+    query = sa.select(Submission).where(col(Submission.id) == submission_id)
     if session.get_bind().dialect.name != "sqlite":
         query = query.with_for_update()
     return await session.scalar(query.execution_options(populate_existing=True))
 
 
 async def submission_status(session: AsyncSession, submission_id: str) -> str | None:
-    return await session.scalar(sa.select(Submission.status).where(Submission.id == submission_id))
+    return await session.scalar(
+        sa.select(col(Submission.status)).where(col(Submission.id) == submission_id)
+    )

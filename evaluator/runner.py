@@ -109,12 +109,7 @@ async def load_examples(storage: Storage, dataset: DatasetSpec) -> list[dict[str
     """The dataset's rows, checksum verified (core.datasets owns the reading)."""
     from core.datasets import read_examples
 
-    rows = read_examples(storage, dataset.key, dataset.sha256)
-    if asyncio.iscoroutine(rows):
-        rows = await rows
-    if hasattr(rows, "__aiter__"):
-        return [row async for row in rows]
-    return list(rows)
+    return list(await read_examples(storage, dataset.key, dataset.sha256))
 
 
 def write_predictions(path: Path, uids: Sequence[Any], answers: Sequence[Any]) -> None:

@@ -25,10 +25,13 @@ if TYPE_CHECKING:
 class Runner(Protocol):
     """Runs a built model on one dataset."""
 
-    # The name receipts and hwinfo carry (WEIGHBRIDGE_RUNNER's value).
-    name: str
-    # What the hardware information written beside the results describes.
-    describes: str
+    @property
+    def name(self) -> str:
+        """The name receipts and hwinfo carry (WEIGHBRIDGE_RUNNER's value)."""
+
+    @property
+    def describes(self) -> str:
+        """What the hardware information written beside the results describes."""
 
     async def run_dataset(
         self,

@@ -31,9 +31,14 @@ PERFORMANCE_UNITS = {
 }
 
 
+def pool_size() -> int:
+    """How many scoring processes an evaluator starts: one per core, at most four."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def make_pool(max_workers: int | None = None) -> ProcessPoolExecutor:
     """A pool of spawned processes (no fork of an event loop with open connections)."""
-    workers = max_workers or max(1, min(4, os.cpu_count() or 1))
+    workers = max_workers or pool_size()
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),

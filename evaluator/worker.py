@@ -27,7 +27,7 @@ from core.worker import Consumer
 from evaluator.benchmarks import BenchmarkEvaluation
 from evaluator.evaluation import Evaluation, fail_submission
 from evaluator.runners import Runner, runner_from_settings
-from evaluator.scoring import make_pool, score_metric
+from evaluator.scoring import make_pool, pool_size, score_metric
 from sandbox.jail import configure as configure_sandbox
 from sandbox.zygote import warm_interpreter
 
@@ -207,8 +207,9 @@ async def run_evaluator(services: Services, fleets: list[str], stop: asyncio.Eve
         raise ValueError("an evaluator needs at least one fleet to serve")
     configure_sandbox(services.settings.sandbox)  # refuses to start without one
     runner = runner_from_settings(services.settings)  # refuses one this build does not have
-    pool = make_pool()
-    warming = _warm_pool(pool)
+    workers = pool_size()
+    pool = make_pool(workers)
+    warming = _warm_pool(pool, workers)
     consumer = Consumer(
         services.queue,
         [eval_queue(f) for f in fleets],
@@ -236,7 +237,7 @@ async def run_evaluator(services: Services, fleets: list[str], stop: asyncio.Eve
         await asyncio.gather(warming, return_exceptions=True)
 
 
-def _warm_pool(pool: ProcessPoolExecutor) -> asyncio.Future:
+def _warm_pool(pool: ProcessPoolExecutor, workers: int) -> asyncio.Future:
     """Start every pool worker now and import the metric library in it, so the first
     submission does not pay for spawning them (about half a second each)."""
     loop = asyncio.get_running_loop()
@@ -247,6 +248,6 @@ def _warm_pool(pool: ProcessPoolExecutor) -> asyncio.Future:
                 score_metric, "accuracy", {}, [0, 1], [0, 1], confidence=0.95, resamples=10
             ),
         )
-        for _ in range(pool._max_workers)
+        for _ in range(workers)
     ]
     return asyncio.gather(*jobs, return_exceptions=True)

@@ -108,11 +108,11 @@ async def metrics(request: Request) -> Response:
     for gauge in (state.run_cpu, state.run_rss, state.run_processes, state.run_gpu):
         gauge.clear()
     for r in running:
-        labels = (r["submission_id"], r["kind"], r["run"])
-        state.run_cpu.labels(*labels).set(float(r.get("cpu_percent", 0.0)))
-        state.run_rss.labels(*labels).set(float(r.get("rss_bytes", 0)))
-        state.run_processes.labels(*labels).set(float(r.get("processes", 0)))
+        run = (r["submission_id"], r["kind"], r["run"])
+        state.run_cpu.labels(*run).set(float(r.get("cpu_percent", 0.0)))
+        state.run_rss.labels(*run).set(float(r.get("rss_bytes", 0)))
+        state.run_processes.labels(*run).set(float(r.get("processes", 0)))
         for gpu in r.get("gpus") or []:
             if gpu.get("utilization_percent") is not None:
-                state.run_gpu.labels(*labels, str(gpu["index"])).set(gpu["utilization_percent"])
+                state.run_gpu.labels(*run, str(gpu["index"])).set(gpu["utilization_percent"])
     return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)

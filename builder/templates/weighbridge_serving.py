@@ -15,7 +15,7 @@ import json
 import os
 
 SETTINGS = "weighbridge_serving.json"
-_state = {}
+_state = {}  # type: dict[str, object]
 
 
 def _settings(context):
