@@ -1,5 +1,5 @@
 """The leaderboard table's HTML rows and CSV hold the same values: full precision in the CSV,
-an empty cell (an en dash on the page) where a row has no value, large numbers grouped on the page."""
+an empty cell (a dash on the page) where a row has no value, large numbers grouped."""
 
 from __future__ import annotations
 
