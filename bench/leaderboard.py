@@ -73,7 +73,9 @@ async def populate(services: Any, *, models: int, datasets: int) -> None:
             (await create_user(session, f"user{i}", email=f"user{i}@example.org"))[0]
             for i in range(20)
         ]
-        submissions, scores, runs = [], [], []
+        submissions: list[dict[str, Any]] = []
+        scores: list[dict[str, Any]] = []
+        runs: list[dict[str, Any]] = []
         for m in range(models):
             sid = f"{m:032x}"
             submissions.append(

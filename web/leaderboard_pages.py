@@ -83,9 +83,9 @@ async def _board(
     return info, board, datasets, error
 
 
-def _href(slug: str, suffix: str = "", **params: str | None) -> str:
+def _href(slug: str, suffix: str = "", params: dict[str, str | None] | None = None) -> str:
     """A link to the task's board (`suffix`: an export) with the query params that are set."""
-    query = urlencode({k: v for k, v in params.items() if v})
+    query = urlencode({k: v for k, v in (params or {}).items() if v})
     return f"/tasks/{slug}{suffix}" + (f"?{query}" if query else "")
 
 
@@ -102,14 +102,16 @@ async def task_page(
     columns = board_columns(board, metrics=metrics, datasets=datasets)
     shown_weights = weights or ",".join(f"{k}={v:g}" for k, v in board["weights"].items())
     kept = weights if error is None else None
-    view = {"weights": kept, "all": "1" if show_all else None}
+    view: dict[str, str | None] = {"weights": kept, "all": "1" if show_all else None}
     links = {
-        "page": _href(slug, **view),
-        "csv": _href(slug, "/leaderboard.csv", **view),
-        "json": _href(slug, "/leaderboard.json", **view),
-        "embed": _href(slug, **view, embed="1"),
+        "page": _href(slug, "", view),
+        "csv": _href(slug, "/leaderboard.csv", view),
+        "json": _href(slug, "/leaderboard.json", view),
+        "embed": _href(slug, "", {**view, "embed": "1"}),
         "toggle_all": _href(
-            slug, weights=kept, all=None if show_all else "1", embed="1" if embed else None
+            slug,
+            "",
+            {"weights": kept, "all": None if show_all else "1", "embed": "1" if embed else None},
         ),
     }
     return templates.TemplateResponse(
