@@ -148,7 +148,7 @@ async def signout(request: Request) -> Response:
     return response
 
 
-def _row(s: Any, slugs: dict[int, str]) -> dict[str, Any]:
+def _row(s: Any, slugs: dict[int | None, str]) -> dict[str, Any]:
     return {
         "id": s.id,
         "name": s.name,
