@@ -507,12 +507,15 @@ def _serve_remote_worker(
     configure_logging(log_level.value)
     settings = Settings()
     check_sandbox(settings, Plan(workers=["evaluator"]))
-    code = asyncio.run(_remote_worker(api, token, fleet[0], labels))
+    # Models' environments (requirements.txt) are built and kept under the worker's own home.
+    code = asyncio.run(_remote_worker(api, token, fleet[0], labels, settings.home / "envs"))
     if code:
         raise typer.Exit(code)
 
 
-async def _remote_worker(api: str, token: str, fleet: str, labels: Path | None) -> int:
+async def _remote_worker(
+    api: str, token: str, fleet: str, labels: Path | None, envs: Path | None = None
+) -> int:
     from evaluator.remote_worker import WorkerRefused, run_remote_worker
 
     stop = asyncio.Event()
@@ -520,7 +523,7 @@ async def _remote_worker(api: str, token: str, fleet: str, labels: Path | None) 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await run_remote_worker(api, token, fleet, stop, labels=labels)
+        await run_remote_worker(api, token, fleet, stop, labels=labels, envs=envs)
     except WorkerRefused as exc:
         render.print_error(f"the API refused this worker: {exc}")
         return 1

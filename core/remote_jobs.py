@@ -288,11 +288,20 @@ async def upload_urls(storage: Storage, settings: Settings, job: RemoteJob) -> d
 async def job_document(
     storage: Storage, settings: Settings, job: RemoteJob, secret: str
 ) -> dict[str, Any]:
-    """What a worker gets on claim: the task's settings, presigned links to the model archive
-    and the dataset's inputs (labels are never in it), and links to upload its results."""
+    """What a worker gets on claim: the task's settings, presigned links to the model archive,
+    its requirements.txt when it has one (the worker builds that environment itself) and the
+    dataset's inputs (labels are never in it), and links to upload its results."""
     spec = job.spec
     model = dict(spec["model"])
     dataset = dict(spec["dataset"])
+    requirements = model.pop("requirements", None)
+    if requirements:
+        requirements = dict(requirements)
+        key = requirements.pop("key")
+        model["requirements"] = {
+            "url": await _link(storage, settings, key, method="GET"),
+            **requirements,
+        }
     return {
         "job_id": job.id,
         "fleet": job.fleet,

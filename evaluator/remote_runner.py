@@ -50,6 +50,11 @@ def mar_key(submission_id: str) -> str:
     return f"submissions/{submission_id}/build/model.mar"
 
 
+def requirements_key(submission_id: str) -> str:
+    """Where the builder keeps a model's requirements.txt, when the bundle has one."""
+    return f"submissions/{submission_id}/build/requirements.txt"
+
+
 def task_document(task: TaskConfig) -> dict[str, Any]:
     """What a worker needs of the task to run the handler as the local runner does: its
     fields, the eval settings (batch size, timeouts, memory); never dataset sources."""
@@ -95,6 +100,9 @@ class RemoteRunner:
 
     database_url: str
     name: str = "remote"
+    # The handler runs on the worker, which builds the model's environment itself from the
+    # build's requirements.txt: the evaluation looks up no environment on this host.
+    handler_runs_here: bool = False
     describes: str = (
         "the evaluator that handed the job out; the remote worker that ran the handler "
         "describes itself in result.json"
@@ -123,15 +131,6 @@ class RemoteRunner:
             "log": f"{prefix}/log",
             "result": f"{prefix}/result.json",
         }
-        if model.python is not None:
-            # The model's requirements.txt environment exists on this host only; a worker would
-            # run the handler without its packages.
-            raise JobFailed(
-                stage,
-                "this model has a requirements.txt, and remote workers do not build model "
-                "environments yet: the task's fleet must run its evaluator with "
-                "WEIGHBRIDGE_RUNNER=local (or the model must need no extra packages)",
-            )
         rows = await load_examples(storage, dataset)
         if not rows:
             raise JobFailed(stage, f"dataset {dataset.name} has no examples")
@@ -152,6 +151,7 @@ class RemoteRunner:
                     "sha256": await stored_sha256(storage, archive),
                     "handler": model.handler,
                     "name": model.name,
+                    **await _requirements_of(storage, submission_id, task),
                 },
                 "dataset": {
                     "name": dataset.name,
@@ -297,6 +297,23 @@ class RemoteRunner:
         )
         await write_result(storage, run)
         return run
+
+
+async def _requirements_of(
+    storage: Storage, submission_id: str, task: TaskConfig
+) -> dict[str, Any]:
+    """The build's requirements.txt (key, sha256, the build's time limit) when the model has
+    one: the worker builds that environment itself, as the builder did."""
+    key = requirements_key(submission_id)
+    if not await storage.exists(key):
+        return {}
+    return {
+        "requirements": {
+            "key": key,
+            "sha256": await stored_sha256(storage, key),
+            "timeout_seconds": task.build.timeout_seconds,
+        }
+    }
 
 
 def _labels_of(task: TaskConfig, dataset: str) -> dict[str, Any]:

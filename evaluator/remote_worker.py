@@ -8,6 +8,11 @@ small folder storage under its scratch, uploads the predictions, the log and res
 through the job's presigned PUT links, and reports done or failed, each report signed with
 the job's secret. A heartbeat every third of the lease keeps the job; a refused heartbeat
 (the lease was lost, the submission cancelled) stops the handler at once.
+
+A model with a requirements.txt runs in an environment the worker builds itself, with the
+builder's own code (core.environments: pip in the sandbox, network for the package index
+only, no secrets), kept under `envs` (`$WEIGHBRIDGE_HOME/envs/<requirements sha256>/`) and
+reused by every later job with the same requirements.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from typing import Any
 
 import httpx
 
+from core.environments import ensure_env
 from core.errors import JobFailed
+from core.processes import BuildLog
 from core.report_signatures import SIGNATURE_HEADER, sign_report
 from core.storage import LocalStorage
 from core.taskconfig import DELTA_METRICS, TaskConfig
@@ -43,6 +50,8 @@ log = logging.getLogger(__name__)
 IDLE_SECONDS = (1.0, 5.0)  # back-off between empty claims: from 1 s, doubling up to 5 s
 REQUEST_SECONDS = 60.0
 ERROR_CHARS = 4000
+ENV_SECONDS = 1800.0  # a build's default limit, when the job names none (BuildConfig's)
+PIP_TAIL_CHARS = 1500  # of pip's output, quoted in a failed environment build's reason
 
 
 class WorkerRefused(Exception):
@@ -84,6 +93,7 @@ class RemoteWorker:
         client: httpx.AsyncClient | None = None,
         scratch_root: Path | None = None,
         labels: Path | None = None,
+        envs: Path | None = None,
     ) -> None:
         self.api = api.rstrip("/")
         self.token = token
@@ -92,6 +102,9 @@ class RemoteWorker:
         # Labels the organiser keeps on this machine: <labels>/<task slug>/<dataset>.jsonl
         # ({"uid", <label field>} lines), for datasets whose labels are held by the workers.
         self.labels = labels
+        # The models' environments, one folder per requirements sha256 (safe to delete while
+        # the worker is stopped: each is built again when a job needs it).
+        self.envs = envs if envs is not None else Path(".weighbridge", "envs").resolve()
         self.client = client or httpx.AsyncClient(timeout=REQUEST_SECONDS)
         self.headers = {"Authorization": f"Bearer {token}"}
         self.jobs_done = 0
@@ -186,10 +199,12 @@ class RemoteWorker:
         archive.unlink()
         found = manifest.get("model")
         described: dict[str, Any] = found if isinstance(found, dict) else {}
+        python = await self.environment(job, upload, tmp, stage)
         model = ModelSpec(
             model_dir=model_dir,
             handler=str(described.get("handler") or job["model"].get("handler") or "handler.py"),
             manifest=manifest,
+            python=python,
             name=str(described.get("modelName") or job["model"].get("name") or "model"),
         )
         # The local runner's own code reads its inputs from a storage: a folder under scratch.
@@ -249,6 +264,57 @@ class RemoteWorker:
         )
         self.jobs_done += 1
         log.info("job %s: done (%d examples)", job["job_id"], run.n_examples)
+
+    async def environment(
+        self, job: dict[str, Any], upload: dict[str, str], tmp: Path, stage: str
+    ) -> str | None:
+        """The interpreter of the model's environment (None: the model needs none), built
+        here from its requirements.txt or reused; a build that fails fails the job with pip's
+        reason, its log uploaded as the run's log."""
+        requirements = job["model"].get("requirements")
+        if not requirements:
+            return None
+        path = tmp / "requirements.txt"
+        await self._download(
+            requirements["url"], path, requirements["sha256"], stage, "model's requirements.txt"
+        )
+        job_id = job["job_id"]
+        log.info(
+            "job %s: the model's environment (requirements sha256 %s…) under %s",
+            job_id,
+            requirements["sha256"][:12],
+            self.envs,
+        )
+        env_log = _ProgressLog(tmp / "environment.log", job_id)
+        try:
+            env = await asyncio.to_thread(
+                ensure_env,
+                path,
+                envs_root=self.envs,
+                log=env_log,
+                timeout=float(requirements.get("timeout_seconds") or ENV_SECONDS),
+                verify=True,
+            )
+        except JobFailed as failure:
+            env_log.close()
+            with contextlib.suppress(httpx.HTTPError, RuntimeError):
+                await self._put(upload["log_url"], env_log.path)
+            tail = failure.log_tail.strip()[-PIP_TAIL_CHARS:]
+            raise JobFailed(
+                stage,
+                "the model's environment could not be built from its requirements.txt on this "
+                f"worker: {failure.reason}" + (f"\n{tail}" if tail else ""),
+            ) from None
+        finally:
+            env_log.close()
+        log.info(
+            "job %s: environment %s (%s in %.1f s)",
+            job_id,
+            env.path,
+            "reused" if env.reused else "built",
+            env.seconds,
+        )
+        return str(env.python)
 
     async def _report_failure(self, job: dict[str, Any], reason: str) -> None:
         """Report the job failed; a report that cannot be sent is logged (the lease then runs
@@ -387,6 +453,26 @@ class RemoteWorker:
             return
 
 
+class _ProgressLog(BuildLog):
+    """The environment build's log file, its steps and notes also in the worker's own log."""
+
+    def __init__(self, path: Path, job_id: str) -> None:
+        super().__init__(path)
+        self.job_id = job_id
+        self.closed = False
+
+    def write(self, text: str) -> None:
+        super().write(text)
+        for line in text.splitlines():
+            if line.strip():
+                log.info("job %s: %s", self.job_id, line.strip())
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            super().close()
+
+
 def _read_or_empty(path: Path) -> bytes:
     return path.read_bytes() if path.exists() else b""
 
@@ -399,11 +485,17 @@ def _message(response: httpx.Response) -> str:
 
 
 async def run_remote_worker(
-    api: str, token: str, fleet: str, stop: asyncio.Event, *, labels: Path | None = None
+    api: str,
+    token: str,
+    fleet: str,
+    stop: asyncio.Event,
+    *,
+    labels: Path | None = None,
+    envs: Path | None = None,
 ) -> None:
     """The worker loop of `serve evaluator --api --token --fleet [--labels DIR]`, until `stop`
-    is set."""
-    worker = RemoteWorker(api, token, fleet, labels=labels)
+    is set; models' environments are kept under `envs`."""
+    worker = RemoteWorker(api, token, fleet, labels=labels, envs=envs)
     try:
         await worker.run(stop)
     finally:

@@ -76,8 +76,10 @@ async def make_built_submission(
     name: str = "a model",
     eval_overrides: dict[str, Any] | None = None,
     mar_key: str | None = None,
+    build: dict[str, Any] | None = None,
 ) -> tuple[str, Envelope]:
-    """A submission in `built` with its .mar in storage and its evaluate message staged."""
+    """A submission in `built` with its .mar in storage and its evaluate message staged
+    (`build` overrides fields of the message's build, such as env_key)."""
     submission_id = new_id()
     key = mar_key or f"submissions/{submission_id}/build/model.mar"
     if mar_key is None:
@@ -116,6 +118,7 @@ async def make_built_submission(
                     "requirements_sha256": None,
                     "handler": "handler.py",
                     "bundle_sha256": "b" * 64,
+                    **(build or {}),
                 },
                 "datasets": list(datasets),
             },

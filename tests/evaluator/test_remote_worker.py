@@ -74,15 +74,27 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 @asynccontextmanager
 async def remote_worker(
-    services: Services, tmp_path: Path, *, fleet: str = FLEET, labels: Path | None = None
+    services: Services,
+    tmp_path: Path,
+    *,
+    fleet: str = FLEET,
+    labels: Path | None = None,
+    envs: Path | None = None,
 ) -> AsyncIterator[RemoteWorker]:
     """A worker of `fleet` with a fresh worker token, talking HTTP to the API app; it is given
-    nothing of the services but the URL and the token."""
+    nothing of the services but the URL and the token (and its own envs folder)."""
     async with services.db.session() as session:
         _row, token = await create_worker_token(session, fleet=fleet, fleets=[fleet])
     transport = httpx.ASGITransport(app=create_app(services))
     client = httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60)
-    worker = RemoteWorker("http://testserver", token, fleet, client=client, labels=labels)
+    worker = RemoteWorker(
+        "http://testserver",
+        token,
+        fleet,
+        client=client,
+        labels=labels,
+        envs=envs or tmp_path / "worker-envs",
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -306,31 +318,6 @@ def test_serve_evaluator_with_api_and_token_runs_a_fleets_jobs(tmp_path: Path) -
     # The worker made nothing of a server's in its home: no database, no storage folder.
     assert not (worker_home / "home" / "weighbridge.db").exists()
     assert not (worker_home / "home" / "storage").exists()
-
-
-async def test_a_model_with_its_own_environment_is_refused_with_the_reason(
-    tmp_path: Path,
-) -> None:
-    from core.errors import JobFailed
-    from core.storage import LocalStorage
-    from evaluator.remote_runner import RemoteRunner
-    from evaluator.runner import DatasetSpec, ModelSpec
-    from tests.evaluator.test_runner import toy_task
-
-    runner = RemoteRunner(database_url=f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}")
-    with pytest.raises(JobFailed) as refused:
-        await runner.run_dataset(
-            LocalStorage(tmp_path / "storage"),
-            submission_id="s1",
-            task=toy_task(batch_size=8, workers=1),
-            dataset=DatasetSpec(name="test", key="datasets/x/test.jsonl", sha256="0" * 64),
-            model=ModelSpec(
-                model_dir=tmp_path, handler="handler.py", manifest={}, python=sys.executable
-            ),
-            scratch=tmp_path / "scratch",
-        )
-    assert "remote workers do not build model environments yet" in refused.value.reason
-    assert "WEIGHBRIDGE_RUNNER=local" in refused.value.reason
 
 
 def held_by_workers(services: Services, labels_sha256: str = "") -> None:
