@@ -40,6 +40,10 @@ def install_error_handlers(app: FastAPI) -> None:
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
         field = ".".join(loc) or None
         message = f"{field}: {err.get('msg')}" if field else str(err.get("msg"))
+        if field is None and tuple(err.get("loc", ())) == ("body",):
+            # The whole body is missing (or is not JSON): say so, not just "Field required".
+            field = "body"
+            message = "body: this request needs a JSON body (see /docs for its fields)"
         if is_page_request(request):
             return render_error(request, 422, message)
         return error_response(422, "invalid_request", message, field=field)

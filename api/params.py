@@ -20,3 +20,4 @@ AfterId = Annotated[int, Query(ge=0, le=MAX_QUERY_INT, description="Only the ite
 Item = Annotated[
     int, Path(ge=0, le=MAX_QUERY_INT, description="The run's number in the batch, from 0.")
 ]
+TokenId = Annotated[int, Path(ge=1, le=MAX_QUERY_INT, description="The token's id.")]

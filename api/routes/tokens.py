@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from api.deps import require_user, services_of
+from api.params import TokenId
 from core.api_tokens import (
     create_token,
     describe_token,
@@ -46,7 +47,7 @@ class TokenName(BaseModel):
 
 
 @router.patch("/{token_id}")
-async def name_token(token_id: int, body: TokenName, request: Request) -> dict:
+async def name_token(token_id: TokenId, body: TokenName, request: Request) -> dict:
     """Rename a token of yours (an admin: anyone's)."""
     async with services_of(request).db.session() as session:
         user = await require_user(session, request)
@@ -54,7 +55,7 @@ async def name_token(token_id: int, body: TokenName, request: Request) -> dict:
 
 
 @router.delete("/{token_id}")
-async def delete_token(token_id: int, request: Request) -> dict:
+async def delete_token(token_id: TokenId, request: Request) -> dict:
     """Revoke a token of yours (an admin: anyone's); it is refused from now on."""
     async with services_of(request).db.session() as session:
         user = await require_user(session, request)

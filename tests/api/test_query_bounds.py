@@ -51,12 +51,19 @@ async def routes(client, token) -> list[tuple[str, str, dict, str]]:
     return filled
 
 
-async def send(client, token, method: str, url: str, parameter: dict, value: str):
+# A valid body for each route with an integer parameter that needs one.
+BODIES = {("patch", "/api/v1/tokens/{token_id}"): {"name": "bounded"}}
+
+
+async def send(client, token, method: str, url: str, parameter: dict, value: str, path: str = ""):
     """The request with `value` for the parameter, in the path or the query as it is."""
     name = parameter["name"]
+    body = BODIES.get((method, path))
     if parameter["in"] == "path":
-        return await client.request(method, url.replace(f"{{{name}}}", value), headers=auth(token))
-    return await client.request(method, url, params={name: value}, headers=auth(token))
+        return await client.request(
+            method, url.replace(f"{{{name}}}", value), headers=auth(token), json=body
+        )
+    return await client.request(method, url, params={name: value}, headers=auth(token), json=body)
 
 
 async def test_every_integer_parameter_has_bounds(routes) -> None:
@@ -77,10 +84,10 @@ async def test_every_integer_parameter_has_bounds(routes) -> None:
 
 
 async def test_out_of_range_integers_are_a_422_in_the_error_shape(client, token, routes) -> None:
-    for method, _, parameter, url in routes:
+    for method, path, parameter, url in routes:
         name = parameter["name"]
         for value in OUT_OF_RANGE:
-            response = await send(client, token, method, url, parameter, value)
+            response = await send(client, token, method, url, parameter, value, path)
             assert response.status_code == 422, (url, name, value, response.text)
             error = response.json()["error"]
             assert error["code"] == "invalid_request" and error["field"] == name
@@ -88,9 +95,9 @@ async def test_out_of_range_integers_are_a_422_in_the_error_shape(client, token,
 
 
 async def test_the_largest_allowed_values_reach_every_database(client, token, routes) -> None:
-    for method, _, parameter, url in routes:
+    for method, path, parameter, url in routes:
         largest = str(parameter["schema"]["maximum"])
-        response = await send(client, token, method, url, parameter, largest)
+        response = await send(client, token, method, url, parameter, largest, path)
         # A path's number may name nothing there (a run past the batch): found or not, no 500.
         expected = (200, 404) if parameter["in"] == "path" else (200,)
         assert response.status_code in expected, (url, parameter["name"], response.text)
@@ -98,3 +105,10 @@ async def test_the_largest_allowed_values_reach_every_database(client, token, ro
         "/api/v1/submissions", params={"offset": MAX_QUERY_INT}, headers=auth(token)
     )
     assert listing.json() == {"submissions": []}
+
+
+async def test_a_missing_json_body_is_named(client, token) -> None:
+    response = await client.post("/api/v1/tokens", headers=auth(token))
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["field"] == "body" and "JSON body" in error["message"]
