@@ -6,6 +6,7 @@ service's background loop would, then read the stored rows.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,7 +26,11 @@ from tests.notifications.conftest import make_owner, make_scored_submission, tas
 async def digits_services(
     tmp_path: Path, database_url: str, db: Database
 ) -> AsyncIterator[Services]:
-    settings = make_settings(tmp_path, database_url, task_configs=ROOT / "task_configs")
+    # The shipped digits task alone: the other shipped tasks would be boards of their own here.
+    configs = tmp_path / "task_configs"
+    configs.mkdir()
+    shutil.copy(ROOT / "task_configs" / "digits.toml", configs)
+    settings = make_settings(tmp_path, database_url, task_configs=configs)
     services = await start_services(settings, migrate=False)
     yield services
     await services.close()
