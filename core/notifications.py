@@ -219,6 +219,7 @@ async def _done_context(
     session: AsyncSession, submission: Submission, task: Task | None, owner: User
 ) -> dict[str, Any]:
     from core.boards import board_place
+    from core.leaderboard import scores_hidden
     from core.submissions import list_scores
 
     scores = await list_scores(session, submission.id)
@@ -267,8 +268,11 @@ async def _done_context(
         place = await board_place(session, task, submission.id, viewer=owner)
         rank, ranked_reason, rank_pending = place.rank, place.reason, place.pending
     confidence = f"{round(config.eval.confidence * 100)}%" if config else "95%"
+    # A blind phase (a rank-only task): the email tells the rank, never a score.
+    hidden = scores_hidden(task, owner)
     return {
-        "datasets": datasets,
+        "datasets": [] if hidden else datasets,
+        "scores_hidden": hidden,
         "rank": rank,
         "ranked_reason": ranked_reason,
         "rank_pending": rank_pending,

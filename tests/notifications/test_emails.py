@@ -187,3 +187,23 @@ async def test_the_done_email_waits_for_the_stored_board_and_then_says_the_rank(
     assert "rank 1 of 1" in note.subject and "rank 1 of 1" in note.body_text
     assert "rank 1 of 1" in note.body_html and "pending" not in note.body_text
     assert note.available_at == 0.0
+
+
+async def test_a_rank_only_task_emails_the_rank_and_no_score(services: Services) -> None:
+    """A blind phase (`[leaderboard] rank_only = true`): the done email says the rank and that
+    scores are not shown, and carries no value or interval."""
+    async with services.db.session() as session:
+        owner = await make_owner(session)
+        task = await task_row(session, "toy")
+        task.config = {**task.config, "leaderboard": {"rank_only": True}}
+        submission = await make_scored_submission(
+            session, owner, task, {"test": {"accuracy": (0.91, 0.85, 0.96), "macro_f1": 0.905}}
+        )
+        await rebuild_leaderboard(session, task, storage=None)
+        note = await queue_submission_email(
+            session, services.storage, submission, settings=services.settings
+        )
+    assert "rank 1 of 1" in note.subject
+    for body in (note.body_text, note.body_html):
+        assert "blind phase" in body and "rank 1 of 1" in body
+        assert "91.00%" not in body and "85.00%" not in body and "90.50%" not in body
