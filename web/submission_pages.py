@@ -23,12 +23,13 @@ from core import submissions as subs
 from core.context import Services, services_of
 from core.errors import NotFound
 from core.inspection_results import batch_size_of
+from core.leaderboard import scores_hidden
 from core.loglinks import log_key, log_parts, logs_public
 from core.models import Event, Run, Score, Submission, Task, User
 from core.reruns import can_rerun, rerun_submission
 from core.scrub import scrub_text, service_paths
 from core.storage import Storage
-from core.tasks import list_datasets, task_config
+from core.tasks import list_datasets
 from web.auth import check_csrf, csrf_token, require_viewer, viewer_of
 from web.pages import templates
 
@@ -57,14 +58,6 @@ def scrubber(services: Services) -> Any:
     """Text as shown on a page: without the server's paths (its home, its storage, ...)."""
     paths = service_paths(services.settings.home, services.settings.storage_url)
     return lambda text: scrub_text(text, paths=paths)
-
-
-def scores_hidden(task: Task | None, viewer: User | None) -> bool:
-    """A rank-only task (a blind phase, `[leaderboard] rank_only = true`) shows a submission's
-    scores to admins only, its owner included, as its board and the API do."""
-    if task is None or (viewer is not None and viewer.is_admin):
-        return False
-    return task_config(task).leaderboard.rank_only
 
 
 def _shown_message(event: Event, hidden: bool) -> str:
