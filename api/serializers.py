@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.leaderboard import shown_event
 from core.models import Event, Run, Score, Submission, User
 
 
@@ -23,14 +24,19 @@ def submission_summary(s: Submission, *, task: str | None, owner: str | None) ->
     }
 
 
-def event_json(e: Event) -> dict[str, Any]:
+def event_json(e: Event, *, scores_hidden: bool = False) -> dict[str, Any]:
+    """An event as the API shows it; where the scores are hidden (a rank-only task), without
+    the values it reports."""
+    message, payload = shown_event(
+        e.type, e.message, (e.envelope or {}).get("payload", {}), hidden=scores_hidden
+    )
     return {
         "id": e.id,
         "type": e.type,
         "status": e.status,
-        "message": e.message,
+        "message": message,
         "created_at": e.created_at.isoformat(),
-        "payload": (e.envelope or {}).get("payload", {}),
+        "payload": payload,
     }
 
 
@@ -64,6 +70,7 @@ def submission_json(
     owner: User | None,
     events: list[Event],
     runs: list[Run],
+    scores_hidden: bool = False,
 ) -> dict[str, Any]:
     body = submission_summary(s, task=task, owner=owner.name if owner else None)
     body["error"] = (
@@ -71,6 +78,6 @@ def submission_json(
         if s.status == "failed"
         else None
     )
-    body["events"] = [event_json(e) for e in events]
+    body["events"] = [event_json(e, scores_hidden=scores_hidden) for e in events]
     body["runs"] = [run_json(r) for r in runs]
     return body

@@ -99,6 +99,21 @@ def scores_hidden(task: Task | None, viewer: User | None) -> bool:
     return task_config(task).leaderboard.rank_only
 
 
+# The payload keys of timeline events that report a score's value (dataset.finished, ...).
+VALUE_KEYS = ("values", "scores", "value")
+
+
+def shown_event(
+    event_type: str, message: str, payload: dict[str, Any], *, hidden: bool
+) -> tuple[str, dict[str, Any]]:
+    """An event's message and payload as shown where the scores are hidden (`scores_hidden`):
+    the values it reports are left out, and the message says so."""
+    if not hidden or not any(key in payload for key in VALUE_KEYS):
+        return message, payload
+    kept = {k: v for k, v in payload.items() if k not in VALUE_KEYS}
+    return f"{event_type}: done (scores are hidden: this task shows ranks only)", kept
+
+
 def _combined_ci(
     per_dataset: dict[str, Score], dataset_weights: dict[str, float]
 ) -> tuple[float, float] | None:

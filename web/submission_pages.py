@@ -23,7 +23,7 @@ from core import submissions as subs
 from core.context import Services, services_of
 from core.errors import NotFound
 from core.inspection_results import batch_size_of
-from core.leaderboard import scores_hidden
+from core.leaderboard import scores_hidden, shown_event
 from core.loglinks import log_key, log_parts, logs_public
 from core.models import Event, Run, Score, Submission, Task, User
 from core.reruns import can_rerun, rerun_submission
@@ -63,9 +63,7 @@ def scrubber(services: Services) -> Any:
 def _shown_message(event: Event, hidden: bool) -> str:
     """An event's message, without the values it reports where the scores are hidden."""
     payload = (event.envelope or {}).get("payload") or {}
-    if hidden and any(key in payload for key in ("values", "scores", "value")):
-        return f"{event.type}: done (scores are hidden: this task shows ranks only)"
-    return event.message
+    return shown_event(event.type, event.message, payload, hidden=hidden)[0]
 
 
 def is_owner(submission: Submission, viewer: User | None) -> bool:

@@ -131,10 +131,10 @@ async def read_submission(submission_id: str, request: Request) -> dict:
     async with services_of(request).db.session() as session:
         viewer = await optional_user(session, request)
         s = await subs.get_submission(session, submission_id, viewer=viewer)
-        return await _detail(session, s)
+        return await _detail(session, s, viewer)
 
 
-async def _detail(session, s) -> dict:
+async def _detail(session, s, viewer: User | None) -> dict:
     task = await session.get(Task, s.task_id) if s.task_id else None
     body = submission_json(
         s,
@@ -142,6 +142,7 @@ async def _detail(session, s) -> dict:
         owner=await session.get(User, s.user_id),
         events=await subs.list_events(session, s.id),
         runs=await subs.list_runs(session, s.id),
+        scores_hidden=scores_hidden(task, viewer),
     )
     return {**body, **await _family(session, s)}
 
@@ -164,7 +165,12 @@ async def read_events(submission_id: str, request: Request, after: AfterId = 0) 
         viewer = await optional_user(session, request)
         s = await subs.get_submission(session, submission_id, viewer=viewer)
         events = [e for e in await subs.list_events(session, s.id) if (e.id or 0) > after]
-        return {"status": s.status, "events": [event_json(e) for e in events]}
+        task = await session.get(Task, s.task_id) if s.task_id else None
+        hidden = scores_hidden(task, viewer)
+        return {
+            "status": s.status,
+            "events": [event_json(e, scores_hidden=hidden) for e in events],
+        }
 
 
 @router.post("/{submission_id}/cancel")
@@ -173,7 +179,7 @@ async def cancel(submission_id: str, request: Request) -> dict:
         user = await require_user(session, request)
         s = await subs.cancel_submission(session, submission_id, user=user)
         await session.flush()
-        return await _detail(session, s)
+        return await _detail(session, s, user)
 
 
 @router.get("/{submission_id}/results")
@@ -256,7 +262,7 @@ async def rerun(submission_id: str, request: Request) -> dict:
         user = await require_user(session, request)
         s = await rerun_submission(session, services.outbox, submission_id, user=user)
         await session.flush()
-        return await _detail(session, s)
+        return await _detail(session, s, user)
 
 
 @router.delete("/{submission_id}")
