@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -135,6 +136,17 @@ async def delete_new_user(session: AsyncSession, user: User) -> None:
 
 async def get_user(session: AsyncSession, name: str) -> User | None:
     return await session.scalar(sa.select(User).where(col(User.name) == name))
+
+
+async def user_names(session: AsyncSession, ids: Iterable[int]) -> dict[int, str]:
+    """The names of the users with these ids (one query, whatever their number)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        sa.select(col(User.id), col(User.name)).where(col(User.id).in_(wanted))
+    )
+    return {int(user_id or 0): str(name) for user_id, name in rows}
 
 
 async def count_users(session: AsyncSession) -> int:

@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.responses import Response
@@ -18,8 +17,9 @@ from core.accounts import authenticate_password, authenticate_token, issue_token
 from core.api_tokens import create_token, describe_token, list_tokens, revoke_token
 from core.context import services_of
 from core.errors import Unauthorized, WeighbridgeError
-from core.models import ApiToken, Task, User, utcnow
+from core.models import ApiToken, User, utcnow
 from core.states import TERMINAL, Status
+from core.tasks import list_tasks
 from web.auth import (
     PASSWORD_KIND,
     SESSION_SECONDS,
@@ -171,7 +171,7 @@ async def my_submissions(request: Request, cancelled: str | None = None) -> Resp
         return _to_signin("/me")
     async with services_of(request).db.session() as session:
         rows = await subs.list_submissions(session, viewer=viewer, mine=True, limit=200)
-        slugs = {t.id: t.slug for t in await session.scalars(sa.select(Task))}
+        slugs = {t.id: t.slug for t in await list_tasks(session)}
     return templates.TemplateResponse(
         request,
         "me.html",

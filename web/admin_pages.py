@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import re
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.responses import Response
 
 from core import submissions as subs
+from core.accounts import user_names
 from core.context import services_of
 from core.dead_letters import list_dead_letters, redrive_dead_letter
 from core.errors import Forbidden
-from core.models import Task, User
+from core.models import User
 from core.moderation import moderate_submission
 from core.scrub import scrub_text
+from core.tasks import list_tasks
 from web.account_pages import shows_errors
 from web.auth import check_csrf, viewer_of
 from web.pages import templates
@@ -43,8 +44,8 @@ async def admin_page(request: Request, done: str | None = None) -> Response:
     services = services_of(request)
     async with services.db.session() as session:
         rows = await subs.list_submissions(session, viewer=viewer, mine=False, limit=200)
-        slugs = {t.id: t.slug for t in await session.scalars(sa.select(Task))}
-        owners = {u.id: u.name for u in await session.scalars(sa.select(User))}
+        slugs = {t.id: t.slug for t in await list_tasks(session)}
+        owners = await user_names(session, (s.user_id for s in rows))
     letters = await list_dead_letters(services.queue)
     for letter in letters:
         letter["error"] = scrub_text(letter["error"])
