@@ -20,7 +20,9 @@ def test_frozen_objects_stay_and_later_cycles_are_still_collected() -> None:
         kept.other = kept  # a cycle alive at start-up
         frozen = freeze_startup_heap()
         assert frozen >= 1
-        assert gc.get_freeze_count() == frozen
+        # At most what was frozen: a frozen object whose last reference another thread (a
+        # test server's) drops in between is freed from the permanent generation.
+        assert 0 < gc.get_freeze_count() <= frozen
 
         later = Node()
         later.other = later

@@ -134,16 +134,18 @@ async def test_a_long_handler_keeps_its_lease_alive(db: Database) -> None:
 
     async def slow(delivery: Delivery) -> None:
         starts.append(delivery.envelope.message_id)
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(3.5)
 
-    first = Consumer(q, [name], slow, name="first", lease_seconds=0.6, wait_seconds=0.05)
+    # Over twice the lease: the heartbeat (every third of it) keeps it. A lease of 1.5 s, not
+    # less: on a loaded CI machine a 0.6 s lease ran out between two late heartbeats.
+    first = Consumer(q, [name], slow, name="first", lease_seconds=1.5, wait_seconds=0.05)
     second = Consumer(
-        make_queue(db), [name], slow, name="second", lease_seconds=0.6, wait_seconds=0.05
+        make_queue(db), [name], slow, name="second", lease_seconds=1.5, wait_seconds=0.05
     )
     async with running(first):
         await wait_until(lambda: bool(starts))
         async with running(second):
-            await asyncio.sleep(1.6)
+            await asyncio.sleep(3.6)
     assert len(starts) == 1
     assert await q.depth(name) == 0
 

@@ -1,12 +1,10 @@
 """The Mailer contract, passed by every implementation chosen by WEIGHBRIDGE_EMAIL_URL: a sent
 message arrives whole (the same Message-ID, sender, recipient, subject, both bodies), two
 messages arrive as two, and the URL names the implementation. SES runs against moto's server
-over HTTP: what moto accepted is read back from its `/moto-api/data.json` (the raw messages)."""
+over HTTP: what moto accepted is read back from its SES backend (the raw messages)."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -38,10 +36,29 @@ SENDER = "Weighbridge <noreply@weighbridge.test>"
 
 
 def moto_raw_messages(moto_url: str) -> list[dict]:
-    """Every raw message moto's SES accepted (all regions), oldest first."""
-    with urllib.request.urlopen(f"{moto_url}/moto-api/data.json", timeout=10) as answer:
-        data = json.load(answer)
-    return list(data.get("ses", {}).get("RawMessage", []))
+    """Every raw message moto's SES accepted (all accounts and regions), oldest first.
+
+    Read from the backend of the moto server this process runs (the `moto_url` fixture's
+    ThreadedMotoServer), not from its /moto-api/data.json: that dumps every service's state
+    at once, and the session's other tests leave state (SageMaker, ECR) it cannot always
+    serialise (an HTTP 500 seen in CI)."""
+    from moto.ses.models import RawMessage, ses_backends
+
+    found = []
+    for account in list(ses_backends.keys()):
+        regions = ses_backends[account]
+        for region in list(regions.keys()):
+            for m in list(regions[region].sent_messages):
+                if isinstance(m, RawMessage):
+                    found.append(
+                        {
+                            "id": m.id,
+                            "source": m.source,
+                            "raw_data": m.raw_data,
+                            "destinations": m.destinations,
+                        }
+                    )
+    return found
 
 
 def from_moto(moto_url: str) -> Callable[[], list[bytes]]:
