@@ -118,6 +118,11 @@ class LogsConfig(_Strict):
     code or data, so they stay private unless the organiser says otherwise)."""
 
     public: bool = False
+    # What a handler prints (and its tracebacks) while it runs on a hidden dataset: it may
+    # echo the hidden examples it was given. False (the default): kept in storage for the
+    # organisers (`results/<dataset>/handler-output.log`), and the owner's log says so, with
+    # a failure's reason cut short; true: it is part of the owner's log, as on public sets.
+    hidden_output: bool = False
 
 
 class TaskConfig(_Strict):

@@ -158,13 +158,20 @@ async def run_dataset(
         "log": f"{prefix}/log",
         "result": f"{prefix}/result.json",
     }
+    # On a hidden dataset the handler's own output may echo the hidden examples: unless the
+    # task shows it ([logs] hidden_output), it goes to a file of its own, kept for the
+    # organisers, and a failure's reason (which may quote the handler) is cut short.
+    withheld = withholds_output(task, dataset.name)
+    keys_withheld = {"output": f"{prefix}/{HANDLER_OUTPUT}"} if withheld else {}
     rows = await _checked_rows(storage, dataset, task, stage=stage)
     folder = scratch / dataset.name
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "log"
     log_path.write_text("")
     limits = SandboxLimits(timeout_seconds=task.eval.timeout_seconds, memory_mb=task.eval.memory_mb)
-    sandboxes = _sandboxes(model, task, rows, folder, log_path, limits, server_name)
+    sandboxes = _sandboxes(
+        model, task, rows, folder, log_path, limits, server_name, withheld=withheld
+    )
     n_workers = len(sandboxes)
     started_wall = time.time()
     work = _run_batches(sandboxes, rows, task, dataset)
@@ -181,8 +188,14 @@ async def run_dataset(
             await asyncio.gather(*(sandbox.close(graceful=finished) for sandbox in sandboxes))
             if n_workers > 1:
                 await asyncio.to_thread(_merge_logs, log_path, [s.log_path for s in sandboxes])
+            if withheld:
+                await asyncio.shield(
+                    _keep_output(storage, keys_withheld["output"], sandboxes, log_path)
+                )
     except (SandboxError, InvalidAnswer) as exc:
         reason = exc.reason if isinstance(exc, SandboxError) else str(exc)
+        if withheld:
+            reason = cut_reason(reason)
         with log_path.open("a", encoding="utf-8") as fh:
             fh.write(f"[evaluator] failed: {reason}\n")
         await _upload_log(storage, keys["log"], log_path)
@@ -250,6 +263,8 @@ def _sandboxes(
     log_path: Path,
     limits: SandboxLimits,
     server_name: str,
+    *,
+    withheld: bool = False,
 ) -> list[Sandbox]:
     """The handler workers for one dataset: `max_concurrent_transforms` of them side by side,
     as SageMaker sends that many requests at once to an instance (whose TorchServe runs one
@@ -262,6 +277,7 @@ def _sandboxes(
             manifest=model.manifest,
             workdir=folder / ("work" if n_workers == 1 else f"work-{i + 1}"),
             log_path=log_path if n_workers == 1 else folder / f"worker-{i + 1}.log",
+            output_path=folder / f"handler-output-{i + 1}.log" if withheld else None,
             limits=limits,
             python=model.python,
             batch_size=task.eval.batch_size,
@@ -355,6 +371,52 @@ async def _run_within(seconds: float, work: Awaitable[Any], *, dataset: str) -> 
 
 def _n_batches(rows: Sequence[Any], task: TaskConfig) -> int:
     return -(-len(rows) // task.eval.batch_size)
+
+
+# What a handler printed on a hidden dataset whose output the task withholds from the owner.
+HANDLER_OUTPUT = "handler-output.log"
+# How much of a failure's reason the owner sees there (it may quote the handler's message).
+WITHHELD_REASON_CHARS = 300
+
+
+def withholds_output(task: TaskConfig, dataset: str) -> bool:
+    """Whether the handler's own output on `dataset` stays out of the owner's log: a hidden
+    dataset of a task that does not set `[logs] hidden_output = true`."""
+    config = next((d for d in task.datasets if d.name == dataset), None)
+    return config is not None and config.access == "hidden" and not task.logs.hidden_output
+
+
+def cut_reason(reason: str) -> str:
+    """A failure's reason as the owner sees it where the handler's output is withheld."""
+    if len(reason) <= WITHHELD_REASON_CHARS:
+        return reason
+    return reason[:WITHHELD_REASON_CHARS].rstrip() + " [cut: the rest may quote hidden examples]"
+
+
+async def _keep_output(
+    storage: Storage, key: str, sandboxes: Sequence[Sandbox], log_path: Path
+) -> None:
+    """Store the handler's withheld output for the organisers, and say so in the log."""
+    parts = [s.output_path for s in sandboxes if s.output_path != s.log_path]
+
+    def gather() -> bytes:
+        chunks = []
+        for i, part in enumerate(parts, start=1):
+            if part.exists():
+                if len(parts) > 1:
+                    chunks.append(f"----- handler worker {i} of {len(parts)} -----\n".encode())
+                chunks.append(part.read_bytes())
+        return b"".join(chunks)
+
+    body = await asyncio.to_thread(gather)
+    with log_path.open("a", encoding="utf-8") as fh:
+        fh.write(
+            f"[evaluator] the handler's own output on this hidden dataset ({len(body)} bytes) "
+            "is kept for the task's organisers, not shown here: it may echo hidden examples "
+            "(the task's [logs] hidden_output setting)\n"
+        )
+    if body:
+        await storage.write_bytes(key, body)
 
 
 def _merge_logs(log_path: Path, parts: Sequence[Path]) -> None:

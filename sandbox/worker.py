@@ -160,6 +160,7 @@ class Sandbox:
         log_path: Path,
         limits: SandboxLimits,
         python: str | None = None,
+        output_path: Path | None = None,
         batch_size: int = 1,
         model_name: str = "model",
         server_name: str = "weighbridge-local",
@@ -172,6 +173,9 @@ class Sandbox:
         self.manifest = manifest
         self.workdir = workdir
         self.log_path = log_path
+        # Where the handler's own output (its stderr: prints, tracebacks) goes: the log, or
+        # a file of its own where it must not reach the submission's owner.
+        self.output_path = output_path or log_path
         self.limits = limits
         self.jail = jail
         self.cell: Cell | None = None
@@ -244,7 +248,7 @@ class Sandbox:
             f"time limit {self.limits.timeout_seconds:g} s per batch; memory limit "
             f"{self.limits.memory_mb} MB; output limit {self.limits.output_mb} MB"
         )
-        self._log_file = self.log_path.open("ab")
+        self._log_file = self.output_path.open("ab")
         self.proc = await self._fork(limits)
         if self.proc is None:
             argv = [self.python, "-I", "-u", "-B", host_file(HOST, jail)]

@@ -45,8 +45,15 @@ def handle(data, context):
 
 
 def toy_task(
-    *, batch_size: int, workers: int, timeout: float = 20, memory_mb: int = 300
+    *,
+    batch_size: int,
+    workers: int,
+    timeout: float = 20,
+    memory_mb: int = 300,
+    hidden_output: bool = True,
 ) -> TaskConfig:
+    """A task with one hidden dataset; these tests read what the handler printed, so the
+    task shows it (`[logs] hidden_output`) unless a test says otherwise."""
     return TaskConfig.model_validate(
         {
             "slug": "toy",
@@ -61,6 +68,7 @@ def toy_task(
                 "timeout_seconds": timeout,
                 "memory_mb": memory_mb,
             },
+            "logs": {"hidden_output": hidden_output},
         }
     )
 
@@ -75,6 +83,7 @@ async def run_toy(
     source: str = PID_HANDLER,
     time_limit: float = 20,
     memory_mb: int = 300,
+    hidden_output: bool = True,
 ) -> tuple[DatasetRun, LocalStorage]:
     storage = LocalStorage(tmp_path / "storage")
     data = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
@@ -86,7 +95,11 @@ async def run_toy(
         storage,
         submission_id="s1",
         task=toy_task(
-            batch_size=batch_size, workers=workers, timeout=time_limit, memory_mb=memory_mb
+            batch_size=batch_size,
+            workers=workers,
+            timeout=time_limit,
+            memory_mb=memory_mb,
+            hidden_output=hidden_output,
         ),
         dataset=DatasetSpec(name="test", key=key, sha256=sha),
         model=ModelSpec(model_dir=folder, handler="handler.py", manifest={}),
@@ -165,3 +178,65 @@ async def test_a_broken_handler_fails_the_same_way_with_workers_side_by_side(
     for word in words:
         assert word in caught.value.reason, caught.value.reason
     assert caught.value.log_tail
+
+
+ECHO_HANDLER = """
+import sys
+
+
+def initialize(context):
+    pass
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    for item in data:
+        print("stolen input", item["body"]["x"], file=sys.stderr)
+    if any(item["body"]["x"] > FAIL_ABOVE for item in data):
+        raise ValueError("inputs were " + " ".join(str(i["body"]["x"]) * 40 for i in data))
+    return [{"label": item["body"]["x"] % 2} for item in data]
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_handler_cannot_echo_hidden_examples_into_its_owners_log(
+    tmp_path: Path, workers: int
+) -> None:
+    """On a hidden dataset the handler's own output is kept for the organisers, not put in
+    the log its owner reads, and a failure's reason (which quotes the handler) is cut short:
+    printing the hidden examples, or raising with them, does not hand them to the owner."""
+    rows = toy_rows(40)
+    run, storage = await run_toy(
+        tmp_path, rows, batch_size=8, workers=workers, source=ECHO_HANDLER, hidden_output=False
+    )
+    log = (await storage.read_bytes(run.keys["log"])).decode()
+    assert "stolen input" not in log
+    assert "kept for the task's organisers" in log
+    kept = (await storage.read_bytes("submissions/s1/results/test/handler-output.log")).decode()
+    assert kept.count("stolen input") == len(rows)
+
+    with pytest.raises(JobFailed) as caught:
+        await run_toy(
+            tmp_path / "again",
+            rows,
+            batch_size=8,
+            workers=workers,
+            source=ECHO_HANDLER,
+            fail_above=0,
+            hidden_output=False,
+        )
+    failure = caught.value
+    assert len(failure.reason) < 400 and "[cut:" in failure.reason
+    assert "stolen input" not in (failure.log_tail or "")
+    stored = (tmp_path / "again/storage/submissions/s1/results/test/log").read_text()
+    assert "stolen input" not in stored
+
+
+async def test_a_task_may_show_the_handlers_output_on_hidden_datasets(tmp_path: Path) -> None:
+    run, storage = await run_toy(
+        tmp_path, toy_rows(8), batch_size=8, workers=1, source=ECHO_HANDLER, hidden_output=True
+    )
+    log = (await storage.read_bytes(run.keys["log"])).decode()
+    assert log.count("stolen input") == 8
+    assert not await storage.exists("submissions/s1/results/test/handler-output.log")
