@@ -135,8 +135,12 @@ async def test_a_model_is_evaluated_scored_and_receipted(
     assert result["n_examples"] == 40 and result["sha256"] == dataset["sha256"]
     assert result["worker"]["start"] == "forked"  # from the evaluator's warm interpreter
     assert {s["metric"] for s in result["scores"]} >= {"accuracy", "macro_f1"}
+    # The handler's own print on the hidden set is kept for the organisers, out of the log
+    # its owner reads (the task does not set [logs] hidden_output).
     log = (await services.storage.read_bytes(f"{prefix}/log")).decode()
-    assert "loaded" in log and "batch size 16" in log  # the handler's own print went to the log
+    assert "batch size 16" not in log and "kept for the task's organisers" in log
+    kept = (await services.storage.read_bytes(f"{prefix}/handler-output.log")).decode()
+    assert "loaded" in kept and "batch size 16" in kept
 
     events = await events_of(services, sid)
     types = [e.type for e in events]
