@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.stack import query
-from tests.e2e.test_kill_storm import SUBMISSIONS, storm
+from tests.e2e.test_kill_storm import KILLS_ELSEWHERE, SUBMISSIONS, storm
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,12 @@ def test_submissions_survive_a_storm_of_kills_on_s3_and_sqs(
     """The same storm with the bundles, builds and results on S3 and the queues on SQS (both
     moto's server over HTTP) and the local runner, on SQLite: a killed holder's SQS message
     comes back after its visibility timeout, the outbox relays what a kill left staged."""
-    storm(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'home' / 'weighbridge.db'}", **aws_stack)
+    storm(
+        tmp_path,
+        f"sqlite+aiosqlite:///{tmp_path / 'home' / 'weighbridge.db'}",
+        kills=KILLS_ELSEWHERE,
+        **aws_stack,
+    )
     # It was S3 and SQS that carried the work: every build and result is in the bucket, the
     # queues (with their dead-letter queues) are SQS's, and the queue table stayed empty.
     import boto3
