@@ -200,11 +200,15 @@ async def runs_of(services: Services, sid: str) -> dict[str, Run]:
         return {r.name: r for r in rows}
 
 
+# Runs for half a second, so that the live sampler sees it (an instant script finished
+# before its first sample on a loaded machine: peak 0).
 ELAPSED = """
 import sys
+import time
 for i in range(3):
     print("elapsed: 12.5")
 print("warming up", file=sys.stderr)
+time.sleep(0.5)
 """
 
 
