@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -51,3 +57,37 @@ async def set_task_description(services: Services, slug: str, description: str) 
         await session.execute(
             sa.update(Task).where(Task.slug == slug).values(description=description)
         )
+
+
+@contextlib.contextmanager
+def serve_api(home: Path) -> Iterator[str]:
+    """`weighbridge serve api` on SQLite in `home` with the fixture task configs, on a free
+    port of 127.0.0.1; yields its URL once it answers, and stops it afterwards."""
+    from tests.conftest import FIXTURES, free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "WEIGHBRIDGE_HOME": str(home),
+        "WEIGHBRIDGE_TASK_CONFIGS": str(FIXTURES / "task_configs"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "serve", "api", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the API did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -8,22 +8,17 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 
 from core.accounts import create_user
 from core.boards import rebuild_leaderboard
 from core.db import Database
 from core.models import Score, Submission, Task
-from tests.conftest import FIXTURES, free_port
+from tests.web.conftest import serve_api
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -57,33 +52,9 @@ MODELS = [
 def site(tmp_path_factory: pytest.TempPathFactory):
     """`weighbridge serve api` on SQLite with the fixture task `toy` and the seeded models."""
     home = tmp_path_factory.mktemp("board")
-    port = free_port()
-    env = {
-        **os.environ,
-        "WEIGHBRIDGE_HOME": str(home),
-        "WEIGHBRIDGE_TASK_CONFIGS": str(FIXTURES / "task_configs"),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "api", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the API did not start")
+    with serve_api(home) as url:
         asyncio.run(_seed(f"sqlite+aiosqlite:///{home / 'weighbridge.db'}"))
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def _seed(url: str) -> None:

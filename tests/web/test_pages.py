@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,7 +14,7 @@ from core.accounts import create_user
 from core.boards import rebuild_leaderboard
 from core.db import Database
 from core.models import Score, Submission, Task
-from tests.conftest import FIXTURES, free_port
+from tests.web.conftest import serve_api
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -42,33 +38,9 @@ pytestmark = pytest.mark.skipif(
 def site(tmp_path_factory: pytest.TempPathFactory):
     """`weighbridge serve api` on SQLite, with a user and two finished, scored submissions."""
     home = tmp_path_factory.mktemp("web")
-    port = free_port()
-    env = {
-        **os.environ,
-        "WEIGHBRIDGE_HOME": str(home),
-        "WEIGHBRIDGE_TASK_CONFIGS": str(FIXTURES / "task_configs"),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "api", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the API did not start")
+    with serve_api(home) as url:
         token = asyncio.run(_seed(f"sqlite+aiosqlite:///{home / 'weighbridge.db'}"))
         yield url, token
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def _seed(url: str) -> str:

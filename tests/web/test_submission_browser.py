@@ -6,16 +6,11 @@ alert a regression raised. Each test saves a screenshot under its tmp_path."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -25,9 +20,10 @@ from core.db import Database
 from core.models import Run, Score, Submission, Task
 from core.states import RunStatus, Status, move_run, record_event, transition
 from scheduler.histories import record_done_benchmarks
-from tests.conftest import FIXTURES, free_port, make_settings
+from tests.conftest import make_settings
 from tests.scheduler.conftest import make_owner
 from tests.scheduler.test_histories import STEP_AT, step_history
+from tests.web.conftest import serve_api
 from tests.web.test_pages import CHROMIUM, FLAGS
 
 T = TypeVar("T")
@@ -49,32 +45,8 @@ def in_thread(coro: Coroutine[Any, Any, T]) -> T:
 def site(tmp_path_factory: pytest.TempPathFactory):
     """`weighbridge serve api` on SQLite; yields its URL, home and database URL."""
     home = tmp_path_factory.mktemp("web-live")
-    port = free_port()
-    env = {
-        **os.environ,
-        "WEIGHBRIDGE_HOME": str(home),
-        "WEIGHBRIDGE_TASK_CONFIGS": str(FIXTURES / "task_configs"),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "api", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the API did not start")
+    with serve_api(home) as url:
         yield url, home, f"sqlite+aiosqlite:///{home / 'weighbridge.db'}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture
